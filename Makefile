@@ -1,0 +1,48 @@
+# backupsite — the two commands a newcomer needs:
+#   make run    set everything up and start the panel + worker on http://127.0.0.1:8000
+#   make test   set up and run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: run test lint format bench clean-venv
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.deps-run: requirements.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.deps-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.deps-run
+
+# Development settings for `make run` (kept if it exists; see .env.example).
+.env:
+	printf '# Written by `make run`: development mode, secrets generated under var/.\nDEBUG=1\n' > .env
+
+run: $(VENV)/.deps-run .env
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py loaddemo
+	$(PY) manage.py bootstrapadmin
+	@echo "backupsite: http://127.0.0.1:8000  (Ctrl-C stops the panel and the worker)"
+	$(VENV)/bin/honcho -f Procfile.dev start
+
+test: $(VENV)/.deps-dev
+	$(PY) -m pytest
+
+lint: $(VENV)/.deps-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.deps-dev
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(VENV)/.deps-dev
+	$(PY) bench/archive.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,71 @@
+"""The Celery app: every piece of Celery configuration lives here.
+
+Tasks carry primary keys only (JSON serializer, never pickle); the database row is the
+truth. Long tasks are acknowledged late with a prefetch of one, so a worker that dies
+hands its task back; time limits keep a stuck run from holding the slot forever.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backupsite.settings")
+
+app = Celery("backupsite")
+
+
+def configure(app: Celery) -> None:
+    from django.conf import settings
+
+    broker_options: dict = {}
+    if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        folder = settings.DATA_DIR / "broker"
+        queue_dir = folder / "queue"
+        processed = folder / "processed"
+        for path in (queue_dir, processed):
+            path.mkdir(parents=True, exist_ok=True)
+        broker_options = {
+            "data_folder_in": str(queue_dir),
+            "data_folder_out": str(queue_dir),
+            "processed_folder": str(processed),
+            "store_processed": False,
+        }
+    else:
+        # Redis re-delivers an unacknowledged message after the visibility timeout:
+        # keep it above the hard time limit so a long run is never executed twice.
+        broker_options = {"visibility_timeout": settings.CELERY_HARD_TIME_LIMIT + 3600}
+
+    app.conf.update(
+        broker_url=settings.CELERY_BROKER_URL,
+        broker_transport_options=broker_options,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.CELERY_SOFT_TIME_LIMIT,
+        task_time_limit=settings.CELERY_HARD_TIME_LIMIT,
+        task_always_eager=settings.CELERY_TASK_ALWAYS_EAGER,
+        task_eager_propagates=True,
+        timezone=settings.TIME_ZONE,
+        enable_utc=True,
+        worker_hijack_root_logger=False,
+        beat_schedule_filename=str(settings.DATA_DIR / "celerybeat-schedule"),
+        beat_schedule={
+            "reap-stale-runs": {
+                "task": "jobs.tasks.reap_stale_runs",
+                "schedule": 60.0,
+                "options": {"expires": 55},
+            },
+        },
+    )
+
+
+configure(app)
+app.autodiscover_tasks()

@@ -1,0 +1,82 @@
+"""System checks: report at start-up what would otherwise fail in the middle of a run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+
+
+def _writable_dir(path: Path) -> str | None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot be created: {exc.strerror}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "is not writable by this process"
+    return None
+
+
+@register(Tags.compatibility, deploy=False)
+def check_data_dirs(app_configs=None, **kwargs):
+    errors = []
+    for label, path in (
+        ("BACKUPSITE_DATA_DIR", settings.DATA_DIR),
+        ("BACKUPSITE_ARCHIVE_DIR", settings.BACKUPSITE_ARCHIVE_DIR),
+    ):
+        problem = _writable_dir(Path(path))
+        if problem:
+            errors.append(
+                Error(
+                    f"{label} ({path}) {problem}.",
+                    hint="Create it and give the user running backupsite write access.",
+                    id="backupsite.E001",
+                )
+            )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_binaries(app_configs=None, **kwargs):
+    messages = []
+    for name in settings.BACKUPSITE_REQUIRED_BINARIES:
+        if shutil.which(name) is None:
+            messages.append(
+                Error(
+                    f"The program {name!r} is not installed or not on PATH.",
+                    hint=f"Install it (Debian: apt-get install {name}).",
+                    id="backupsite.E002",
+                )
+            )
+    for name in settings.BACKUPSITE_OPTIONAL_BINARIES:
+        if shutil.which(name) is None:
+            messages.append(
+                Warning(
+                    f"The program {name!r} is not installed; sources or restores that need it will fail.",
+                    id="backupsite.W001",
+                )
+            )
+    return messages
+
+
+@register(Tags.security, deploy=True)
+def check_encryption_keys(app_configs=None, **kwargs):
+    from cryptography.fernet import Fernet
+
+    errors = []
+    for index, key in enumerate(settings.FIELD_ENCRYPTION_KEYS):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            errors.append(
+                Error(
+                    f"FIELD_ENCRYPTION_KEYS entry #{index + 1} is not a valid Fernet key.",
+                    hint='Generate one with: python -c "from cryptography.fernet import Fernet; '
+                    'print(Fernet.generate_key().decode())"',
+                    id="backupsite.E003",
+                )
+            )
+    return errors

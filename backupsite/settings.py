@@ -1,0 +1,240 @@
+"""Settings for backupsite, read only from the environment.
+
+See README.md ("Configuration") for every variable and its default. A ``.env`` file in
+the project directory (or the file named by ``BACKUPSITE_ENV_FILE``) is read first;
+real environment variables win over it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from backupsite.env import (
+    env_bool,
+    env_int,
+    env_list,
+    env_secret,
+    env_str,
+    new_fernet_key,
+    new_secret_key,
+    required_secret,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_env_file = os.environ.get("BACKUPSITE_ENV_FILE", str(BASE_DIR / ".env"))
+if _env_file and Path(_env_file).is_file():
+    environ.Env.read_env(_env_file, overwrite=False)
+
+DEBUG = env_bool("DEBUG", False)
+
+DATA_DIR = Path(env_str("BACKUPSITE_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = required_secret(
+    "SECRET_KEY", debug=DEBUG, dev_file=DATA_DIR / "secret_key", factory=new_secret_key
+)
+# MultiFernet keys, comma separated; the first one encrypts, all of them decrypt.
+FIELD_ENCRYPTION_KEYS = [
+    key.strip()
+    for key in required_secret(
+        "FIELD_ENCRYPTION_KEYS",
+        debug=DEBUG,
+        dev_file=DATA_DIR / "field_encryption_key",
+        factory=new_fernet_key,
+    ).split(",")
+    if key.strip()
+]
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "backupsite",
+    "destinations",
+    "jobs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "backupsite.urls"
+WSGI_APPLICATION = "backupsite.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "backupsite.roles.roles_context",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")
+_db = environ.Env.db_url_config(DATABASE_URL)
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers work while the worker writes; IMMEDIATE transactions take the
+    # write lock up front, so the web process and the worker wait for each other
+    # (up to the timeout) instead of failing with "database is locked".
+    _db["OPTIONS"] = {
+        "timeout": env_int("SQLITE_BUSY_TIMEOUT", 30, minimum=1),
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    _db["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60, minimum=0)
+    _db["CONN_HEALTH_CHECKS"] = True
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Auth -------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- Static files (vendored, served by WhiteNoise; no CDN) -----------------
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(DATA_DIR / "static")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if not DEBUG
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+
+
+# --- E-mail -----------------------------------------------------------------
+def _email_settings(url: str) -> dict:
+    """Parse EMAIL_URL: smtp://, smtp+tls://, smtps:// (implicit TLS), file:///path,
+    console://, memory://."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in {"file", "filemail"}:
+        return {
+            "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+            "EMAIL_FILE_PATH": unquote(parts.path) or str(DATA_DIR / "mail"),
+        }
+    if scheme in {"console", "consolemail"}:
+        return {"EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend"}
+    if scheme in {"memory", "locmem", "memorymail"}:
+        return {"EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend"}
+    if scheme in {"smtp", "smtp+tls", "smtps"}:
+        query = parse_qs(parts.query)
+        return {
+            "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "EMAIL_HOST": parts.hostname or "localhost",
+            "EMAIL_PORT": parts.port or {"smtp": 25, "smtp+tls": 587, "smtps": 465}[scheme],
+            "EMAIL_HOST_USER": unquote(parts.username or ""),
+            "EMAIL_HOST_PASSWORD": unquote(parts.password or ""),
+            "EMAIL_USE_TLS": scheme == "smtp+tls",
+            "EMAIL_USE_SSL": scheme == "smtps",
+            "EMAIL_TIMEOUT": int(query.get("timeout", ["30"])[0]),
+        }
+    raise ImproperlyConfigured(f"EMAIL_URL has an unknown scheme {scheme!r}.")
+
+
+_email_url = env_secret("EMAIL_URL") or f"file://{DATA_DIR / 'mail'}"
+globals().update(_email_settings(_email_url))
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "backupsite <backupsite@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
+# --- Security (production values whenever DEBUG is off) -------------------
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600, minimum=60)
+CSRF_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if not DEBUG:
+    SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
+    CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+if env_bool("USE_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Celery (all of its configuration lives in backupsite/celery.py) -------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+CELERY_SOFT_TIME_LIMIT = env_int("CELERY_SOFT_TIME_LIMIT", 6 * 3600, minimum=10)
+CELERY_HARD_TIME_LIMIT = env_int("CELERY_HARD_TIME_LIMIT", CELERY_SOFT_TIME_LIMIT + 600, minimum=20)
+if CELERY_HARD_TIME_LIMIT <= CELERY_SOFT_TIME_LIMIT:
+    raise ImproperlyConfigured("CELERY_HARD_TIME_LIMIT must be above CELERY_SOFT_TIME_LIMIT.")
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+
+# --- backupsite -------------------------------------------------------------
+# Local copies of every archive (downloads are served from here first).
+BACKUPSITE_ARCHIVE_DIR = Path(env_str("BACKUPSITE_ARCHIVE_DIR", str(DATA_DIR / "archives")))
+# Where the demo data and the default "server hard drive" destination live.
+BACKUPSITE_LOCAL_BACKUP_DIR = Path(env_str("BACKUPSITE_LOCAL_BACKUP_DIR", str(DATA_DIR / "backups")))
+# How many heavy runs (archiving) may run at once on the whole installation.
+BACKUPSITE_MAX_CONCURRENT_RUNS = env_int("BACKUPSITE_MAX_CONCURRENT_RUNS", 1, minimum=1)
+# A running run whose heartbeat is older than this is reaped as interrupted.
+BACKUPSITE_STALE_RUN_SECONDS = env_int("BACKUPSITE_STALE_RUN_SECONDS", 900, minimum=60)
+BACKUPSITE_ZSTD_LEVEL = env_int("BACKUPSITE_ZSTD_LEVEL", 3, minimum=1)
+# Binaries the system checks look for (missing ones are reported, not fatal).
+BACKUPSITE_REQUIRED_BINARIES = env_list("BACKUPSITE_REQUIRED_BINARIES", ["zstd", "tar"])
+BACKUPSITE_OPTIONAL_BINARIES = env_list(
+    "BACKUPSITE_OPTIONAL_BINARIES", ["age", "pg_dump", "pg_restore", "mysqldump"]
+)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.request": {"level": "ERROR"}},
+}
+# Local destinations ("server hard drive", USB) may only write inside these folders.
+BACKUPSITE_LOCAL_ROOTS = env_list(
+    "BACKUPSITE_LOCAL_ROOTS", [str(BACKUPSITE_LOCAL_BACKUP_DIR), "/mnt", "/media", "/srv/backups"]
+)
+# The panel's public address, used for links in e-mails.
+BACKUPSITE_SITE_URL = env_str("BACKUPSITE_SITE_URL", "http://127.0.0.1:8000")

@@ -1,0 +1,29 @@
+"""Validators shared by the models of several apps."""
+
+from __future__ import annotations
+
+import re
+
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def validate_no_control_chars(value: str) -> None:
+    """Refuse CR, LF, NUL and other control characters (header injection, log forging)."""
+    if _CONTROL.search(value or ""):
+        raise ValidationError("Control characters (such as line breaks) are not allowed here.")
+
+
+def split_addresses(value: str) -> list[str]:
+    return [part.strip() for part in re.split(r"[,;\s]+", value or "") if part.strip()]
+
+
+def validate_address_list(value: str) -> None:
+    """A comma- or line-separated list of e-mail addresses."""
+    for address in split_addresses(value):
+        try:
+            validate_email(address)
+        except ValidationError:
+            raise ValidationError("%(address)s is not a valid e-mail address.", params={"address": address}) from None

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from django.db import models
+from django.urls import reverse
+from django.utils.text import slugify
+
+from backupsite.crypto import EncryptedJSONField
+from backupsite.validators import validate_no_control_chars
+
+
+class Destination(models.Model):
+    """Where archives go. ``kind`` selects a backend from ``destinations.backends.REGISTRY``;
+    ``settings`` holds its non-secret options, ``secrets`` its credentials (encrypted)."""
+
+    name = models.CharField(max_length=100, unique=True, validators=[validate_no_control_chars])
+    slug = models.SlugField(max_length=100, unique=True)
+    kind = models.CharField(max_length=30)
+    settings = models.JSONField(default=dict, blank=True)
+    secrets = EncryptedJSONField()
+    enabled = models.BooleanField(default=True)
+    last_test_at = models.DateTimeField(null=True, blank=True)
+    last_test_ok = models.BooleanField(null=True, blank=True)
+    last_test_message = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args, **kwargs):
+        if not self.slug:
+            self.slug = slugify(self.name)[:100] or "destination"
+        super().save(*args, **kwargs)
+
+    def get_absolute_url(self) -> str:
+        return reverse("destinations:detail", args=[self.pk])
+
+    @property
+    def kind_class(self):
+        from destinations.backends import get_kind
+
+        return get_kind(self.kind)
+
+    @property
+    def kind_label(self) -> str:
+        try:
+            return self.kind_class.label
+        except KeyError:
+            return self.kind
+
+    def backend(self):
+        """Build this destination's backend from the row, at run time (never cached in
+        settings), so every destination can be configured on its own."""
+        return self.kind_class.from_destination(self)
+
+    def describe(self) -> str:
+        """A one-line, secret-free description for pages, logs and e-mails."""
+        try:
+            return self.kind_class.describe(self.settings)
+        except (KeyError, ValueError):
+            return self.kind

@@ -1,0 +1,73 @@
+"""Load demo data (idempotent): a demo directory tree, its Source, the panel database
+Source, a "Server hard drive" destination under the data dir, and one demo Job."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from destinations.models import Destination
+from jobs.models import Job, Source
+
+DEMO_TEXT = """backupsite demo file {n}
+
+This folder stands in for the data a small business wants to keep safe:
+invoices, the phone system's configuration, a few scans. Run the demo job,
+download the archive and restore it with stock tools:
+
+    zstd -dc demo-backup-*.tar.zst | tar -xf -
+"""
+
+
+def make_demo_tree(root) -> None:
+    if (root / ".demo-complete").exists():
+        return
+    rng = random.Random(20261123)
+    for folder, count in (("invoices/2026", 12), ("pbx-config", 5), ("scans", 3)):
+        path = root / folder
+        path.mkdir(parents=True, exist_ok=True)
+        for n in range(count):
+            (path / f"file-{n:02d}.txt").write_text(DEMO_TEXT.format(n=n) * (n + 1))
+    (root / "scans" / "scan-001.bin").write_bytes(rng.randbytes(256 * 1024))
+    (root / "README.txt").write_text("Demo data for backupsite.\n")
+    link = root / "latest-invoices"
+    if not link.is_symlink():
+        os.symlink("invoices/2026", link)
+    (root / ".demo-complete").write_text("ok\n")
+
+
+class Command(BaseCommand):
+    help = "Create demo sources, a local destination and a demo job (safe to run again)."
+
+    @transaction.atomic
+    def handle(self, *args, **options):
+        demo_root = settings.DATA_DIR / "demo" / "files"
+        make_demo_tree(demo_root)
+        backups = settings.BACKUPSITE_LOCAL_BACKUP_DIR
+        backups.mkdir(parents=True, exist_ok=True)
+
+        files, _ = Source.objects.get_or_create(
+            name="Demo files",
+            defaults={"kind": "directory", "settings": {"path": str(demo_root), "exclude": ["*.tmp"]}},
+        )
+        panel_db, _ = Source.objects.get_or_create(name="Panel database", defaults={"kind": "panel_database"})
+        local, _ = Destination.objects.get_or_create(
+            name="Server hard drive", defaults={"kind": "local", "settings": {"path": str(backups)}}
+        )
+        job, created = Job.objects.get_or_create(
+            name="Demo backup",
+            defaults={"report_to": "admin@example.com", "interval": Job.Interval.MANUAL, "keep_last": 7},
+        )
+        if created:
+            job.sources.set([files, panel_db])
+            job.destinations.set([local])
+        for source in (files, panel_db):
+            if source.size_bytes is None:
+                source.measure()
+        self.stdout.write(
+            self.style.SUCCESS(f"Demo data ready: job “{job.name}”, sources in {demo_root}, backups to {backups}.")
+        )

@@ -1,0 +1,72 @@
+"""Run a backup job in the foreground: ``python manage.py runbackup JOB``.
+
+Exit codes: 0 succeeded, 3 partially succeeded, 1 failed / cancelled / refused.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+from django.template.defaultfilters import filesizeformat
+
+from jobs import services
+from jobs.models import Job, Run
+
+
+def _bar(run: Run, width: int = 30) -> str:
+    percent = run.progress_percent
+    if percent is None:
+        return f"{run.get_phase_display():<10} …"
+    filled = width * percent // 100
+    return (
+        f"{run.get_phase_display():<10} [{'#' * filled}{'.' * (width - filled)}] {percent:3d}% "
+        f"{filesizeformat(run.bytes_done)} / {filesizeformat(run.bytes_total)}"
+    )
+
+
+class Command(BaseCommand):
+    help = "Run a backup job now, in the foreground, with a progress bar on a terminal."
+
+    def add_arguments(self, parser):
+        parser.add_argument("job", help="Job name, slug or id")
+        parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+
+    def handle(self, *args, job: str, quiet: bool, **options):
+        found = Job.objects.filter(name=job).first() or Job.objects.filter(slug=job).first()
+        if found is None and job.isdigit():
+            found = Job.objects.filter(pk=int(job)).first()
+        if found is None:
+            raise CommandError(f"No job named {job!r}.")
+        try:
+            run = services.create_run(found, trigger=Run.Trigger.CLI)
+        except services.AlreadyRunning as exc:
+            raise CommandError(str(exc)) from None
+
+        tty = not quiet and sys.stdout.isatty()
+
+        def show(current: Run) -> None:
+            if tty:
+                self.stdout.write("\r" + _bar(current).ljust(78), ending="")
+                self.stdout.flush()
+
+        while True:
+            run = services.execute_run(run.pk, listener=show)
+            if run.state != Run.State.WAITING:
+                break
+            if tty:
+                self.stdout.write("\rWaiting for another backup to finish…".ljust(78), ending="")
+            time.sleep(5)
+        if tty:
+            self.stdout.write("")
+
+        if run.state == Run.State.SUCCEEDED:
+            self.stdout.write(
+                self.style.SUCCESS(f"Run #{run.pk} succeeded: {run.archive_name} ({filesizeformat(run.archive_size)})")
+            )
+            return
+        if run.state == Run.State.PARTIAL:
+            self.stderr.write(f"Run #{run.pk} partially succeeded: {run.error}")
+            sys.exit(3)
+        raise CommandError(f"Run #{run.pk} {run.get_state_display().lower()}: {run.error}")

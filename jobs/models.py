@@ -1,0 +1,301 @@
+from __future__ import annotations
+
+import zoneinfo
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.text import slugify
+
+from backupsite.validators import split_addresses, validate_address_list, validate_no_control_chars
+
+
+def _unique_slug(model, name: str, pk=None, fallback: str = "item") -> str:
+    base = slugify(name)[:90] or fallback
+    slug, n = base, 2
+    while model.objects.filter(slug=slug).exclude(pk=pk).exists():
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+class Source(models.Model):
+    """Something that can be backed up, offered as a checkbox in the wizard. ``kind``
+    selects a class from ``jobs.sources.REGISTRY``; ``settings`` is its configuration."""
+
+    name = models.CharField(max_length=100, unique=True, validators=[validate_no_control_chars])
+    slug = models.SlugField(max_length=100, unique=True)
+    kind = models.CharField(max_length=30)
+    settings = models.JSONField(default=dict, blank=True)
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    file_count = models.BigIntegerField(null=True, blank=True)
+    size_measured_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args, **kwargs):
+        if not self.slug:
+            self.slug = _unique_slug(Source, self.name, self.pk, "source")
+        super().save(*args, **kwargs)
+
+    def get_absolute_url(self) -> str:
+        return reverse("jobs:source_detail", args=[self.pk])
+
+    def handler(self):
+        from jobs.sources import get_kind
+
+        return get_kind(self.kind)(self.name, self.slug, self.settings)
+
+    @property
+    def kind_label(self) -> str:
+        from jobs.sources import REGISTRY
+
+        cls = REGISTRY.get(self.kind)
+        return cls.label if cls else self.kind
+
+    def measure(self) -> None:
+        size, files = self.handler().measure()
+        self.size_bytes, self.file_count, self.size_measured_at = size, files, timezone.now()
+        self.save(update_fields=["size_bytes", "file_count", "size_measured_at", "updated_at"])
+
+
+class Job(models.Model):
+    class Interval(models.TextChoices):
+        MANUAL = "manual", "Manually only"
+        HOURLY = "hourly", "Hourly"
+        DAILY = "daily", "Daily"
+        WEEKLY = "weekly", "Weekly"
+        MONTHLY = "monthly", "Monthly"
+        CRON = "cron", "Cron expression"
+
+    class Encryption(models.TextChoices):
+        NONE = "none", "Not encrypted"
+
+    name = models.CharField(max_length=100, unique=True, validators=[validate_no_control_chars])
+    slug = models.SlugField(max_length=100, unique=True)
+    report_to = models.TextField(
+        blank=True,
+        validators=[validate_address_list],
+        help_text="E-mail addresses (comma separated) alerted when a run fails.",
+    )
+    interval = models.CharField(max_length=10, choices=Interval.choices, default=Interval.MANUAL)
+    cron = models.CharField(max_length=100, blank=True, validators=[validate_no_control_chars])
+    first_run_at = models.DateTimeField(null=True, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC")
+    sources = models.ManyToManyField(Source, related_name="jobs")
+    destinations = models.ManyToManyField("destinations.Destination", related_name="jobs")
+    archive_name_template = models.CharField(
+        max_length=100, default="{job}-{date}-{time}", validators=[validate_no_control_chars]
+    )
+    encryption = models.CharField(max_length=10, choices=Encryption.choices, default=Encryption.NONE)
+    keep_last = models.PositiveIntegerField(null=True, blank=True)
+    max_age_days = models.PositiveIntegerField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    next_run_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("run_job", "Can run backup jobs")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValidationError({"timezone": "Unknown time zone."}) from None
+        from jobs.naming import validate_template
+
+        try:
+            validate_template(self.archive_name_template)
+        except ValueError as exc:
+            raise ValidationError({"archive_name_template": str(exc)}) from None
+
+    def save(self, *args, **kwargs):
+        if not self.slug:
+            self.slug = _unique_slug(Job, self.name, self.pk, "job")
+        super().save(*args, **kwargs)
+
+    def get_absolute_url(self) -> str:
+        return reverse("jobs:job_detail", args=[self.pk])
+
+    @property
+    def report_to_list(self) -> list[str]:
+        return split_addresses(self.report_to)
+
+    @property
+    def last_run(self):
+        return self.runs.order_by("-created_at").first()
+
+    @property
+    def last_success(self):
+        return self.runs.filter(state=Run.State.SUCCEEDED).order_by("-finished_at").first()
+
+    def active_run(self):
+        return self.runs.filter(state__in=Run.ACTIVE_STATES).first()
+
+
+class Run(models.Model):
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        WAITING = "waiting", "Waiting for a free slot"
+        RUNNING = "running", "Running"
+        UPLOADING = "uploading", "Uploading"
+        SUCCEEDED = "succeeded", "Succeeded"
+        PARTIAL = "partial", "Partially succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Phase(models.TextChoices):
+        PENDING = "", "Not started"
+        COLLECT = "collect", "Collecting"
+        ARCHIVE = "archive", "Archiving"
+        UPLOAD = "upload", "Uploading"
+        RETENTION = "retention", "Applying retention"
+        NOTIFY = "notify", "Notifying"
+        DONE = "done", "Done"
+
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", "Run now"
+        SCHEDULE = "schedule", "Schedule"
+        CLI = "cli", "Command line"
+        WIZARD = "wizard", "Wizard"
+
+    ACTIVE_STATES = (State.QUEUED, State.WAITING, State.RUNNING, State.UPLOADING)
+    FINAL_STATES = (State.SUCCEEDED, State.PARTIAL, State.FAILED, State.CANCELLED)
+
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    job_name = models.CharField(max_length=100)
+    config = models.JSONField(default=dict, help_text="Snapshot of the configuration the run used.")
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.MANUAL)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
+    phase = models.CharField(max_length=10, choices=Phase.choices, default=Phase.PENDING, blank=True)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    files_done = models.BigIntegerField(default=0)
+    archive_name = models.CharField(max_length=255, blank=True)
+    archive_size = models.BigIntegerField(null=True, blank=True)
+    archive_sha256 = models.CharField(max_length=64, blank=True)
+    file_count = models.BigIntegerField(null=True, blank=True)
+    local_path = models.CharField(max_length=500, blank=True, help_text="Relative to the archive folder.")
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        permissions = [("download_run", "Can download backups")]
+        constraints = [
+            # The per-job lock, enforced by the database: at most one active run per job.
+            models.UniqueConstraint(
+                fields=["job"],
+                condition=Q(state__in=["queued", "waiting", "running", "uploading"]),
+                name="one_active_run_per_job",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Run #{self.pk} of {self.job_name}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("jobs:run_detail", args=[self.pk])
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in self.ACTIVE_STATES
+
+    @property
+    def progress_percent(self) -> int | None:
+        if self.state == self.State.SUCCEEDED:
+            return 100
+        if not self.bytes_total:
+            return None
+        return max(0, min(100, int(self.bytes_done * 100 / self.bytes_total)))
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    @property
+    def local_file(self):
+        if not self.local_path:
+            return None
+        path = (settings.BACKUPSITE_ARCHIVE_DIR / self.local_path).resolve()
+        root = settings.BACKUPSITE_ARCHIVE_DIR.resolve()
+        if root not in path.parents:
+            return None
+        return path
+
+    @property
+    def can_download(self) -> bool:
+        path = self.local_file
+        return self.state in (self.State.SUCCEEDED, self.State.PARTIAL) and path is not None and path.is_file()
+
+    @property
+    def job_slug(self) -> str:
+        return self.config.get("job", {}).get("slug", "")
+
+    def append_log(self, line: str) -> None:
+        stamp = timezone.now().strftime("%Y-%m-%d %H:%M:%S")
+        self.log = f"{self.log}{stamp} {line}\n"
+
+
+class SlotLock(models.Model):
+    """One row per named lock; claiming a run locks the row ``heavy-runs`` so that two
+    workers never both take the last free slot (``SELECT … FOR UPDATE`` on PostgreSQL;
+    SQLite serialises writers with its IMMEDIATE transactions anyway)."""
+
+    name = models.CharField(max_length=50, primary_key=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Upload(models.Model):
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        UPLOADING = "uploading", "Uploading"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="uploads")
+    destination = models.ForeignKey(
+        "destinations.Destination", null=True, on_delete=models.SET_NULL, related_name="uploads"
+    )
+    destination_name = models.CharField(max_length=100)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    remote_name = models.CharField(max_length=255, blank=True)
+    bytes_done = models.BigIntegerField(default=0)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [models.UniqueConstraint(fields=["run", "destination"], name="one_upload_per_destination")]
+
+    def __str__(self) -> str:
+        return f"{self.run} → {self.destination_name}"

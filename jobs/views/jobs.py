@@ -1,0 +1,34 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from jobs.models import Job
+from jobs.services import AlreadyRunning, enqueue_run
+
+
+@permission_required("jobs.view_job", raise_exception=True)
+def job_list(request):
+    jobs = Job.objects.prefetch_related("sources", "destinations").order_by("name")
+    return render(request, "jobs/job_list.html", {"jobs": jobs})
+
+
+@permission_required("jobs.view_job", raise_exception=True)
+def job_detail(request, pk: int):
+    job = get_object_or_404(Job.objects.prefetch_related("sources", "destinations"), pk=pk)
+    runs = job.runs.order_by("-created_at")[:10]
+    return render(request, "jobs/job_detail.html", {"job": job, "runs": runs, "active_run": job.active_run()})
+
+
+@require_POST
+@permission_required("jobs.run_job", raise_exception=True)
+def job_run_now(request, pk: int):
+    job = get_object_or_404(Job, pk=pk)
+    try:
+        run = enqueue_run(job, user=request.user)
+    except AlreadyRunning as exc:
+        messages.warning(request, str(exc))
+        active = job.active_run()
+        return redirect(active or job)
+    messages.success(request, f"Backup of “{job.name}” queued.")
+    return redirect(run)
