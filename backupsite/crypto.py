@@ -14,6 +14,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
+from django.db.models.query_utils import DeferredAttribute
 
 
 @lru_cache(maxsize=4)
@@ -55,10 +56,21 @@ class Secrets(dict):
     __str__ = __repr__
 
 
+class _SecretsAttribute(DeferredAttribute):
+    """Wraps whatever is assigned in :class:`Secrets`, so even an unsaved instance
+    never shows its secrets in a repr, a log line or a traceback."""
+
+    def __set__(self, instance, value):
+        if not isinstance(value, Secrets):
+            value = Secrets(value or {})
+        instance.__dict__[self.field.attname] = value
+
+
 class EncryptedJSONField(models.TextField):
     """A dict of secrets, stored as a Fernet token of its JSON. Empty dict = no secrets."""
 
     description = "Encrypted JSON object"
+    descriptor_class = _SecretsAttribute
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("default", dict)

@@ -1,0 +1,101 @@
+"""Shared fixtures: named users per role (alice, bob, charlie, dave), a directory
+source, a local destination and a job, all in per-test temporary folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from backupsite.roles import ADMINISTRATORS, OPERATORS, VIEWERS
+
+# In CI (`.ci/run` sets this) a missing binary is a failure, never a skip.
+REQUIRE_BINARIES = os.environ.get("BACKUPSITE_REQUIRE_BINARIES") == "1" or os.environ.get("CI") == "true"
+
+
+def require_binary(name: str) -> str:
+    """Return the path of *name*, or skip (locally) / fail (CI) saying it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name!r} is not installed (apt-get install it, or run .ci/run as root)"
+        if REQUIRE_BINARIES:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def alice(db) -> User:
+    """Administrator."""
+    user = User.objects.create_user("alice", "alice@example.com", "alice-password")
+    user.groups.add(Group.objects.get(name=ADMINISTRATORS))
+    return user
+
+
+@pytest.fixture
+def bob(db) -> User:
+    """Operator."""
+    user = User.objects.create_user("bob", "bob@example.com", "bob-password")
+    user.groups.add(Group.objects.get(name=OPERATORS))
+    return user
+
+
+@pytest.fixture
+def charlie(db) -> User:
+    """Viewer."""
+    user = User.objects.create_user("charlie", "charlie@example.com", "charlie-password")
+    user.groups.add(Group.objects.get(name=VIEWERS))
+    return user
+
+
+@pytest.fixture
+def dave(db) -> User:
+    """Logged in, but without any role."""
+    return User.objects.create_user("dave", "dave@example.com", "dave-password")
+
+
+@pytest.fixture
+def folders(tmp_path, settings):
+    """Per-test archive folder and an allowed root for local destinations."""
+    archives = tmp_path / "archives"
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    settings.BACKUPSITE_ARCHIVE_DIR = archives
+    settings.BACKUPSITE_LOCAL_ROOTS = [str(backups)]
+    return {"archives": archives, "backups": backups, "root": tmp_path}
+
+
+def make_tree(root: Path) -> Path:
+    """A small tree with nested folders, text, binary, an empty file and a symlink."""
+    (root / "docs" / "2026").mkdir(parents=True)
+    (root / "empty-dir").mkdir()
+    (root / "docs" / "2026" / "invoice.txt").write_text("Invoice 42\n" * 500)
+    (root / "docs" / "notes.md").write_text("# Notes\nünïcødé ✓\n")
+    (root / "blob.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    (root / "empty.txt").write_bytes(b"")
+    (root / "spaces and 'quotes'.txt").write_text("odd name\n")
+    os.symlink("docs/notes.md", root / "link-to-notes")
+    return root
+
+
+@pytest.fixture
+def source_tree(tmp_path) -> Path:
+    return make_tree(tmp_path / "data")
+
+
+@pytest.fixture
+def job(db, folders, source_tree):
+    from destinations.models import Destination
+    from jobs.models import Job, Source
+
+    source = Source.objects.create(name="Office files", kind="directory", settings={"path": str(source_tree)})
+    destination = Destination.objects.create(
+        name="Local disk", kind="local", settings={"path": str(folders["backups"])}
+    )
+    job = Job.objects.create(name="Office backup", report_to="ops@example.com, boss@example.com")
+    job.sources.set([source])
+    job.destinations.set([destination])
+    return job

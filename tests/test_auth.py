@@ -1,0 +1,142 @@
+"""Every page needs login; every role can do exactly what it should."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+PUBLIC = {"login"}
+
+
+def iter_patterns(resolver=None, prefix="", namespace=""):
+    resolver = resolver or get_resolver()
+    for pattern in resolver.url_patterns:
+        if isinstance(pattern, URLResolver):
+            ns = pattern.namespace or namespace
+            yield from iter_patterns(pattern, prefix + str(pattern.pattern), ns)
+        elif isinstance(pattern, URLPattern):
+            name = f"{namespace}:{pattern.name}" if namespace and pattern.name else pattern.name
+            yield name, prefix + str(pattern.pattern)
+
+
+def concrete(route: str) -> str:
+    """Turn a route like 'runs/<int:pk>/' into a URL with made-up values."""
+    return "/" + re.sub(r"<(?:\w+:)?\w+>", "1", route).lstrip("^").rstrip("$")
+
+
+def all_urls():
+    return sorted({(name, concrete(route)) for name, route in iter_patterns()})
+
+
+def test_the_url_walk_finds_the_pages():
+    names = {name for name, _ in all_urls()}
+    assert {"dashboard", "jobs:run_download", "destinations:test", "logout"} <= names
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("name", "url"), all_urls())
+def test_anonymous_access_is_redirected_to_login_or_refused(client, name, url):
+    for method in ("get", "post"):
+        response = getattr(client, method)(url)
+        if name in PUBLIC:
+            assert response.status_code in (200, 302, 403, 405)
+            continue
+        if response.status_code == 302:
+            assert response["Location"].startswith(reverse("login")), (url, response["Location"])
+        else:
+            assert response.status_code in (403, 405), (url, method, response.status_code)
+
+
+def test_login_page_is_styled_and_logs_in(client, alice):
+    page = client.get(reverse("login"))
+    assert page.status_code == 200
+    assert b"css/app.css" in page.content
+    response = client.post(reverse("login"), {"username": "alice", "password": "alice-password"})
+    assert response.status_code == 302 and response["Location"] == reverse("dashboard")
+    assert client.get(reverse("dashboard")).status_code == 200
+
+
+def test_wrong_password_shows_an_error_next_to_the_form(client, alice):
+    response = client.post(reverse("login"), {"username": "alice", "password": "nope"})
+    assert response.status_code == 200
+    assert b"Please enter a correct username and password" in response.content
+
+
+def test_logout_needs_post_and_ends_the_session(client, alice):
+    client.force_login(alice)
+    assert client.get(reverse("logout")).status_code == 405
+    client.post(reverse("logout"))
+    assert client.get(reverse("dashboard")).status_code == 302
+
+
+def test_password_change_page(client, bob):
+    client.force_login(bob)
+    assert client.get(reverse("password_change")).status_code == 200
+    response = client.post(
+        reverse("password_change"),
+        {"old_password": "bob-password", "new_password1": "A-much-longer-one-42", "new_password2": "A-much-longer-one-42"},
+    )
+    assert response.status_code == 302
+    bob.refresh_from_db()
+    assert bob.check_password("A-much-longer-one-42")
+
+
+# --- roles -------------------------------------------------------------------
+READ_PAGES = ["dashboard", "jobs:job_list", "jobs:run_list", "jobs:source_list", "destinations:list"]
+
+
+@pytest.mark.parametrize("user", ["alice", "bob", "charlie"])
+@pytest.mark.parametrize("page", READ_PAGES)
+def test_every_role_can_read(client, request, user, page):
+    client.force_login(request.getfixturevalue(user))
+    assert client.get(reverse(page)).status_code == 200
+
+
+@pytest.mark.parametrize("page", READ_PAGES)
+def test_a_user_without_role_is_refused(client, dave, page):
+    client.force_login(dave)
+    response = client.get(reverse(page))
+    assert response.status_code == 403
+    assert b"Not allowed" in response.content
+
+
+@pytest.mark.parametrize(("user", "allowed"), [("alice", True), ("bob", True), ("charlie", False), ("dave", False)])
+def test_run_now_needs_the_run_permission(client, request, job, user, allowed, django_capture_on_commit_callbacks):
+    from jobs.models import Run
+
+    client.force_login(request.getfixturevalue(user))
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post(reverse("jobs:job_run_now", args=[job.pk]))
+    assert (response.status_code == 302) is allowed
+    assert Run.objects.filter(job=job).exists() is allowed
+
+
+@pytest.mark.parametrize(("user", "allowed"), [("alice", True), ("bob", False), ("charlie", False)])
+def test_only_administrators_test_destinations_and_measure_sources(client, request, job, user, allowed):
+    client.force_login(request.getfixturevalue(user))
+    destination = job.destinations.get()
+    source = job.sources.get()
+    assert (client.post(reverse("destinations:test", args=[destination.pk])).status_code == 302) is allowed
+    assert (client.post(reverse("jobs:source_measure", args=[source.pk])).status_code == 302) is allowed
+
+
+def test_run_now_button_is_only_shown_to_those_who_may(client, job, bob, charlie):
+    client.force_login(bob)
+    assert b"Run now" in client.get(job.get_absolute_url()).content
+    client.force_login(charlie)
+    assert b"Run now" not in client.get(job.get_absolute_url()).content
+
+
+def test_state_changing_views_refuse_get(client, alice, job):
+    client.force_login(alice)
+    assert client.get(reverse("jobs:job_run_now", args=[job.pk])).status_code == 405
+
+
+def test_post_without_csrf_token_is_refused(alice, job):
+    from django.test import Client
+
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(alice)
+    assert strict.post(reverse("jobs:job_run_now", args=[job.pk])).status_code == 403

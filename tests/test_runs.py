@@ -1,0 +1,218 @@
+"""A job run end to end in-process: archive, upload, progress, failures, locks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+
+import pytest
+from django.core import mail
+from django.urls import reverse
+from django.utils import timezone
+
+from jobs import services
+from jobs.models import Run, Upload
+from tests.conftest import require_binary
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_job(job, **kwargs) -> Run:
+    run = services.create_run(job, **kwargs)
+    return services.execute_run(run.pk)
+
+
+def test_a_run_archives_uploads_and_records_everything(job, folders, source_tree, tmp_path):
+    require_binary("zstd")
+    run = run_job(job)
+    assert run.state == Run.State.SUCCEEDED, run.error
+    assert run.phase == Run.Phase.DONE
+    assert run.archive_name.startswith("office-backup-") and run.archive_name.endswith(".tar.zst")
+    local = run.local_file
+    assert local.is_file() and local.stat().st_size == run.archive_size
+    assert sha256(local) == run.archive_sha256
+    assert run.file_count == 5
+    assert run.bytes_done == run.bytes_total > 3 * 1024 * 1024
+
+    remote_dir = folders["backups"] / "backupsite" / job.slug
+    assert sorted(p.name for p in remote_dir.iterdir()) == [run.archive_name, run.archive_name + ".manifest.json"]
+    assert sha256(remote_dir / run.archive_name) == run.archive_sha256
+    upload = run.uploads.get()
+    assert upload.state == Upload.State.SUCCEEDED and upload.attempts == 1
+
+    manifest = json.loads((remote_dir / (run.archive_name + ".manifest.json")).read_text())
+    assert manifest["run"] == run.pk
+    assert manifest["archive"]["sha256"] == run.archive_sha256
+    assert manifest["sources"] == [{"name": "Office files", "slug": "office-files", "kind": "directory"}]
+
+    target = tmp_path / "restore"
+    target.mkdir()
+    subprocess.run(f"zstd -dc '{local}' | tar -xf - -C '{target}'", shell=True, check=True)  # noqa: S602
+    assert subprocess.run(["diff", "-r", "--no-dereference", str(source_tree), str(target / "office-files")]).returncode == 0
+
+
+def test_the_configuration_is_a_snapshot(job):
+    run = services.create_run(job)
+    job.sources.clear()
+    run = services.execute_run(run.pk)
+    assert run.state == Run.State.SUCCEEDED
+    assert run.config["sources"][0]["name"] == "Office files"
+
+
+def test_a_missing_source_fails_with_a_readable_message_and_an_email(job, source_tree):
+    source = job.sources.get()
+    source.settings = {"path": str(source_tree / "does-not-exist")}
+    source.save()
+    run = run_job(job)
+    assert run.state == Run.State.FAILED
+    assert "does not exist" in run.error and str(source_tree) in run.error
+    assert not list(services.archive_dir_for(job.slug).glob("*.tar.zst*"))
+    assert len(mail.outbox) == 1
+    message = mail.outbox[0]
+    assert sorted(message.to) == ["boss@example.com", "ops@example.com"]
+    assert "Office backup" in message.subject and "failed" in message.subject
+    assert run.error in message.body and f"/runs/{run.pk}/" in message.body
+
+
+def test_a_failing_destination_keeps_the_local_copy_and_alerts(job, folders):
+    destination = job.destinations.get()
+    destination.settings = {"path": str(folders["backups"] / "unplugged")}
+    destination.save()
+    run = run_job(job)
+    assert run.state == Run.State.FAILED
+    assert run.local_file.is_file()
+    upload = run.uploads.get()
+    assert upload.state == Upload.State.FAILED and "does not exist" in upload.error
+    assert len(mail.outbox) == 1
+
+
+def test_unreadable_items_make_the_run_partial_not_silent(job, source_tree):
+    import os
+
+    os.mkfifo(source_tree / "pipe")
+    run = run_job(job)
+    assert run.state == Run.State.PARTIAL
+    assert "office-files/pipe" in run.log
+    assert "could not be backed up" in run.error
+
+
+def test_no_two_active_runs_of_one_job(job):
+    services.create_run(job)
+    with pytest.raises(services.AlreadyRunning, match="already running"):
+        services.create_run(job)
+    assert Run.objects.filter(job=job).count() == 1
+
+
+def test_double_click_on_run_now_makes_one_run(client, alice, job, django_capture_on_commit_callbacks):
+    client.force_login(alice)
+    url = reverse("jobs:job_run_now", args=[job.pk])
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        first = client.post(url)
+        second = client.post(url, follow=True)
+    assert len(callbacks) == 1
+    assert Run.objects.filter(job=job).count() == 1
+    assert first.status_code == 302
+    assert "already running" in second.content.decode()
+
+
+def test_run_now_enqueues_through_celery_and_the_page_shows_the_result(client, bob, job, django_capture_on_commit_callbacks):
+    client.force_login(bob)
+    with django_capture_on_commit_callbacks(execute=True):  # eager Celery runs the task here
+        response = client.post(reverse("jobs:job_run_now", args=[job.pk]))
+    run = Run.objects.get(job=job)
+    assert response["Location"] == run.get_absolute_url()
+    assert run.state == Run.State.SUCCEEDED
+    page = client.get(run.get_absolute_url()).content.decode()
+    assert "Succeeded" in page and "zstd -dc" in page and reverse("jobs:run_download", args=[run.pk]) in page
+
+
+def test_a_duplicate_delivery_never_executes_twice(job):
+    run = services.create_run(job)
+    assert services.claim(run.pk) == "claimed"
+    assert services.claim(run.pk) == "gone"
+
+
+def test_a_run_waits_while_the_heavy_slot_is_taken(job, settings, folders, source_tree):
+    from destinations.models import Destination
+    from jobs.models import Job
+
+    other = Job.objects.create(name="Other")
+    other.sources.set(job.sources.all())
+    other.destinations.set(Destination.objects.all())
+    busy = services.create_run(other)
+    assert services.claim(busy.pk) == "claimed"
+    run = services.create_run(job)
+    assert services.execute_run(run.pk).state == Run.State.WAITING
+    Run.objects.filter(pk=busy.pk).update(state=Run.State.SUCCEEDED)
+    assert services.execute_run(run.pk).state == Run.State.SUCCEEDED
+
+
+def test_progress_is_written_to_the_row_and_cancel_stops_the_run(job, monkeypatch):
+    seen = []
+
+    def listener(run):
+        seen.append((run.phase, run.bytes_done, run.bytes_total))
+        if run.phase == Run.Phase.ARCHIVE:
+            Run.objects.filter(pk=run.pk).update(cancel_requested=True)
+
+    run = services.create_run(job)
+    run = services.execute_run(run.pk, listener=listener)
+    assert run.state == Run.State.CANCELLED
+    assert ("collect", 0, 0) in seen
+    assert any(phase == "archive" and total > 0 for phase, _, total in seen)
+    assert not list(services.archive_dir_for(job.slug).glob("*.tar.zst*"))
+    assert not mail.outbox  # a cancellation is not an alert
+
+
+def test_the_progress_fragment_shows_a_bar_while_running(client, charlie, job):
+    run = services.create_run(job)
+    Run.objects.filter(pk=run.pk).update(state=Run.State.RUNNING, phase="archive", bytes_done=50, bytes_total=200)
+    client.force_login(charlie)
+    html = client.get(reverse("jobs:run_progress", args=[run.pk])).content.decode()
+    assert 'data-poll-active="true"' in html
+    assert '<progress max="100" value="25"' in html
+    assert "Cancel" not in html  # viewers cannot cancel (and the button is not in the fragment)
+
+
+def test_stale_running_runs_are_reaped(job, settings):
+    run = services.create_run(job)
+    services.claim(run.pk)
+    old = timezone.now() - timezone.timedelta(seconds=settings.BACKUPSITE_STALE_RUN_SECONDS + 5)
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=old)
+    assert services.reap_stale_runs() == 1
+    run.refresh_from_db()
+    assert run.state == Run.State.FAILED and "Interrupted" in run.error
+    assert len(mail.outbox) == 1
+    # The job is free again.
+    assert services.create_run(job).state == Run.State.QUEUED
+
+
+def test_runs_list_is_paginated_newest_first(client, charlie, job):
+    for n in range(30):
+        Run.objects.create(job=job, job_name=job.name, state=Run.State.SUCCEEDED,
+                           created_at=timezone.now() - timezone.timedelta(minutes=n))
+    client.force_login(charlie)
+    page1 = client.get(reverse("jobs:run_list")).context["page"]
+    assert page1.paginator.count == 30 and len(page1.object_list) == 25
+    assert list(page1.object_list) == sorted(page1.object_list, key=lambda r: r.created_at, reverse=True)
+    page2 = client.get(reverse("jobs:run_list") + "?page=2").context["page"]
+    assert len(page2.object_list) == 5
+
+
+def test_dashboard_lists_jobs_with_last_run_and_last_success(client, charlie, job):
+    run_job(job)
+    client.force_login(charlie)
+    html = client.get(reverse("dashboard")).content.decode()
+    assert "Office backup" in html and "Succeeded" in html and "manual only" in html
+
+
+def test_job_name_with_header_injection_is_rejected(db):
+    from django.core.exceptions import ValidationError
+
+    from jobs.models import Job
+
+    with pytest.raises(ValidationError):
+        Job(name="x\r\nBcc: x@evil.example", report_to="a@example.com").full_clean()
