@@ -24,12 +24,14 @@ def configure(app: Celery) -> None:
         folder = settings.DATA_DIR / "broker"
         queue_dir = folder / "queue"
         processed = folder / "processed"
-        for path in (queue_dir, processed):
+        control = folder / "control"
+        for path in (queue_dir, processed, control):
             path.mkdir(parents=True, exist_ok=True)
         broker_options = {
             "data_folder_in": str(queue_dir),
             "data_folder_out": str(queue_dir),
             "processed_folder": str(processed),
+            "control_folder": str(control),
             "store_processed": False,
         }
     else:
