@@ -22,16 +22,15 @@ _CONFIG_MODELS = ("jobs.source", "jobs.job", "destinations.destination")
 _RECORD_MODELS = ("jobs.run", "jobs.upload")
 _VIEW = [f"{m.split('.')[0]}.view_{m.split('.')[1]}" for m in _CONFIG_MODELS + _RECORD_MODELS]
 
+_OPERATE = ["jobs.run_job", "jobs.download_run", "jobs.change_run"]  # change_run = cancel
+_CONFIGURE = [
+    f"{m.split('.')[0]}.{action}_{m.split('.')[1]}" for m in _CONFIG_MODELS for action in ("add", "change", "delete")
+]
+
 ROLE_PERMISSIONS: dict[str, list[str]] = {
     VIEWERS: _VIEW,
-    OPERATORS: _VIEW + ["jobs.run_job", "jobs.download_run", "jobs.change_run"],
-    ADMINISTRATORS: _VIEW
-    + ["jobs.run_job", "jobs.download_run", "jobs.change_run", "jobs.delete_run"]
-    + [
-        f"{m.split('.')[0]}.{action}_{m.split('.')[1]}"
-        for m in _CONFIG_MODELS
-        for action in ("add", "change", "delete")
-    ],
+    OPERATORS: [*_VIEW, *_OPERATE],
+    ADMINISTRATORS: [*_VIEW, *_OPERATE, "jobs.delete_run", *_CONFIGURE],
 }
 ROLE_LABELS = {ADMINISTRATORS: "Administrator", OPERATORS: "Operator", VIEWERS: "Viewer"}
 
@@ -52,11 +51,7 @@ def ensure_roles(sender=None, using="default", apps=None, **kwargs) -> None:
         wanted = []
         for perm in perms:
             app_label, codename = perm.split(".")
-            wanted.append(
-                Permission.objects.using(using).get(
-                    content_type__app_label=app_label, codename=codename
-                )
-            )
+            wanted.append(Permission.objects.using(using).get(content_type__app_label=app_label, codename=codename))
         group.permissions.add(*wanted)
 
 

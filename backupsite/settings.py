@@ -36,9 +36,7 @@ DEBUG = env_bool("DEBUG", False)
 DATA_DIR = Path(env_str("BACKUPSITE_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
-SECRET_KEY = required_secret(
-    "SECRET_KEY", debug=DEBUG, dev_file=DATA_DIR / "secret_key", factory=new_secret_key
-)
+SECRET_KEY = required_secret("SECRET_KEY", debug=DEBUG, dev_file=DATA_DIR / "secret_key", factory=new_secret_key)
 # MultiFernet keys, comma separated; the first one encrypts, all of them decrypt.
 FIELD_ENCRYPTION_KEYS = [
     key.strip()
@@ -224,9 +222,7 @@ BACKUPSITE_STALE_RUN_SECONDS = env_int("BACKUPSITE_STALE_RUN_SECONDS", 900, mini
 BACKUPSITE_ZSTD_LEVEL = env_int("BACKUPSITE_ZSTD_LEVEL", 3, minimum=1)
 # Binaries the system checks look for (missing ones are reported, not fatal).
 BACKUPSITE_REQUIRED_BINARIES = env_list("BACKUPSITE_REQUIRED_BINARIES", ["zstd", "tar"])
-BACKUPSITE_OPTIONAL_BINARIES = env_list(
-    "BACKUPSITE_OPTIONAL_BINARIES", ["age", "pg_dump", "pg_restore", "mysqldump"]
-)
+BACKUPSITE_OPTIONAL_BINARIES = env_list("BACKUPSITE_OPTIONAL_BINARIES", ["age", "pg_dump", "pg_restore", "mysqldump"])
 
 LOGGING = {
     "version": 1,

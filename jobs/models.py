@@ -111,6 +111,14 @@ class Job(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args, **kwargs):
+        if not self.slug:
+            self.slug = _unique_slug(Job, self.name, self.pk, "job")
+        super().save(*args, **kwargs)
+
+    def get_absolute_url(self) -> str:
+        return reverse("jobs:job_detail", args=[self.pk])
+
     def clean(self) -> None:
         try:
             zoneinfo.ZoneInfo(self.timezone)
@@ -122,14 +130,6 @@ class Job(models.Model):
             validate_template(self.archive_name_template)
         except ValueError as exc:
             raise ValidationError({"archive_name_template": str(exc)}) from None
-
-    def save(self, *args, **kwargs):
-        if not self.slug:
-            self.slug = _unique_slug(Job, self.name, self.pk, "job")
-        super().save(*args, **kwargs)
-
-    def get_absolute_url(self) -> str:
-        return reverse("jobs:job_detail", args=[self.pk])
 
     @property
     def report_to_list(self) -> list[str]:

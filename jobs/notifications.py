@@ -22,7 +22,7 @@ def notify_run_failed(run) -> bool:
     body = render_to_string("emails/run_failed.txt", context)
     try:
         send_mail(subject, body, None, recipients)
-    except Exception:  # noqa: BLE001 - any mail failure is logged, not raised
+    except Exception:
         log.exception("Could not send the failure e-mail for run %s", run.pk)
         return False
     return True

@@ -19,13 +19,15 @@ from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
 from backupsite import __version__
-from destinations.backends import DestinationError, get_kind as get_destination_kind
+from destinations.backends import DestinationError
+from destinations.backends import get_kind as get_destination_kind
 from destinations.models import Destination
 from jobs.engine import ArchiveError, Cancelled, Entry, atomic_path, write_archive, write_manifest
 from jobs.engine.atomic import remove_partials
 from jobs.models import Job, Run, SlotLock, Upload
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, render
-from jobs.sources import SourceError, get_kind as get_source_kind
+from jobs.sources import SourceError
+from jobs.sources import get_kind as get_source_kind
 
 log = logging.getLogger(__name__)
 HEAVY_SLOT = "heavy-runs"
@@ -100,7 +102,9 @@ def claim(run_id: int) -> str:
             return "gone"
         if run.cancel_requested:
             now = timezone.now()
-            Run.objects.filter(pk=run_id).update(state=Run.State.CANCELLED, finished_at=now, error="Cancelled before it started.")
+            Run.objects.filter(pk=run_id).update(
+                state=Run.State.CANCELLED, finished_at=now, error="Cancelled before it started."
+            )
             return "gone"
         busy = Run.objects.filter(state__in=[Run.State.RUNNING, Run.State.UPLOADING]).count()
         if busy >= settings.BACKUPSITE_MAX_CONCURRENT_RUNS:
@@ -123,8 +127,15 @@ class Progress:
         self.listener = listener
         self._last = 0.0
 
-    def __call__(self, *, phase: str | None = None, done: int | None = None, total: int | None = None,
-                 files: int | None = None, force: bool = False) -> None:
+    def __call__(
+        self,
+        *,
+        phase: str | None = None,
+        done: int | None = None,
+        total: int | None = None,
+        files: int | None = None,
+        force: bool = False,
+    ) -> None:
         run = self.run
         if phase is not None:
             run.phase = phase
@@ -140,8 +151,11 @@ class Progress:
         self._last = now
         run.heartbeat_at = timezone.now()
         Run.objects.filter(pk=run.pk).update(
-            phase=run.phase, bytes_done=run.bytes_done, bytes_total=run.bytes_total,
-            files_done=run.files_done, heartbeat_at=run.heartbeat_at,
+            phase=run.phase,
+            bytes_done=run.bytes_done,
+            bytes_total=run.bytes_total,
+            files_done=run.files_done,
+            heartbeat_at=run.heartbeat_at,
         )
         if self.listener:
             self.listener(run)
@@ -231,7 +245,9 @@ def _execute(run: Run, progress: Progress) -> None:
     progress(total=total, force=True)
 
     # Archive: one stream into the local copy, then the manifest.
-    name = render(job["archive_name_template"], job_slug=job["slug"], when=timezone.localtime(run.created_at), run_id=run.pk)
+    name = render(
+        job["archive_name_template"], job_slug=job["slug"], when=timezone.localtime(run.created_at), run_id=run.pk
+    )
     archive_name = name + ARCHIVE_SUFFIX
     manifest_name = archive_name + MANIFEST_SUFFIX
     run.archive_name = archive_name
@@ -252,7 +268,10 @@ def _execute(run: Run, progress: Progress) -> None:
     with tempfile.TemporaryFile("w+", dir=staging, prefix=".members-") as members:
         with atomic_path(archive_path) as tmp, open(tmp, "wb") as out, contextlib.closing(entries()) as stream:
             result = write_archive(
-                stream, out, members_out=members, level=settings.BACKUPSITE_ZSTD_LEVEL,
+                stream,
+                out,
+                members_out=members,
+                level=settings.BACKUPSITE_ZSTD_LEVEL,
                 progress=lambda done, files: progress(done=done, files=files),
             )
         members.seek(0)
@@ -262,8 +281,13 @@ def _execute(run: Run, progress: Progress) -> None:
             "run": run.pk,
             "created": timezone.now().isoformat(),
             "sources": [{"name": s.name, "slug": s.slug, "kind": s.kind} for s in sources],
-            "archive": {"name": archive_name, "size": result.size, "sha256": result.sha256,
-                        "compression": "zstd", "encryption": None},
+            "archive": {
+                "name": archive_name,
+                "size": result.size,
+                "sha256": result.sha256,
+                "compression": "zstd",
+                "encryption": None,
+            },
             "file_count": result.file_count,
         }
         with atomic_path(manifest_path) as tmp, open(tmp, "w") as out:
@@ -294,7 +318,12 @@ def _execute(run: Run, progress: Progress) -> None:
         )
         base = index * result.size
         ok = perform_upload(
-            upload, archive_path, manifest_path, job["slug"], result.size, result.sha256,
+            upload,
+            archive_path,
+            manifest_path,
+            job["slug"],
+            result.size,
+            result.sha256,
             progress=lambda done, base=base: progress(done=base + done),
         )
         if not ok:
@@ -316,21 +345,24 @@ def _execute(run: Run, progress: Progress) -> None:
         _finish(run, Run.State.SUCCEEDED)
 
 
-def perform_upload(upload: Upload, archive_path: Path, manifest_path: Path, job_slug: str, size: int,
-                   sha256: str, progress=None) -> bool:
+def perform_upload(
+    upload: Upload, archive_path: Path, manifest_path: Path, job_slug: str, size: int, sha256: str, progress=None
+) -> bool:
     """Upload the archive, then its manifest, to one destination. Records the outcome on
     the Upload row and returns whether it succeeded."""
     now = timezone.now()
-    Upload.objects.filter(pk=upload.pk).update(state=Upload.State.UPLOADING, started_at=now, attempts=upload.attempts + 1)
+    Upload.objects.filter(pk=upload.pk).update(
+        state=Upload.State.UPLOADING, started_at=now, attempts=upload.attempts + 1
+    )
     upload.attempts += 1
     try:
         destination = Destination.objects.get(pk=upload.destination_id)
         backend = get_destination_kind(destination.kind).from_destination(destination)
         backend.remove_partials(job_slug)
-        backend.upload(archive_path, job_slug, archive_path.name, expected_size=size, expected_sha256=sha256,
-                       progress=progress)
-        backend.upload(manifest_path, job_slug, manifest_path.name,
-                       expected_size=manifest_path.stat().st_size)
+        backend.upload(
+            archive_path, job_slug, archive_path.name, expected_size=size, expected_sha256=sha256, progress=progress
+        )
+        backend.upload(manifest_path, job_slug, manifest_path.name, expected_size=manifest_path.stat().st_size)
     except Destination.DoesNotExist:
         upload.state, upload.error = Upload.State.FAILED, "The destination was deleted."
     except DestinationError as exc:
@@ -353,7 +385,10 @@ def reap_stale_runs() -> int:
         updated = Run.objects.filter(pk=run.pk, state=run.state, heartbeat_at=run.heartbeat_at).update(
             state=Run.State.FAILED,
             finished_at=timezone.now(),
-            error="Interrupted: the worker stopped while running this backup. Temporary files are removed on the next run.",
+            error=(
+                "Interrupted: the worker stopped while running this backup. "
+                "Temporary files are removed on the next run."
+            ),
         )
         if updated:
             count += 1

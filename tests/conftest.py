@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,19 @@ def job(db, folders, source_tree):
     job.sources.set([source])
     job.destinations.set([destination])
     return job
+
+
+def restore_with_stock_tools(archive: Path, target: Path) -> None:
+    """`zstd -dc ARCHIVE | tar -xf - -C TARGET`, as a user would type it (no shell)."""
+    require_binary("zstd")
+    require_binary("tar")
+    target.mkdir(parents=True, exist_ok=True)
+    zstd = subprocess.Popen(["zstd", "-dc", str(archive)], stdout=subprocess.PIPE)
+    tar = subprocess.run(["tar", "-xf", "-", "-C", str(target)], stdin=zstd.stdout, capture_output=True)
+    zstd.stdout.close()
+    assert zstd.wait() == 0 and tar.returncode == 0, tar.stderr
+
+
+def trees_identical(a: Path, b: Path) -> bool:
+    """`diff -r --no-dereference`: same names, contents and symlink targets."""
+    return subprocess.run(["diff", "-r", "--no-dereference", str(a), str(b)], capture_output=True).returncode == 0

@@ -76,7 +76,11 @@ def test_password_change_page(client, bob):
     assert client.get(reverse("password_change")).status_code == 200
     response = client.post(
         reverse("password_change"),
-        {"old_password": "bob-password", "new_password1": "A-much-longer-one-42", "new_password2": "A-much-longer-one-42"},
+        {
+            "old_password": "bob-password",
+            "new_password1": "A-much-longer-one-42",
+            "new_password2": "A-much-longer-one-42",
+        },
     )
     assert response.status_code == 302
     bob.refresh_from_db()

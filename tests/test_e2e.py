@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_binary
+from tests.conftest import require_binary, restore_with_stock_tools, trees_identical
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,13 +76,30 @@ def stack(tmp_path_factory):
     procs = [
         subprocess.Popen(
             [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-            cwd=ROOT, env=env, stdout=open(logs / "web.log", "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            cwd=ROOT,
+            env=env,
+            stdout=open(logs / "web.log", "w"),  # noqa: SIM115 - closed with the process
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         ),
         subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "backupsite.celery", "worker", "--beat", "--concurrency", "1",
-             "--loglevel", "INFO"],
-            cwd=ROOT, env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "backupsite.celery",
+                "worker",
+                "--beat",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=open(logs / "worker.log", "w"),  # noqa: SIM115 - closed with the process
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         ),
     ]
@@ -142,11 +159,8 @@ def test_login_run_now_progress_download_restore(stack, tmp_path):
     archive = tmp_path / name
     archive.write_bytes(body)
     target = tmp_path / "restore"
-    target.mkdir()
-    subprocess.run(f"zstd -dc '{archive}' | tar -xf - -C '{target}'", shell=True, check=True)  # noqa: S602
-    demo = stack["data"] / "demo" / "files"
-    diff = subprocess.run(["diff", "-r", "--no-dereference", str(demo), str(target / "demo-files")])
-    assert diff.returncode == 0
+    restore_with_stock_tools(archive, target)
+    assert trees_identical(stack["data"] / "demo" / "files", target / "demo-files")
     manifest = json.loads(stored.with_name(name + ".manifest.json").read_text())
     assert manifest["archive"]["sha256"] == hashlib.sha256(body).hexdigest()
     for member in manifest["members"]:

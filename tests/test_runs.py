@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 
 import pytest
 from django.core import mail
@@ -13,7 +12,7 @@ from django.utils import timezone
 
 from jobs import services
 from jobs.models import Run, Upload
-from tests.conftest import require_binary
+from tests.conftest import require_binary, restore_with_stock_tools, trees_identical
 
 
 def sha256(path) -> str:
@@ -49,9 +48,8 @@ def test_a_run_archives_uploads_and_records_everything(job, folders, source_tree
     assert manifest["sources"] == [{"name": "Office files", "slug": "office-files", "kind": "directory"}]
 
     target = tmp_path / "restore"
-    target.mkdir()
-    subprocess.run(f"zstd -dc '{local}' | tar -xf - -C '{target}'", shell=True, check=True)  # noqa: S602
-    assert subprocess.run(["diff", "-r", "--no-dereference", str(source_tree), str(target / "office-files")]).returncode == 0
+    restore_with_stock_tools(local, target)
+    assert trees_identical(source_tree, target / "office-files")
 
 
 def test_the_configuration_is_a_snapshot(job):
@@ -118,7 +116,9 @@ def test_double_click_on_run_now_makes_one_run(client, alice, job, django_captur
     assert "already running" in second.content.decode()
 
 
-def test_run_now_enqueues_through_celery_and_the_page_shows_the_result(client, bob, job, django_capture_on_commit_callbacks):
+def test_run_now_enqueues_through_celery_and_the_page_shows_the_result(
+    client, bob, job, django_capture_on_commit_callbacks
+):
     client.force_login(bob)
     with django_capture_on_commit_callbacks(execute=True):  # eager Celery runs the task here
         response = client.post(reverse("jobs:job_run_now", args=[job.pk]))
@@ -192,8 +192,12 @@ def test_stale_running_runs_are_reaped(job, settings):
 
 def test_runs_list_is_paginated_newest_first(client, charlie, job):
     for n in range(30):
-        Run.objects.create(job=job, job_name=job.name, state=Run.State.SUCCEEDED,
-                           created_at=timezone.now() - timezone.timedelta(minutes=n))
+        Run.objects.create(
+            job=job,
+            job_name=job.name,
+            state=Run.State.SUCCEEDED,
+            created_at=timezone.now() - timezone.timedelta(minutes=n),
+        )
     client.force_login(charlie)
     page1 = client.get(reverse("jobs:run_list")).context["page"]
     assert page1.paginator.count == 30 and len(page1.object_list) == 25

@@ -122,9 +122,7 @@ def write_archive(
     """
     result = ArchiveResult()
     sink = _HashingSink(out)
-    params = zstandard.ZstdCompressionParameters.from_level(
-        level, threads=threads, write_checksum=True
-    )
+    params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads, write_checksum=True)
     compressor = zstandard.ZstdCompressor(compression_params=params)
     zw = compressor.stream_writer(sink, write_size=CHUNK, closefd=False)
     buf = bytearray(CHUNK)

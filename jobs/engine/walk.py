@@ -49,8 +49,9 @@ def walk_directory(
             arcname = f"{prefix}/{rel}"
             try:
                 if child.is_symlink():
-                    yield Entry(arcname, SYMLINK, child.path, child.stat(follow_symlinks=False),
-                                os.readlink(child.path))
+                    yield Entry(
+                        arcname, SYMLINK, child.path, child.stat(follow_symlinks=False), os.readlink(child.path)
+                    )
                 elif child.is_dir(follow_symlinks=False):
                     subdirs.append((child, rel))
                 elif child.is_file(follow_symlinks=False):

@@ -26,7 +26,7 @@ download the archive and restore it with stock tools:
 def make_demo_tree(root) -> None:
     if (root / ".demo-complete").exists():
         return
-    rng = random.Random(20261123)
+    rng = random.Random(20261123)  # noqa: S311 - demo content, not a secret
     for folder, count in (("invoices/2026", 12), ("pbx-config", 5), ("scans", 3)):
         path = root / folder
         path.mkdir(parents=True, exist_ok=True)
