@@ -238,6 +238,21 @@ class Run(models.Model):
         return (self.finished_at or timezone.now()) - self.started_at
 
     @property
+    def duration_display(self) -> str:
+        """'0.2 s', '3 min 12 s', '2 h 05 min'."""
+        duration = self.duration
+        if duration is None:
+            return ""
+        seconds = duration.total_seconds()
+        if seconds < 60:
+            return f"{seconds:.1f} s"
+        minutes, secs = divmod(int(seconds), 60)
+        if minutes < 60:
+            return f"{minutes} min {secs:02d} s"
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours} h {minutes:02d} min"
+
+    @property
     def local_file(self):
         if not self.local_path:
             return None

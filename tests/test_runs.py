@@ -220,3 +220,10 @@ def test_job_name_with_header_injection_is_rejected(db):
 
     with pytest.raises(ValidationError):
         Job(name="x\r\nBcc: x@evil.example", report_to="a@example.com").full_clean()
+
+
+def test_duration_is_human_readable(job):
+    run = Run(started_at=timezone.now() - timezone.timedelta(seconds=192), finished_at=timezone.now())
+    assert run.duration_display == "3 min 12 s"
+    run.started_at = run.finished_at - timezone.timedelta(hours=2, minutes=5, seconds=3)
+    assert run.duration_display == "2 h 05 min"
