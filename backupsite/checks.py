@@ -63,6 +63,22 @@ def check_binaries(app_configs=None, **kwargs):
 
 
 @register(Tags.security, deploy=True)
+def check_site_url(app_configs=None, **kwargs):
+    from urllib.parse import urlsplit
+
+    host = urlsplit(settings.BACKUPSITE_SITE_URL).hostname or ""
+    if not settings.DEBUG and host in {"", "127.0.0.1", "localhost", "::1"}:
+        return [
+            Warning(
+                f"BACKUPSITE_SITE_URL is {settings.BACKUPSITE_SITE_URL!r}: links in e-mails will not reach the panel.",
+                hint="Set it to the panel's public address, e.g. https://backup.example.com.",
+                id="backupsite.W002",
+            )
+        ]
+    return []
+
+
+@register(Tags.security, deploy=True)
 def check_encryption_keys(app_configs=None, **kwargs):
     from cryptography.fernet import Fernet
 

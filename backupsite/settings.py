@@ -133,7 +133,8 @@ USE_TZ = True
 # --- Static files (vendored, served by WhiteNoise; no CDN) -----------------
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = Path(env_str("STATIC_ROOT", str(DATA_DIR / "static")))
+# Outside the data dir: a new release must serve its own files, not a volume's old ones.
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 try:  # WhiteNoise warns on every start when the folder is missing.
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 except OSError:
