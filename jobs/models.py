@@ -5,12 +5,14 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
 
+from backupsite.crypto import EncryptedJSONField
 from backupsite.validators import split_addresses, validate_address_list, validate_no_control_chars
 
 
@@ -30,6 +32,7 @@ class Source(models.Model):
     slug = models.SlugField(max_length=100, unique=True)
     kind = models.CharField(max_length=30)
     settings = models.JSONField(default=dict, blank=True)
+    secrets = EncryptedJSONField()
     size_bytes = models.BigIntegerField(null=True, blank=True)
     file_count = models.BigIntegerField(null=True, blank=True)
     size_measured_at = models.DateTimeField(null=True, blank=True)
@@ -53,7 +56,7 @@ class Source(models.Model):
     def handler(self):
         from jobs.sources import get_kind
 
-        return get_kind(self.kind)(self.name, self.slug, self.settings)
+        return get_kind(self.kind)(self.name, self.slug, self.settings, self.secrets)
 
     @property
     def kind_label(self) -> str:
@@ -79,6 +82,8 @@ class Job(models.Model):
 
     class Encryption(models.TextChoices):
         NONE = "none", "Not encrypted"
+        PASSWORD = "password", "Encrypted, key protected by the backup password"
+        RECIPIENT = "recipient", "Encrypted to an age public key (no key on this server)"
 
     name = models.CharField(max_length=100, unique=True, validators=[validate_no_control_chars])
     slug = models.SlugField(max_length=100, unique=True)
@@ -97,6 +102,14 @@ class Job(models.Model):
         max_length=100, default="{job}-{date}-{time}", validators=[validate_no_control_chars]
     )
     encryption = models.CharField(max_length=10, choices=Encryption.choices, default=Encryption.NONE)
+    # The public key archives are encrypted to (X25519, "age1…").
+    age_recipient = models.CharField(max_length=100, blank=True)
+    # With PASSWORD: the job's age identity, itself age-encrypted with the backup password
+    # (the content of backupsite-key.age, base64). The password is never stored.
+    age_identity_wrapped = models.TextField(blank=True)
+    compression_level = models.PositiveSmallIntegerField(
+        default=3, validators=[MinValueValidator(1), MaxValueValidator(19)]
+    )
     keep_last = models.PositiveIntegerField(null=True, blank=True)
     max_age_days = models.PositiveIntegerField(null=True, blank=True)
     enabled = models.BooleanField(default=True)
@@ -196,6 +209,9 @@ class Run(models.Model):
     log = models.TextField(blank=True)
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verify_ok = models.BooleanField(null=True, blank=True)
+    verify_message = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -307,6 +323,9 @@ class Upload(models.Model):
     error = models.TextField(blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verify_ok = models.BooleanField(null=True, blank=True)
+    verify_message = models.TextField(blank=True)
 
     class Meta:
         ordering = ["pk"]

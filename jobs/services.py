@@ -24,7 +24,7 @@ from destinations.backends import get_kind as get_destination_kind
 from destinations.models import Destination
 from jobs.engine import ArchiveError, Cancelled, Entry, atomic_path, write_archive, write_manifest
 from jobs.engine.atomic import remove_partials
-from jobs.models import Job, Run, SlotLock, Upload
+from jobs.models import Job, Run, SlotLock, Source, Upload
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, render
 from jobs.sources import SourceError
 from jobs.sources import get_kind as get_source_kind
@@ -235,7 +235,8 @@ def _execute(run: Run, progress: Progress) -> None:
 
     # Collect: build the sources and measure what there is to read.
     progress(phase=Run.Phase.COLLECT, force=True)
-    sources = [get_source_kind(s["kind"]).from_snapshot(s) for s in config["sources"]]
+    stored = {s.pk: s.secrets for s in Source.objects.filter(pk__in=[s["id"] for s in config["sources"]])}
+    sources = [get_source_kind(s["kind"]).from_snapshot(s, stored.get(s["id"])) for s in config["sources"]]
     if not sources:
         raise SourceError("This job has nothing to back up: select at least one source.")
     total = 0

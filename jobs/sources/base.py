@@ -1,0 +1,50 @@
+"""What every source kind implements."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import ClassVar
+
+from jobs.engine import Entry
+
+ErrorCallback = Callable[[str, OSError], None]
+
+
+class SourceError(Exception):
+    """A source cannot be read at all (the message is shown to users)."""
+
+
+class SourceKind:
+    kind: ClassVar[str]
+    label: ClassVar[str]
+
+    def __init__(self, name: str, slug: str, settings: dict, secrets: dict | None = None) -> None:
+        self.name = name
+        self.slug = slug
+        self.settings = settings or {}
+        # Credentials (database passwords): from the Source row's encrypted field, never
+        # from the run's JSON snapshot, never on a command line or in a message.
+        self._secrets = dict(secrets or {})
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.slug}>"
+
+    @classmethod
+    def from_snapshot(cls, snap: dict, secrets: dict | None = None) -> SourceKind:
+        return cls(snap["name"], snap["slug"], snap.get("settings", {}), secrets)
+
+    def describe(self) -> str:
+        return self.label
+
+    def measure(self) -> tuple[int, int]:
+        """(bytes, files) this source would put into an archive."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def entries(self, staging: Path, on_error: ErrorCallback) -> Iterator[Iterator[Entry]]:
+        """Yield an iterator of entries; temporary files live in *staging* and are
+        removed when the context exits, whatever happens."""
+        raise NotImplementedError
+        yield  # pragma: no cover
