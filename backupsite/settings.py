@@ -221,6 +221,8 @@ BACKUPSITE_MAX_CONCURRENT_RUNS = env_int("BACKUPSITE_MAX_CONCURRENT_RUNS", 1, mi
 # A running run whose heartbeat is older than this is reaped as interrupted.
 BACKUPSITE_STALE_RUN_SECONDS = env_int("BACKUPSITE_STALE_RUN_SECONDS", 900, minimum=60)
 BACKUPSITE_ZSTD_LEVEL = env_int("BACKUPSITE_ZSTD_LEVEL", 3, minimum=1)
+# Free space kept on the staging disk beyond the archive's estimated size.
+BACKUPSITE_STAGING_MARGIN_BYTES = env_int("BACKUPSITE_STAGING_MARGIN_MB", 64, minimum=0) * 1024 * 1024
 # Binaries the system checks look for (missing ones are reported, not fatal).
 BACKUPSITE_REQUIRED_BINARIES = env_list("BACKUPSITE_REQUIRED_BINARIES", ["zstd", "tar"])
 BACKUPSITE_OPTIONAL_BINARIES = env_list("BACKUPSITE_OPTIONAL_BINARIES", ["age", "pg_dump", "pg_restore", "mysqldump"])

@@ -159,6 +159,56 @@ class Job(models.Model):
     def active_run(self):
         return self.runs.filter(state__in=Run.ACTIVE_STATES).first()
 
+    # --- encryption ---------------------------------------------------------------
+    @property
+    def encrypts(self) -> bool:
+        return self.encryption != self.Encryption.NONE
+
+    @property
+    def key_file(self) -> bytes | None:
+        """The content of ``backupsite-key.age`` (password mode), or None."""
+        from jobs.engine import agekeys
+
+        if self.encryption != self.Encryption.PASSWORD or not self.age_identity_wrapped:
+            return None
+        return agekeys.from_text(self.age_identity_wrapped)
+
+    def set_backup_password(self, password: str, *, old_password: str | None = None) -> None:
+        """Encrypt with the job's own key, protected by *password*.
+
+        The first time, a new identity is made. Later, *old_password* unwraps the same
+        identity and *password* re-wraps it, so older backups stay readable with the new
+        password. (Not saved: call save().)"""
+        from jobs.engine import agekeys
+
+        if self.age_identity_wrapped and self.encryption == self.Encryption.PASSWORD:
+            if old_password is None:
+                raise agekeys.KeyError_("The current backup password is needed to change it.")
+            wrapped = agekeys.rewrap(agekeys.from_text(self.age_identity_wrapped), old_password, password)
+        else:
+            identity, recipient = agekeys.new_identity()
+            wrapped = agekeys.wrap_identity(identity, password)
+            self.age_recipient = recipient
+        self.age_identity_wrapped = agekeys.to_text(wrapped)
+        self.encryption = self.Encryption.PASSWORD
+
+    def set_recipient(self, recipient: str) -> None:
+        """Encrypt to an age public key whose identity never touches this server."""
+        from jobs.engine import agekeys
+
+        self.age_recipient = agekeys.validate_recipient(recipient)
+        self.age_identity_wrapped = ""
+        self.encryption = self.Encryption.RECIPIENT
+
+    def identity(self, password: str) -> str:
+        """The job's age identity, unwrapped with the backup password (verify, restore)."""
+        from jobs.engine import agekeys
+
+        key_file = self.key_file
+        if key_file is None:
+            raise agekeys.KeyError_("This job's key is not stored here (public-key encryption or none).")
+        return agekeys.unwrap_identity(key_file, password)
+
 
 class Run(models.Model):
     class State(models.TextChoices):

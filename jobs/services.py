@@ -25,6 +25,7 @@ from destinations.models import Destination
 from jobs.engine import ArchiveError, Cancelled, Entry, atomic_path, write_archive, write_manifest
 from jobs.engine.atomic import remove_partials
 from jobs.models import Job, Run, SlotLock, Source, Upload
+from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, render
 from jobs.sources import SourceError
 from jobs.sources import get_kind as get_source_kind
@@ -51,6 +52,8 @@ def snapshot(job: Job) -> dict:
             "slug": job.slug,
             "archive_name_template": job.archive_name_template,
             "encryption": job.encryption,
+            "age_recipient": job.age_recipient if job.encrypts else "",
+            "compression_level": job.compression_level,
             "report_to": job.report_to_list,
             "keep_last": job.keep_last,
             "max_age_days": job.max_age_days,
@@ -230,6 +233,9 @@ def _execute(run: Run, progress: Progress) -> None:
     job = config["job"]
     staging = archive_dir_for(job["slug"])
     staging.mkdir(parents=True, exist_ok=True)
+    if job.get("encryption") == "password":
+        stored = Job.objects.filter(pk=job["id"]).first()
+        write_key_file(job["slug"], stored.key_file if stored else None)
     for leftover in remove_partials(staging):
         run.append_log(f"Removed a temporary file left by an interrupted run: {leftover.name}")
 
@@ -244,12 +250,16 @@ def _execute(run: Run, progress: Progress) -> None:
         size, _ = source.measure()
         total += size
     progress(total=total, force=True)
+    check_free_space(staging, job["id"], total)
 
     # Archive: one stream into the local copy, then the manifest.
+    recipients = [job["age_recipient"]] if job.get("encryption", "none") != "none" and job.get("age_recipient") else []
+    if job.get("encryption", "none") != "none" and not recipients:
+        raise ArchiveError("This job is set to encrypt but has no key: set its backup password again.")
     name = render(
         job["archive_name_template"], job_slug=job["slug"], when=timezone.localtime(run.created_at), run_id=run.pk
     )
-    archive_name = name + ARCHIVE_SUFFIX
+    archive_name = name + ARCHIVE_SUFFIX + (AGE_SUFFIX if recipients else "")
     manifest_name = archive_name + MANIFEST_SUFFIX
     run.archive_name = archive_name
     run.append_log(f"Archiving {len(sources)} source(s), {total} bytes, into {archive_name}")
@@ -272,7 +282,8 @@ def _execute(run: Run, progress: Progress) -> None:
                 stream,
                 out,
                 members_out=members,
-                level=settings.BACKUPSITE_ZSTD_LEVEL,
+                level=job.get("compression_level") or settings.BACKUPSITE_ZSTD_LEVEL,
+                recipients=recipients,
                 progress=lambda done, files: progress(done=done, files=files),
             )
         members.seek(0)
@@ -287,7 +298,7 @@ def _execute(run: Run, progress: Progress) -> None:
                 "size": result.size,
                 "sha256": result.sha256,
                 "compression": "zstd",
-                "encryption": None,
+                "encryption": {"scheme": "age", "recipient": recipients[0]} if recipients else None,
             },
             "file_count": result.file_count,
         }
@@ -360,6 +371,9 @@ def perform_upload(
         destination = Destination.objects.get(pk=upload.destination_id)
         backend = get_destination_kind(destination.kind).from_destination(destination)
         backend.remove_partials(job_slug)
+        key_file = archive_path.parent / KEY_FILE_NAME
+        if archive_path.name.endswith(AGE_SUFFIX) and key_file.is_file():
+            _ensure_key_file(backend, job_slug, key_file)
         backend.upload(
             archive_path, job_slug, archive_path.name, expected_size=size, expected_sha256=sha256, progress=progress
         )
@@ -375,6 +389,51 @@ def perform_upload(
     upload.finished_at = timezone.now()
     upload.save()
     return upload.state == Upload.State.SUCCEEDED
+
+
+def _ensure_key_file(backend, job_slug: str, key_file: Path) -> None:
+    """Upload ``backupsite-key.age`` beside the backups unless the same file is there."""
+    wanted = key_file.read_bytes()
+    try:
+        with backend.open(job_slug, KEY_FILE_NAME) as fh:
+            if fh.read(len(wanted) + 1) == wanted:
+                return
+    except DestinationError:
+        pass
+    backend.upload(key_file, job_slug, KEY_FILE_NAME, expected_size=len(wanted))
+
+
+def write_key_file(job_slug: str, key_file: bytes | None) -> None:
+    """Keep the local copy of the key file in the job's staging folder current."""
+    path = archive_dir_for(job_slug) / KEY_FILE_NAME
+    if key_file is None:
+        return
+    if path.is_file() and path.read_bytes() == key_file:
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(key_file)
+
+
+def check_free_space(staging: Path, job_id: int | None, input_bytes: int) -> None:
+    """Refuse to start when the staging disk cannot hold the archive (estimated from the
+    job's last archive, else the input size) plus a margin."""
+    import shutil
+
+    last = (
+        Run.objects.filter(job_id=job_id, archive_size__isnull=False).order_by("-created_at").first()
+        if job_id
+        else None
+    )
+    estimate = int(last.archive_size * 1.2) if last is not None else input_bytes
+    needed = estimate + settings.BACKUPSITE_STAGING_MARGIN_BYTES
+    free = shutil.disk_usage(staging).free
+    if free < needed:
+        from django.template.defaultfilters import filesizeformat
+
+        raise ArchiveError(
+            f"Not enough free space for the archive in {staging}: about {filesizeformat(needed)} needed, "
+            f"{filesizeformat(free)} free."
+        )
 
 
 def reap_stale_runs() -> int:

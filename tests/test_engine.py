@@ -129,3 +129,45 @@ def test_a_file_that_shrinks_while_read_keeps_the_tar_consistent(tmp_path, monke
     tar = subprocess.run(["zstd", "-dc"], input=out.getvalue(), capture_output=True, check=True).stdout
     listing = subprocess.run(["tar", "-tvf", "-"], input=tar, capture_output=True, check=True).stdout.decode()
     assert " 5000 " in listing and "d/growing.log" in listing
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "size", "link"),
+    [
+        ("data/a.txt", FILE, 12345, ""),
+        ("data/ünïcødé ✓.txt", FILE, 0, ""),
+        ("data/dir/", DIR, 0, ""),
+        ("data/link", SYMLINK, 0, "../target with spaces"),
+        ("d/" + "x" * 98, FILE, 7, ""),  # exactly 100 bytes
+        ("d/" + "y" * 150, FILE, 7, ""),  # GNU long name: tarfile path
+        ("data/big.bin", FILE, 9 * 1024**3, ""),  # above 8 GiB: tarfile path
+    ],
+)
+def test_fast_tar_headers_are_identical_to_tarfiles(tmp_path, name, kind, size, link):
+    import tarfile
+
+    from jobs.engine.archive import _header, _tarfile_header
+
+    st = os.lstat(tmp_path)
+    types = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTYPE}
+    entry = Entry(name, kind, linkname=link)
+    assert _header(entry, st, size, types[kind]) == _tarfile_header(entry, st, size, types[kind])
+
+
+def test_an_encrypted_archive_restores_with_age_zstd_and_tar(tmp_path):
+    require_binary("age")
+    from jobs.engine.agekeys import new_identity
+
+    identity, recipient = new_identity()
+    src = make_tree(tmp_path / "src")
+    archive = tmp_path / "out.tar.zst.age"
+    with open(archive, "wb") as out:
+        result = write_archive(walk_directory(str(src), "data"), out, recipients=[recipient])
+    assert result.size == archive.stat().st_size and result.sha256 == sha256(archive)
+    assert archive.read_bytes().startswith(b"age-encryption.org/v1\n")
+    key = tmp_path / "key.txt"
+    key.write_text(identity + "\n")
+    plain = tmp_path / "out.tar.zst"
+    subprocess.run(["age", "-d", "-i", str(key), "-o", str(plain), str(archive)], check=True)
+    restore_with_stock_tools(plain, tmp_path / "restore")
+    assert trees_identical(src, tmp_path / "restore" / "data")

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import stat
+import struct
 import tarfile
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, TextIO
 
 import zstandard
+
+from jobs.engine.age import AgeWriter
 
 FILE, DIR, SYMLINK = "file", "dir", "symlink"
 BLOCK = 512
@@ -92,7 +95,51 @@ class _HashingSink:
         return self._hash.hexdigest()
 
 
+# A GNU tar header: name, mode, uid, gid, size, mtime, checksum, type, linkname, magic,
+# uname, gname, devmajor, devminor, prefix, padding (512 bytes).
+_GNU_HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12x")
+_GNU_MAGIC = b"ustar  \x00"
+_OCTAL_7 = 8**7
+_OCTAL_11 = 8**11
+
+
 def _header(entry: Entry, st: os.stat_result, size: int, tartype: bytes) -> bytes:
+    """The tar header of *entry*: built with struct for the common case (about five
+    times faster than ``TarInfo.tobuf``, and byte-identical to it, see the tests);
+    long names, huge sizes or ids go through tarfile (GNU long-name extensions)."""
+    name = entry.arcname.encode("utf-8", "surrogateescape")
+    link = entry.linkname.encode("utf-8", "surrogateescape")
+    mtime = int(st.st_mtime)
+    if (
+        len(name) <= 100
+        and len(link) <= 100
+        and size < _OCTAL_11
+        and 0 <= mtime < _OCTAL_11
+        and 0 <= st.st_uid < _OCTAL_7
+        and 0 <= st.st_gid < _OCTAL_7
+    ):
+        buf = _GNU_HEADER.pack(
+            name,
+            b"%07o\x00" % stat.S_IMODE(st.st_mode),
+            b"%07o\x00" % st.st_uid,
+            b"%07o\x00" % st.st_gid,
+            b"%011o\x00" % size,
+            b"%011o\x00" % mtime,
+            b"        ",
+            tartype,
+            link,
+            _GNU_MAGIC,
+            b"",
+            b"",
+            b"",
+            b"",
+            b"",
+        )
+        return b"%s%06o\x00%s" % (buf[:148], sum(buf), buf[155:])
+    return _tarfile_header(entry, st, size, tartype)
+
+
+def _tarfile_header(entry: Entry, st: os.stat_result, size: int, tartype: bytes) -> bytes:
     info = tarfile.TarInfo(entry.arcname)
     info.type = tartype
     info.size = size
@@ -113,9 +160,12 @@ def write_archive(
     threads: int = -1,
     progress: Callable[[int, int], None] | None = None,
     progress_interval: float = 0.5,
+    recipients: list[str] | None = None,
 ) -> ArchiveResult:
     """Write *entries* as a ``.tar.zst`` stream to *out* and return what was written.
 
+    With *recipients* (age public keys) the compressed stream is age-encrypted
+    (``.tar.zst.age``); size and sha256 are then those of the encrypted file.
     *members_out* receives one JSON object per line for the manifest. *progress* is
     called with (input bytes done, files done) at most every *progress_interval*
     seconds; it may raise :class:`Cancelled` to stop.
@@ -124,16 +174,15 @@ def write_archive(
     sink = _HashingSink(out)
     params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads, write_checksum=True)
     compressor = zstandard.ZstdCompressor(compression_params=params)
-    zw = compressor.stream_writer(sink, write_size=CHUNK, closefd=False)
+    encryptor = AgeWriter(sink, recipients) if recipients else None
+    zw = compressor.stream_writer(encryptor or sink, write_size=CHUNK, closefd=False)
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     tar_offset = 0
     last_report = time.monotonic()
 
-    def member(record: dict) -> None:
-        if members_out is not None:
-            members_out.write(json.dumps(record, separators=(",", ":")))
-            members_out.write("\n")
+    write_member = members_out.write if members_out is not None else (lambda line: None)
+    dumps = json.dumps
 
     for entry in entries:
         if entry.kind == FILE:
@@ -186,15 +235,9 @@ def write_archive(
             finally:
                 os.close(fd)
             result.file_count += 1
-            member(
-                {
-                    "path": entry.arcname,
-                    "type": FILE,
-                    "size": size,
-                    "sha256": digest.hexdigest(),
-                    "mtime": int(st.st_mtime),
-                    "mode": f"{stat.S_IMODE(st.st_mode):04o}",
-                }
+            write_member(
+                f'{{"path":{dumps(entry.arcname)},"type":"file","size":{size},"sha256":"{digest.hexdigest()}",'
+                f'"mtime":{int(st.st_mtime)},"mode":"{stat.S_IMODE(st.st_mode):04o}"}}\n'
             )
         elif entry.kind == DIR:
             st = entry.st if entry.st is not None else os.lstat(entry.path)
@@ -203,14 +246,14 @@ def write_archive(
             zw.write(header)
             tar_offset += len(header)
             result.dir_count += 1
-            member({"path": name, "type": DIR, "mode": f"{stat.S_IMODE(st.st_mode):04o}"})
+            write_member(f'{{"path":{dumps(name)},"type":"dir","mode":"{stat.S_IMODE(st.st_mode):04o}"}}\n')
         elif entry.kind == SYMLINK:
             st = entry.st if entry.st is not None else os.lstat(entry.path)
             header = _header(entry, st, 0, tarfile.SYMTYPE)
             zw.write(header)
             tar_offset += len(header)
             result.symlink_count += 1
-            member({"path": entry.arcname, "type": SYMLINK, "target": entry.linkname})
+            write_member(f'{{"path":{dumps(entry.arcname)},"type":"symlink","target":{dumps(entry.linkname)}}}\n')
         else:  # pragma: no cover - walkers only produce the kinds above
             raise ArchiveError(f"Unknown entry kind {entry.kind!r}")
 
@@ -226,6 +269,8 @@ def write_archive(
     zw.write(_ZEROS[:end])
     zw.flush(zstandard.FLUSH_FRAME)
     zw.close()
+    if encryptor is not None:
+        encryptor.close()
     out.flush()
     result.size = sink.size
     result.sha256 = sink.hexdigest()
