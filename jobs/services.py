@@ -23,9 +23,9 @@ from destinations.backends import DestinationError
 from destinations.backends import get_kind as get_destination_kind
 from destinations.models import Destination
 from jobs.engine import ArchiveError, Cancelled, Entry, atomic_path, write_archive, write_manifest
+from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
 from jobs.engine.atomic import remove_partials
 from jobs.models import Job, Run, SlotLock, Source, Upload
-from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, render
 from jobs.sources import SourceError
 from jobs.sources import get_kind as get_source_kind
