@@ -13,7 +13,7 @@ class Destination(models.Model):
     ``settings`` holds its non-secret options, ``secrets`` its credentials (encrypted)."""
 
     name = models.CharField(max_length=100, unique=True, validators=[validate_no_control_chars])
-    slug = models.SlugField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=100, unique=True, blank=True)  # set from the name on save
     kind = models.CharField(max_length=30)
     settings = models.JSONField(default=dict, blank=True)
     secrets = EncryptedJSONField()

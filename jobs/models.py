@@ -29,7 +29,7 @@ class Source(models.Model):
     selects a class from ``jobs.sources.REGISTRY``; ``settings`` is its configuration."""
 
     name = models.CharField(max_length=100, unique=True, validators=[validate_no_control_chars])
-    slug = models.SlugField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=100, unique=True, blank=True)  # set from the name on save
     kind = models.CharField(max_length=30)
     settings = models.JSONField(default=dict, blank=True)
     secrets = EncryptedJSONField()
@@ -86,7 +86,7 @@ class Job(models.Model):
         RECIPIENT = "recipient", "Encrypted to an age public key (no key on this server)"
 
     name = models.CharField(max_length=100, unique=True, validators=[validate_no_control_chars])
-    slug = models.SlugField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=100, unique=True, blank=True)  # set from the name on save
     report_to = models.TextField(
         blank=True,
         validators=[validate_address_list],
@@ -133,16 +133,19 @@ class Job(models.Model):
         return reverse("jobs:job_detail", args=[self.pk])
 
     def clean(self) -> None:
+        from jobs.naming import validate_template
+
+        errors = {}
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValidationError({"timezone": "Unknown time zone."}) from None
-        from jobs.naming import validate_template
-
+            errors["timezone"] = "Unknown time zone."
         try:
             validate_template(self.archive_name_template)
         except ValueError as exc:
-            raise ValidationError({"archive_name_template": str(exc)}) from None
+            errors["archive_name_template"] = str(exc)
+        if errors:
+            raise ValidationError(errors)
 
     @property
     def report_to_list(self) -> list[str]:
