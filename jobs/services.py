@@ -22,6 +22,7 @@ from backupsite import __version__
 from destinations.backends import DestinationError
 from destinations.backends import get_kind as get_destination_kind
 from destinations.models import Destination
+from jobs import retention
 from jobs.engine import ArchiveError, Cancelled, Entry, atomic_path, write_archive, write_manifest
 from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
 from jobs.engine.atomic import remove_partials
@@ -319,6 +320,7 @@ def _execute(run: Run, progress: Progress) -> None:
 
     # Upload: one Upload row per destination; the row records every attempt.
     failed_uploads = 0
+    uploaded: list[dict] = []
     destinations = config["destinations"]
     if destinations:
         Run.objects.filter(pk=run.pk).update(state=Run.State.UPLOADING)
@@ -342,7 +344,15 @@ def _execute(run: Run, progress: Progress) -> None:
             failed_uploads += 1
             run.append_log(f"Upload to {dest['name']} failed: {upload.error}")
         else:
+            uploaded.append(dest)
             run.append_log(f"Uploaded to {dest['name']}")
+
+    # Retention (principle 3): this job's older backups, on this server and wherever this
+    # archive arrived; problems are logged, never fail the run. The phase is set directly,
+    # not through progress(), so a late cancel cannot turn a made backup into "cancelled".
+    Run.objects.filter(pk=run.pk).update(phase=Run.Phase.RETENTION, heartbeat_at=timezone.now())
+    for line in retention.after_run(config, protect={archive_name}, destinations=uploaded):
+        run.append_log(line)
 
     if destinations and failed_uploads == len(destinations):
         _finish(run, Run.State.FAILED, "Every upload failed; the archive is kept on this server.")
