@@ -10,10 +10,16 @@ from __future__ import annotations
 
 from jobs.sources.base import SourceError, SourceKind
 from jobs.sources.directory import DirectorySource
+from jobs.sources.mysql import MysqlSource
 from jobs.sources.panel import PanelDatabaseSource
+from jobs.sources.postgres import PostgresSource
+from jobs.sources.sqlite import SqliteSource
 
 REGISTRY: dict[str, type[SourceKind]] = {
     DirectorySource.kind: DirectorySource,
+    PostgresSource.kind: PostgresSource,
+    MysqlSource.kind: MysqlSource,
+    SqliteSource.kind: SqliteSource,
     PanelDatabaseSource.kind: PanelDatabaseSource,
 }
 

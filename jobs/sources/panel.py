@@ -3,81 +3,72 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import sqlite3
-import subprocess
-import tempfile
 from pathlib import Path
 
-from django.conf import settings as django_settings
-from django.db import connections
-
-from jobs.engine import Entry
-from jobs.engine.archive import FILE
+from jobs.sources import dbtools
 from jobs.sources.base import SourceError, SourceKind
+from jobs.sources.dbtools import engine_family
 
 
 class PanelDatabaseSource(SourceKind):
-    """backupsite's own database, for disaster recovery of the panel itself."""
+    """backupsite's own database, for disaster recovery of the panel itself. Always
+    present, whatever engine the panel runs on: SQLite (online backup API) or
+    PostgreSQL (``pg_dump -Fc``)."""
 
     kind = "panel_database"
     label = "Panel database"
 
+    ARCNAMES = {"sqlite3": "backupsite.sqlite3", "postgresql": "backupsite.pgdump"}
+
+    def _delegate(self) -> SourceKind:
+        """The kind that does the work, configured from the panel's database settings."""
+        db = dbtools.panel_database_config()
+        family = engine_family(db.get("ENGINE", ""))
+        if family == "sqlite3":
+            from jobs.sources.sqlite import SqliteSource
+
+            return SqliteSource(self.name, self.slug, {"path": str(db["NAME"])})
+        if family == "postgresql":
+            from jobs.sources.postgres import PostgresSource
+
+            options = db.get("OPTIONS") or {}
+            settings = {
+                "host": str(db.get("HOST") or ""),
+                "port": db.get("PORT") or "",
+                "database": str(db.get("NAME") or ""),
+                "user": str(db.get("USER") or ""),
+                "sslmode": str(options.get("sslmode") or ""),
+            }
+            return PostgresSource(self.name, self.slug, settings, {"password": db.get("PASSWORD") or ""})
+        raise SourceError(f"Backing up a {db.get('ENGINE')} panel database is not supported.")
+
     def describe(self) -> str:
-        return f"backupsite's own database ({connections['default'].vendor})"
+        engine = engine_family(dbtools.panel_database_config().get("ENGINE", ""))
+        return "backupsite's own database ({})".format(
+            {"sqlite3": "SQLite", "postgresql": "PostgreSQL"}.get(engine, engine)
+        )
 
     def measure(self) -> tuple[int, int]:
-        db = django_settings.DATABASES["default"]
-        if db["ENGINE"].endswith("sqlite3"):
-            path = Path(db["NAME"])
-            size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
-            return size, 1
-        with connections["default"].cursor() as cursor:
-            cursor.execute("SELECT pg_database_size(current_database())")
-            return int(cursor.fetchone()[0]), 1
+        return self._delegate().measure()
 
     @contextlib.contextmanager
     def entries(self, staging, on_error):
-        db = django_settings.DATABASES["default"]
-        staging.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".panel-db-", suffix=".partial", dir=staging)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            if db["ENGINE"].endswith("sqlite3"):
-                # The online backup API copies a consistent snapshot of a live database.
-                src = sqlite3.connect(f"file:{db['NAME']}?mode=ro", uri=True, timeout=60)
-                dst = sqlite3.connect(tmp)
-                try:
-                    src.backup(dst)
-                finally:
-                    dst.close()
-                    src.close()
-                arcname = f"{self.slug}/backupsite.sqlite3"
-            elif db["ENGINE"].endswith("postgresql"):
-                _pg_dump(db, tmp)
-                arcname = f"{self.slug}/backupsite.pgdump"
-            else:
-                raise SourceError(f"Backing up a {db['ENGINE']} panel database is not supported.")
-            yield iter([Entry(arcname, FILE, str(tmp))])
-        finally:
-            tmp.unlink(missing_ok=True)
+        delegate = self._delegate()
+        family = engine_family(dbtools.panel_database_config().get("ENGINE", ""))
+        with delegate.dump(staging, f"{self.slug}/{self.ARCNAMES[family]}") as items:
+            yield items
 
+    @staticmethod
+    def restore_into(dump_path: Path, database_url: str, *, allow_panel_database: bool = False) -> None:
+        """Restore a panel backup (``backupsite.sqlite3`` or ``backupsite.pgdump``) into
+        the database the URL names, never over the live panel database."""
+        scheme = database_url.split("://", 1)[0].lower() if isinstance(database_url, str) else ""
+        if scheme.startswith("sqlite"):
+            from jobs.sources.sqlite import SqliteSource
 
-def _pg_dump(db: dict, target: Path) -> None:
-    env = {**os.environ, "PGPASSWORD": db.get("PASSWORD") or ""}  # never on the command line
-    args = ["pg_dump", "-Fc", "--no-password", "-f", str(target)]
-    if db.get("HOST"):
-        args += ["-h", str(db["HOST"])]
-    if db.get("PORT"):
-        args += ["-p", str(db["PORT"])]
-    if db.get("USER"):
-        args += ["-U", str(db["USER"])]
-    args.append(str(db["NAME"]))
-    try:
-        proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise SourceError("pg_dump is not installed.") from None
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise SourceError(f"pg_dump failed: {last[:300]}")
+            return SqliteSource.restore_into(dump_path, database_url, allow_panel_database=allow_panel_database)
+        if scheme.startswith("postgres") or scheme == "pgsql":
+            from jobs.sources.postgres import PostgresSource
+
+            return PostgresSource.restore_into(dump_path, database_url, allow_panel_database=allow_panel_database)
+        raise ValueError("The panel database restores into a sqlite:/// or postgres:// URL.")

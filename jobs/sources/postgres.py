@@ -1,0 +1,197 @@
+"""PostgreSQL databases: ``pg_dump -Fc`` (custom format) into the archive.
+
+The dump goes to a 0600 temporary file in the staging folder first (a tar member needs
+its size up front), which is removed whatever happens. The password reaches ``pg_dump``
+only through its environment (``PGPASSWORD``), never its arguments or a message; the
+connection itself is one quoted libpq connection string, so no setting can be read as an
+option or as a second connection parameter. Restore with stock tools::
+
+    pg_restore --no-owner --clean --if-exists -d <new database> <database>.pgdump
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.engine import Entry
+from jobs.engine.archive import FILE
+from jobs.sources.base import SourceError, SourceKind
+from jobs.sources.dbtools import (
+    CONNECT_TIMEOUT,
+    QUERY_TIMEOUT,
+    check_name,
+    check_port,
+    last_line,
+    parse_database_url,
+    refuse_panel_database,
+    run_tool,
+    staging_dir,
+    temp_file,
+)
+
+DEFAULT_PORT = 5432
+SSL_MODES = ("", "disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def pg_tool(name: str) -> str:
+    """The path of a PostgreSQL client program: on PATH, else the newest Debian
+    ``/usr/lib/postgresql/<version>/bin`` (where the server packages put them)."""
+    found = shutil.which(name)
+    if found:
+        return found
+
+    def version(path: str) -> tuple[int, ...]:
+        part = Path(path).parent.parent.name
+        return tuple(int(p) for p in part.split(".") if p.isdigit()) or (0,)
+
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=version)
+    if candidates and os.access(candidates[-1], os.X_OK):
+        return candidates[-1]
+    raise SourceError(f"{name} is not installed (Debian/Ubuntu: apt-get install postgresql-client).")
+
+
+def _quote(value: str) -> str:
+    """A libpq connection-string value: single-quoted, backslash and quote escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True)
+class PostgresConf:
+    database: str
+    host: str = ""  # empty: libpq's default (the local Unix socket)
+    port: int = DEFAULT_PORT
+    user: str = ""  # empty: libpq's default (the worker's user name)
+    sslmode: str = ""
+
+    @classmethod
+    def parse(cls, data: dict) -> PostgresConf:
+        data = data or {}
+        sslmode = str(data.get("sslmode") or "")
+        if sslmode not in SSL_MODES:
+            raise ValueError(f"Unknown SSL mode {sslmode!r}.")
+        return cls(
+            database=check_name(data.get("database"), "database name", max_length=63),
+            host=check_name(data.get("host"), "host name", required=False),
+            port=check_port(data.get("port"), DEFAULT_PORT),
+            user=check_name(data.get("user"), "user name", required=False, max_length=63),
+            sslmode=sslmode,
+        )
+
+    def conninfo(self) -> str:
+        """A libpq connection string, without the password."""
+        parts = {
+            "dbname": self.database,
+            "host": self.host,
+            "port": str(self.port),
+            "user": self.user,
+            "sslmode": self.sslmode,
+            "connect_timeout": str(CONNECT_TIMEOUT),
+            "application_name": "backupsite",
+        }
+        return " ".join(f"{key}={_quote(value)}" for key, value in parts.items() if value)
+
+    def where(self) -> str:
+        host = self.host or "the local socket"
+        return f"“{self.database}” on {host}:{self.port}" + (f" as {self.user}" if self.user else "")
+
+
+def _env(password: str | None) -> dict[str, str]:
+    """The client's environment: the worker's, with the password (if any) as PGPASSWORD
+    and never an inherited one meant for another server."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "PGDATABASE", "PGSERVICE")}
+    if password:
+        env["PGPASSWORD"] = password
+    return env
+
+
+def pg_dump(conf: PostgresConf, password: str | None, target: Path, *, what: str = "") -> None:
+    """``pg_dump -Fc`` of *conf*'s database into *target*; SourceError on failure."""
+    args = [pg_tool("pg_dump"), "-Fc", "--no-password", f"--file={target}", f"--dbname={conf.conninfo()}"]
+    code, stderr = run_tool(args, env=_env(password))
+    if code != 0:
+        prefix = f"{what}: " if what else ""
+        raise SourceError(f"{prefix}pg_dump of {conf.where()} failed: {last_line(stderr, 'pg_dump', password)}")
+
+
+def pg_restore(conf: PostgresConf, password: str | None, dump: Path) -> None:
+    """``pg_restore --no-owner --clean --if-exists`` of a custom-format dump into *conf*'s
+    (existing) database, in one transaction: all of it or nothing."""
+    args = [
+        pg_tool("pg_restore"),
+        "--no-owner",
+        "--clean",
+        "--if-exists",
+        "--single-transaction",
+        "--no-password",
+        f"--dbname={conf.conninfo()}",
+        str(Path(dump).absolute()),
+    ]
+    code, stderr = run_tool(args, env=_env(password))
+    if code != 0:
+        raise SourceError(f"pg_restore into {conf.where()} failed: {last_line(stderr, 'pg_restore', password)}")
+
+
+def database_size(conf: PostgresConf, password: str | None) -> int:
+    import psycopg
+
+    try:
+        with psycopg.connect(
+            conf.conninfo(), password=password or None, options=f"-c statement_timeout={QUERY_TIMEOUT * 1000}"
+        ) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    except psycopg.Error as exc:
+        raise SourceError(f"Cannot measure {conf.where()}: {last_line(str(exc), 'psycopg', password)}") from None
+    return int(row[0])
+
+
+class PostgresSource(SourceKind):
+    kind = "postgresql"
+    label = "PostgreSQL database"
+
+    @property
+    def conf(self) -> PostgresConf:
+        return PostgresConf.parse(self.settings)
+
+    @property
+    def _password(self) -> str:
+        return str(self._secrets.get("password") or "")
+
+    def describe(self) -> str:
+        return f"PostgreSQL database {self.conf.where()}"
+
+    def measure(self) -> tuple[int, int]:
+        try:
+            return database_size(self.conf, self._password), 1
+        except SourceError as exc:
+            raise SourceError(f"PostgreSQL source “{self.name}”: {exc}") from None
+
+    @contextlib.contextmanager
+    def dump(self, staging: Path, arcname: str):
+        conf = self.conf
+        with temp_file(staging_dir(staging), f"pgdump-{self.slug}") as tmp:
+            pg_dump(conf, self._password, tmp, what=f"PostgreSQL source “{self.name}”")
+            yield iter([Entry(arcname, FILE, str(tmp))])
+
+    @contextlib.contextmanager
+    def entries(self, staging, on_error):
+        with self.dump(staging, f"{self.slug}/{self.conf.database}.pgdump") as items:
+            yield items
+
+    @staticmethod
+    def restore_into(dump_path: Path, database_url: str, *, allow_panel_database: bool = False) -> None:
+        """Restore a ``.pgdump`` into the existing database the URL names
+        (``postgres://user:password@host:port/name``); never over the panel's own live
+        database unless *allow_panel_database*."""
+        config = parse_database_url(database_url, "postgresql")
+        refuse_panel_database(config, allow_panel_database)
+        conf = PostgresConf.parse(
+            {"host": config["HOST"], "port": config["PORT"], "database": config["NAME"], "user": config["USER"]}
+        )
+        if not Path(dump_path).is_file():
+            raise SourceError(f"No dump file at {dump_path}.")
+        pg_restore(conf, config.get("PASSWORD") or "", Path(dump_path))

@@ -1,0 +1,131 @@
+"""SQLite databases: a consistent copy of a live database through the online backup API.
+
+Copying the file with ``cp`` while an application writes can give a torn, corrupt copy
+(and misses whatever still sits in the ``-wal`` file). ``sqlite3.Connection.backup``
+copies every page under one read transaction instead, so the copy is exactly the
+database as of one moment, whoever keeps writing. The source is opened read-only.
+The copy is an ordinary SQLite file: restore by copying it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.engine import Entry
+from jobs.engine.archive import FILE
+from jobs.engine.atomic import fsync_dir
+from jobs.sources.base import SourceError, SourceKind
+from jobs.sources.dbtools import RestoreRefused, parse_database_url, refuse_panel_database, staging_dir, temp_file
+
+BUSY_TIMEOUT = 60  # seconds to wait for a writer holding an exclusive lock
+HEADER = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True)
+class SqliteConf:
+    path: str
+
+    @classmethod
+    def parse(cls, data: dict) -> SqliteConf:
+        path = (data or {}).get("path")
+        if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
+            raise ValueError("A SQLite source needs the absolute path of the database file.")
+        if any(ord(c) < 32 or ord(c) == 127 for c in path):
+            raise ValueError("The path must not contain control characters.")
+        path = os.path.normpath(path)
+        if path == "/" or path.endswith("/"):
+            raise ValueError("A SQLite source needs the path of a file, not of a folder.")
+        return cls(path)
+
+
+def backup_database(source: str | Path, target: Path) -> None:
+    """Copy the live SQLite database *source* into the new file *target*, consistently
+    (sqlite3.Error on failure). *source* is opened read-only: never written to."""
+    src = sqlite3.connect(f"{Path(source).absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)  # pages=-1: all pages in one step, under one read transaction
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def database_size(path: str | Path) -> int:
+    """The file's size plus what still sits in its write-ahead log."""
+    return sum(p.stat().st_size for p in (Path(path), Path(f"{path}-wal")) if p.exists())
+
+
+class SqliteSource(SourceKind):
+    kind = "sqlite"
+    label = "SQLite database"
+
+    @property
+    def conf(self) -> SqliteConf:
+        return SqliteConf.parse(self.settings)
+
+    def describe(self) -> str:
+        return f"SQLite database {self.conf.path}"
+
+    def _check(self) -> SqliteConf:
+        conf = self.conf
+        if not os.path.isfile(conf.path):
+            raise SourceError(f"SQLite source “{self.name}”: the file {conf.path} does not exist.")
+        if not os.access(conf.path, os.R_OK):
+            raise SourceError(f"SQLite source “{self.name}”: the file {conf.path} cannot be read by backupsite.")
+        return conf
+
+    def measure(self) -> tuple[int, int]:
+        return database_size(self._check().path), 1
+
+    @contextlib.contextmanager
+    def dump(self, staging: Path, arcname: str):
+        conf = self._check()
+        with temp_file(staging_dir(staging), f"sqlite-{self.slug}") as tmp:
+            try:
+                backup_database(conf.path, tmp)
+            except sqlite3.Error as exc:
+                raise SourceError(f"SQLite source “{self.name}”: cannot copy {conf.path}: {exc}") from None
+            yield iter([Entry(arcname, FILE, str(tmp))])
+
+    @contextlib.contextmanager
+    def entries(self, staging, on_error):
+        with self.dump(staging, f"{self.slug}/{os.path.basename(self.conf.path)}") as items:
+            yield items
+
+    @staticmethod
+    def restore_into(dump_path: Path, database_url: str, *, allow_panel_database: bool = False) -> None:
+        """Copy a backed-up SQLite file to the path a ``sqlite:////absolute/path`` URL
+        names. Refuses to overwrite a non-empty file, and the panel's own database."""
+        config = parse_database_url(database_url, "sqlite3")
+        target = Path(str(config["NAME"]))
+        if not target.is_absolute():
+            raise ValueError("Give an absolute path: sqlite:////absolute/path/to/file.sqlite3 (four slashes).")
+        refuse_panel_database(config, allow_panel_database)
+        dump_path = Path(dump_path)
+        try:
+            with open(dump_path, "rb") as fh:
+                if fh.read(len(HEADER)) != HEADER:
+                    raise SourceError(f"{dump_path} is not a SQLite database.")
+        except FileNotFoundError:
+            raise SourceError(f"No dump file at {dump_path}.") from None
+        for existing in (target, Path(f"{target}-wal")):
+            if existing.exists() and (not existing.is_file() or existing.stat().st_size > 0):
+                raise RestoreRefused(f"Refusing to overwrite {existing}: it exists and is not empty.")
+        if not target.parent.is_dir():
+            raise SourceError(f"The folder {target.parent} does not exist.")
+        # Write beside the target, then rename: a reader never sees half a database.
+        with temp_file(target.parent, f"restore-{target.name}") as tmp:
+            shutil.copyfile(dump_path, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            if target.exists() and target.stat().st_size > 0:  # appeared meanwhile
+                raise RestoreRefused(f"Refusing to overwrite {target}: it exists and is not empty.")
+            os.replace(tmp, target)
+        fsync_dir(target.parent)
