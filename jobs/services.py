@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 
 from backupsite import __version__
@@ -167,6 +168,35 @@ class Progress:
             raise Cancelled()
 
 
+class Heartbeat(threading.Thread):
+    """Keeps ``heartbeat_at`` fresh while this process works on the run, including
+    stretches without progress (a long database dump, a slow upload), so the reaper only
+    ever takes runs whose worker is really gone."""
+
+    def __init__(self, run_id: int, interval: float) -> None:
+        super().__init__(name=f"heartbeat-run-{run_id}", daemon=True)
+        self.run_id = run_id
+        self.interval = interval
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stopped.wait(self.interval):
+                try:
+                    Run.objects.filter(pk=self.run_id, state__in=[Run.State.RUNNING, Run.State.UPLOADING]).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except Exception:  # noqa: BLE001 - a database blip must not kill the thread
+                    log.warning("Heartbeat of run %s failed; retrying", self.run_id, exc_info=True)
+                    close_old_connections()
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=10)
+
+
 # --- executing ----------------------------------------------------------------------
 def archive_dir_for(job_slug: str) -> Path:
     return settings.BACKUPSITE_ARCHIVE_DIR / job_slug
@@ -180,6 +210,8 @@ def execute_run(run_id: int, *, listener: Callable[[Run], None] | None = None) -
     if outcome != "claimed":
         return run
     progress = Progress(run, listener=listener)
+    heartbeat = Heartbeat(run.pk, interval=max(5.0, settings.BACKUPSITE_STALE_RUN_SECONDS / 5))
+    heartbeat.start()
     try:
         _execute(run, progress)
     except Cancelled:
@@ -201,6 +233,7 @@ def execute_run(run_id: int, *, listener: Callable[[Run], None] | None = None) -
             log.exception("Run %s failed with an unexpected error", run.pk)
             _finish(run, Run.State.FAILED, f"Internal error ({type(exc).__name__}); see the worker log.")
     finally:
+        heartbeat.stop()
         close_old_connections()
     if run.state == Run.State.FAILED:
         from jobs.notifications import notify_run_failed

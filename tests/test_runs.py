@@ -227,3 +227,21 @@ def test_duration_is_human_readable(job):
     assert run.duration_display == "3 min 12 s"
     run.started_at = run.finished_at - timezone.timedelta(hours=2, minutes=5, seconds=3)
     assert run.duration_display == "2 h 05 min"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_heartbeat_keeps_a_long_quiet_run_alive(job):
+    import time
+
+    run = services.create_run(job)
+    services.claim(run.pk)
+    old = timezone.now() - timezone.timedelta(hours=1)
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=old)
+    beat = services.Heartbeat(run.pk, interval=0.05)
+    beat.start()
+    time.sleep(0.3)
+    beat.stop()
+    assert not beat.is_alive()
+    run.refresh_from_db()
+    assert run.heartbeat_at > old + timezone.timedelta(minutes=59)
+    assert services.reap_stale_runs() == 0
