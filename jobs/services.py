@@ -186,7 +186,7 @@ class Heartbeat(threading.Thread):
                     Run.objects.filter(pk=self.run_id, state__in=[Run.State.RUNNING, Run.State.UPLOADING]).update(
                         heartbeat_at=timezone.now()
                     )
-                except Exception:  # noqa: BLE001 - a database blip must not kill the thread
+                except Exception:  # a database blip must not kill the thread
                     log.warning("Heartbeat of run %s failed; retrying", self.run_id, exc_info=True)
                     close_old_connections()
         finally:
