@@ -239,5 +239,7 @@ LOGGING = {
 BACKUPSITE_LOCAL_ROOTS = env_list(
     "BACKUPSITE_LOCAL_ROOTS", [str(BACKUPSITE_LOCAL_BACKUP_DIR), "/mnt", "/media", "/srv/backups"]
 )
+# Restores from the panel (and restorebackup) may only write into these folders.
+BACKUPSITE_RESTORE_ROOTS = env_list("BACKUPSITE_RESTORE_ROOTS", [str(DATA_DIR / "restores")])
 # The panel's public address, used for links in e-mails.
 BACKUPSITE_SITE_URL = env_str("BACKUPSITE_SITE_URL", "http://127.0.0.1:8000")

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs.views import dashboard, jobs, runs, sources
+from jobs.views import dashboard, jobs, restore, runs, sources
 
 app_name = "jobs"
 
@@ -14,6 +14,8 @@ urlpatterns = [
     path("runs/<int:pk>/download/", runs.run_download, name="run_download"),
     path("runs/<int:pk>/manifest/", runs.run_download, {"what": "manifest"}, name="run_manifest"),
     path("runs/<int:pk>/cancel/", runs.run_cancel, name="run_cancel"),
+    path("runs/<int:pk>/verify/", restore.run_verify, name="run_verify"),
+    path("runs/<int:pk>/restore/", restore.run_restore, name="run_restore"),
     path("sources/", sources.source_list, name="source_list"),
     path("sources/<int:pk>/", sources.source_detail, name="source_detail"),
     path("sources/<int:pk>/measure/", sources.source_measure, name="source_measure"),

@@ -267,8 +267,7 @@ def write_archive(
     end = 2 * BLOCK
     end += -(tar_offset + end) % RECORD
     zw.write(_ZEROS[:end])
-    zw.flush(zstandard.FLUSH_FRAME)
-    zw.close()
+    zw.close()  # ends the zstd frame (an extra flush would add an empty frame)
     if encryptor is not None:
         encryptor.close()
     out.flush()
