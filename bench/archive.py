@@ -444,6 +444,35 @@ def run_borg(ctx: Context) -> Sample:
     return _sample(wall, procs, size)
 
 
+def run_verify_reference(ctx: Context) -> Sample:
+    """``zstd -d | tar -t`` plus ``sha256sum`` of the panel's archive of this round."""
+    archive = ctx.out_dir / "panel.tar.zst"
+    wall1, procs1 = run_pipeline([["zstd", "-dc", "-q", str(archive)], ["tar", "-tf", "-"]], consume=lambda _: None)
+    wall2, procs2 = run_pipeline([["sha256sum", str(archive)]], consume=lambda _: None)
+    return _sample(wall1 + wall2, procs1 + procs2, archive.stat().st_size)
+
+
+def run_verify(ctx: Context) -> Sample:
+    """The panel's verify (sha256 of the stored file, zstd, tar, sha256 of every member
+    against the manifest) of the panel's archive of this round."""
+    archive = ctx.out_dir / "panel.tar.zst"
+    wall, proc, report = run_worker("verify", str(archive), str(archive) + ".manifest.json")
+    if not report["ok"]:
+        fail(f"verify found problems in a good archive: {report['problems'][:3]}")
+    return _sample(wall, [proc], archive.stat().st_size, report)
+
+
+def worker_verify(archive: str, manifest_path: str) -> dict:
+    sys.path.insert(0, str(REPO_DIR))
+    from jobs.engine.verify import verify_archive
+
+    with open(manifest_path) as fh:
+        manifest = json.load(fh)
+    with open(archive, "rb") as stream:
+        result = verify_archive(stream, manifest)
+    return {"ok": result.ok, "problems": result.problems, "members": result.members_checked}
+
+
 def worker_panel(tree: str, out_path: str, encrypt: str = "") -> dict:
     """The panel's archive step, as in ``jobs.services._execute`` (without Django and fsync)."""
     sys.path.insert(0, str(REPO_DIR))
@@ -505,12 +534,16 @@ VARIANTS: dict[str, Callable[[Context], Sample]] = {
     "panel-age": run_panel_age,
     "restic": run_restic,
     "borg": run_borg,
+    # Verify variants read the panel's archive of the same round (run after "panel").
+    "verify-reference": run_verify_reference,
+    "verify": run_verify,
 }
 # Programs a variant needs; a variant whose program is missing is left out (and said so).
 NEEDS = {"restic": "restic", "borg": "borg"}
 # Python code run in a separate process by run_worker(); each returns a JSON-able report.
 WORKERS: dict[str, Callable[..., dict]] = {
     "panel": worker_panel,
+    "verify": worker_verify,
 }
 
 
@@ -560,7 +593,7 @@ def print_table(results: dict[str, list[Sample]]) -> dict[str, tuple[float, floa
     """Print the table; return {variant: (ratio, peak RSS MiB)}."""
     base = statistics.median(s.wall for s in next(iter(results.values())))
     header = (
-        f"{'variant':<11} {'median s':>9} {'ratio':>6} {'CPU s':>7} {'peak RSS MiB':>18} {'output MiB':>11}  runs (s)"
+        f"{'variant':<16} {'median s':>9} {'ratio':>6} {'CPU s':>7} {'peak RSS MiB':>18} {'output MiB':>11}  runs (s)"
     )
     print(header)
     print("-" * len(header))
@@ -572,7 +605,7 @@ def print_table(results: dict[str, list[Sample]]) -> dict[str, tuple[float, floa
         runs = " ".join(f"{s.wall:.2f}" for s in samples)
         rss_text = f"{peak.rss_proc} {peak.rss_kib / KIB:.1f}"
         print(
-            f"{name:<11} {wall:>9.2f} {wall / base:>6.2f} {cpu:>7.1f} {rss_text:>18}"
+            f"{name:<16} {wall:>9.2f} {wall / base:>6.2f} {cpu:>7.1f} {rss_text:>18}"
             f" {samples[-1].out_bytes / MIB:>11.1f}  {runs}"
         )
         figures[name] = (wall / base, peak.rss_kib / KIB)
@@ -701,6 +734,12 @@ def main(argv: list[str]) -> int:
             (f"encrypted ratio {enc:.2f} (target <= {TARGET_RATIO_ENCRYPTED})", enc <= TARGET_RATIO_ENCRYPTED)
         )
         checks.append((f"encrypted peak RSS {enc_rss:.0f} MiB", enc_rss <= TARGET_RSS_MIB))
+    if "verify" in figures and "verify-reference" in figures:
+        # Throughput ratio = reference time / verify time (same archive).
+        throughput = figures["verify-reference"][0] / figures["verify"][0]
+        checks.append(
+            (f"verify throughput {throughput:.0%} of zstd -d | tar -t + sha256sum (target >= 80%)", throughput >= 0.8)
+        )
     for other in ("restic", "borg"):
         if other in figures:
             theirs = figures[other][0]
