@@ -345,6 +345,27 @@ class Run(models.Model):
         self.log = f"{self.log}{stamp} {line}\n"
 
 
+class VerifyTicket(models.Model):
+    """A verification asked for in the panel, waiting for a worker (a multi-GB verify
+    must not run inside a web request). For an encrypted backup it holds the job's age
+    identity, unwrapped from the password the user typed, encrypted at rest; the worker
+    deletes the row before it starts, and the reaper removes tickets nobody picked up."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+")
+    destination = models.ForeignKey(
+        "destinations.Destination", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    checksum_only = models.BooleanField(default=False)
+    secrets = EncryptedJSONField()
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Verification of run #{self.run_id}"
+
+
 class SlotLock(models.Model):
     """One row per named lock; claiming a run locks the row ``heavy-runs`` so that two
     workers never both take the last free slot (``SELECT … FOR UPDATE`` on PostgreSQL;

@@ -481,6 +481,10 @@ def check_free_space(staging: Path, job_id: int | None, input_bytes: int) -> Non
 
 def reap_stale_runs() -> int:
     """Mark runs whose worker stopped sending heartbeats as failed (interrupted)."""
+    from jobs.models import VerifyTicket
+
+    # A verification nobody picked up within a day goes, with the identity it holds.
+    VerifyTicket.objects.filter(created_at__lt=timezone.now() - timezone.timedelta(days=1)).delete()
     limit = timezone.now() - timezone.timedelta(seconds=settings.BACKUPSITE_STALE_RUN_SECONDS)
     stale = Run.objects.filter(state__in=[Run.State.RUNNING, Run.State.UPLOADING], heartbeat_at__lt=limit)
     count = 0

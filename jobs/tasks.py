@@ -15,6 +15,13 @@ def execute_run(self, run_id: int) -> str:
     return run.state
 
 
+@app.task(acks_late=True, ignore_result=True)
+def verify_ticket(ticket_id: int) -> None:
+    from jobs import verification
+
+    verification.run_ticket(ticket_id)
+
+
 @app.task(ignore_result=True)
 def reap_stale_runs() -> int:
     return services.reap_stale_runs()

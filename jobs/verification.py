@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 from django.core.mail import send_mail
+from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -39,7 +40,7 @@ from jobs.engine import agekeys
 from jobs.engine.manifest import read_manifest
 from jobs.engine.restore import RestoreError, RestoreResult, safe_extract
 from jobs.engine.verify import DecryptionError, SourceReadError, VerifyResult, verify_archive
-from jobs.models import Run, Upload
+from jobs.models import Run, Upload, VerifyTicket
 from jobs.naming import MANIFEST_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,63 @@ def verify_run(
         notify_verify_failed(run, location.label, result.message)
     result.where = location.label
     return result
+
+
+def _set_status(run: Run, upload: Upload | None, message: str) -> None:
+    """A verification that is queued, or could not run: no verdict on the backup."""
+    values = {"verified_at": None, "verify_ok": None, "verify_message": message[:MESSAGE_LIMIT]}
+    if upload is not None:
+        Upload.objects.filter(pk=upload.pk).update(**values)
+    else:
+        Run.objects.filter(pk=run.pk).update(**values)
+
+
+def request_verification(
+    run: Run, destination=None, password: str | None = None, *, checksum_only: bool = False, user=None
+) -> VerifyTicket:
+    """Queue a verification for a worker (the panel's Verify button).
+
+    Everything a user can get wrong is checked here, at once (the copy exists, the
+    manifest is readable, the password unwraps the job's key); the identity then travels
+    only inside an encrypted ticket row, never through the broker."""
+    from jobs import tasks
+
+    location = archive_location(run, destination)
+    try:
+        manifest = _load_manifest(location)
+    except _Unreadable as exc:
+        raise VerificationError(f"The manifest cannot be read: {exc}") from None
+    identities = _identities(run, manifest, location, password, None, checksum_only)
+    ticket = VerifyTicket.objects.create(
+        run=run,
+        destination=location.upload.destination if location.upload is not None else None,
+        checksum_only=checksum_only,
+        secrets={"identities": list(identities or [])},
+        requested_by=user if user is not None and user.is_authenticated else None,
+    )
+    _set_status(run, location.upload, "Verification queued; the result appears here when it is done.")
+    transaction.on_commit(lambda: tasks.verify_ticket.delay(ticket.pk))
+    return ticket
+
+
+def run_ticket(ticket_id: int) -> VerifyResult | None:
+    """The worker's side: take the ticket (deleting it, and the identity, first), verify."""
+    with transaction.atomic():
+        ticket = VerifyTicket.objects.select_for_update().filter(pk=ticket_id).first()
+        if ticket is None:  # already done by another delivery, or expired
+            return None
+        identities = list(ticket.secrets.get("identities") or []) or None
+        run, destination, checksum_only = ticket.run, ticket.destination, ticket.checksum_only
+        ticket.delete()
+    try:
+        return verify_run(run, destination, identities=identities, checksum_only=checksum_only)
+    except VerificationError as exc:
+        try:
+            upload = archive_location(run, destination).upload
+        except VerificationError:
+            upload = None
+        _set_status(run, upload, f"Could not verify: {exc}")
+        return None
 
 
 def record_verification(run: Run, upload: Upload | None, result: VerifyResult) -> None:

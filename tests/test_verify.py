@@ -20,6 +20,7 @@ import pytest
 import zstandard
 from django.core import mail
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
@@ -565,27 +566,59 @@ def test_the_run_page_offers_verify_to_operators_not_viewers(client, bob, charli
 
 
 @pytest.mark.parametrize("user,status", [("charlie", 403), ("dave", 403), ("bob", 302), ("alice", 302)])
-def test_verify_permission_per_role(client, request, finished_run, user, status):
+def test_verify_permission_per_role(client, request, finished_run, user, status, django_capture_on_commit_callbacks):
     client.force_login(request.getfixturevalue(user))
-    response = client.post(reverse("jobs:run_verify", args=[finished_run.pk]), {"location": "local"})
+    with django_capture_on_commit_callbacks(execute=True):  # the queued task runs (eager Celery)
+        response = client.post(reverse("jobs:run_verify", args=[finished_run.pk]), {"location": "local"})
     assert response.status_code == status
     finished_run.refresh_from_db()
     assert (finished_run.verified_at is not None) == (status == 302)
 
 
-def test_verify_button_shows_the_result(client, bob, finished_run, folders):
+def test_verify_button_queues_a_task_and_the_page_shows_the_result(
+    client, bob, finished_run, folders, django_capture_on_commit_callbacks
+):
+    from jobs.models import VerifyTicket
+
     client.force_login(bob)
     url = reverse("jobs:run_verify", args=[finished_run.pk])
-    response = client.post(url, {"location": "local"}, follow=True)
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        response = client.post(url, {"location": "local"}, follow=True)
     page = response.content.decode()
-    assert "Verified the local copy" in page and "5 files match the manifest" in page
+    assert "Verification started in the background" in page
+    assert "Verification queued" in page  # the card says so until the worker is done
+    assert len(queued) == 1 and VerifyTicket.objects.count() == 1
+    queued[0]()  # the worker
+    assert VerifyTicket.objects.count() == 0
+    page = client.get(finished_run.get_absolute_url()).content.decode()
+    assert "5 files match the manifest" in page and "FAILED" not in page
+
     flip_byte(remote_copy(finished_run, folders))
     destination = finished_run.uploads.get().destination
-    response = client.post(url, {"location": str(destination.pk)}, follow=True)
-    page = response.content.decode()
-    assert "Verification failed for destination" in page
-    assert "office-files/blob.bin: checksum mismatch" in page
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(url, {"location": str(destination.pk)})
+    page = client.get(finished_run.get_absolute_url()).content.decode()
+    assert "FAILED" in page and "office-files/blob.bin: checksum mismatch" in page
     assert len(mail.outbox) == 1
+
+
+def test_a_verification_nobody_picked_up_is_removed_with_its_identity(finished_run, folders):
+    from django.utils import timezone
+
+    from jobs.models import VerifyTicket
+    from jobs.services import reap_stale_runs
+
+    run = make_encrypted(finished_run, folders)
+    from jobs.verification import request_verification
+
+    ticket = request_verification(run, password=PASSWORD)
+    assert ticket.secrets["identities"][0].startswith("AGE-SECRET-KEY-")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT secrets FROM jobs_verifyticket")
+        assert "AGE-SECRET-KEY" not in cursor.fetchone()[0]  # encrypted at rest
+    VerifyTicket.objects.filter(pk=ticket.pk).update(created_at=timezone.now() - timezone.timedelta(days=2))
+    reap_stale_runs()
+    assert not VerifyTicket.objects.exists()
 
 
 def test_verify_needs_csrf(bob, finished_run):
@@ -597,14 +630,17 @@ def test_verify_needs_csrf(bob, finished_run):
     assert finished_run.verified_at is None
 
 
-def test_the_password_is_never_stored_or_shown(client, bob, finished_run, folders, caplog):
+def test_the_password_is_never_stored_or_shown(
+    client, bob, finished_run, folders, caplog, django_capture_on_commit_callbacks
+):
     run = make_encrypted(finished_run, folders)
     client.force_login(bob)
     url = reverse("jobs:run_verify", args=[run.pk])
     assert 'type="password"' in client.get(run.get_absolute_url()).content.decode()
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG), django_capture_on_commit_callbacks(execute=True):
         ok = client.post(url, {"location": "local", "password": PASSWORD}, follow=True)
         wrong = client.post(url, {"location": "local", "password": PASSWORD + "x"})
+    ok = client.get(run.get_absolute_url())
     assert "files match the manifest" in ok.content.decode()
     assert wrong.status_code == 200 and "Wrong backup password" in wrong.content.decode()
     assert PASSWORD not in ok.content.decode() and PASSWORD not in wrong.content.decode()

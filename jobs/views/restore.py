@@ -19,7 +19,7 @@ from django.views.decorators.http import require_http_methods
 from destinations.models import Destination
 from jobs.engine.restore import RestoreError
 from jobs.models import Run, Upload
-from jobs.verification import VerificationError, restore_roots, restore_run, verify_run
+from jobs.verification import VerificationError, request_verification, restore_roots, restore_run
 
 LOCAL = "local"
 
@@ -108,23 +108,21 @@ def run_verify(request, pk: int):
 @sensitive_variables("data")
 def _verify(request, run: Run, data: dict) -> bool:
     try:
-        result = verify_run(
+        request_verification(
             run,
             _destination(data["location"]),
             data.get("password") or None,
             checksum_only=bool(data.get("checksum_only")),
+            user=request.user,
         )
     except VerificationError as exc:
         messages.error(request, f"Could not verify: {exc}")
         return False
-    if result.ok:
-        messages.success(request, f"Verified {result.where}: {result.message}")
-    else:
-        messages.error(
-            request,
-            f"Verification failed for {result.where}: {result.message} "
-            "The backup is marked invalid and the report-to addresses were alerted.",
-        )
+    messages.info(
+        request,
+        "Verification started in the background: the result appears under “Verification” when it is done "
+        "(a damaged backup is marked invalid and the report-to addresses are alerted).",
+    )
     return True
 
 
