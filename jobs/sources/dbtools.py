@@ -14,11 +14,13 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from django.conf import settings as django_settings
 
+from jobs.engine.archive import FILE, Entry
 from jobs.engine.atomic import PARTIAL_SUFFIX
-from jobs.sources.base import SourceError
+from jobs.sources.base import SourceError, SourceKind
 
 # --- shared by the database kinds ----------------------------------------------------
 # Seconds before a database client gives up connecting; the dump itself has no limit of
@@ -238,3 +240,56 @@ def refuse_panel_database(config: dict, allow_panel_database: bool = False) -> N
 
 
 # --- the panel's own database --------------------------------------------------------
+
+
+class DumpSource(SourceKind):
+    """A database archived as one dump file, ``<source slug>/<dump_name()>``, written to a
+    0600 temporary file in the staging folder (tar needs the size up front) that is
+    always removed. Subclasses say how to measure and how to write the dump."""
+
+    conf_class: ClassVar[type]  # a frozen dataclass with parse(dict) and where()
+    title: ClassVar[str]  # "PostgreSQL", for messages
+    temp_prefix: ClassVar[str]
+
+    @property
+    def conf(self):
+        return self.conf_class.parse(self.settings)
+
+    @property
+    def _password(self) -> str:
+        return str(self._secrets.get("password") or "")
+
+    @property
+    def what(self) -> str:
+        return f"{self.title} source “{self.name}”"
+
+    def describe(self) -> str:
+        return f"{self.label} {self.conf.where()}"
+
+    def dump_name(self) -> str:
+        raise NotImplementedError
+
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def write_dump(self, target: Path, staging: Path) -> None:
+        raise NotImplementedError
+
+    def measure(self) -> tuple[int, int]:
+        try:
+            return self.size(), 1
+        except SourceError as exc:
+            message = str(exc)
+            raise SourceError(message if message.startswith(self.what) else f"{self.what}: {message}") from None
+
+    @contextlib.contextmanager
+    def dump(self, staging: Path, arcname: str):
+        staging = staging_dir(staging)
+        with temp_file(staging, f"{self.temp_prefix}-{self.slug}") as tmp:
+            self.write_dump(tmp, staging)
+            yield iter([Entry(arcname, FILE, str(tmp))])
+
+    @contextlib.contextmanager
+    def entries(self, staging, on_error):
+        with self.dump(staging, f"{self.slug}/{self.dump_name()}") as items:
+            yield items

@@ -19,19 +19,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.engine import Entry
-from jobs.engine.archive import FILE
-from jobs.sources.base import SourceError, SourceKind
+from jobs.sources.base import SourceError
 from jobs.sources.dbtools import (
     CONNECT_TIMEOUT,
     QUERY_TIMEOUT,
+    DumpSource,
     check_name,
     check_port,
     last_line,
     parse_database_url,
     refuse_panel_database,
     run_tool,
-    staging_dir,
     temp_file,
 )
 
@@ -148,39 +146,21 @@ def database_size(conf: MysqlConf, password: str | None) -> int:
         raise SourceError(f"Cannot measure {conf.where()}: unexpected answer from {name}.") from None
 
 
-class MysqlSource(SourceKind):
+class MysqlSource(DumpSource):
     kind = "mysql"
-    label = "MySQL / MariaDB database"
+    label = "MySQL/MariaDB database"
+    title = "MySQL"
+    conf_class = MysqlConf
+    temp_prefix = "mysqldump"
 
-    @property
-    def conf(self) -> MysqlConf:
-        return MysqlConf.parse(self.settings)
+    def dump_name(self) -> str:
+        return f"{self.conf.database}.sql"
 
-    @property
-    def _password(self) -> str:
-        return str(self._secrets.get("password") or "")
+    def size(self) -> int:
+        return database_size(self.conf, self._password)
 
-    def describe(self) -> str:
-        return f"MySQL/MariaDB database {self.conf.where()}"
-
-    def measure(self) -> tuple[int, int]:
-        try:
-            return database_size(self.conf, self._password), 1
-        except SourceError as exc:
-            raise SourceError(f"MySQL source “{self.name}”: {exc}") from None
-
-    @contextlib.contextmanager
-    def dump(self, staging: Path, arcname: str):
-        conf = self.conf
-        staging = staging_dir(staging)
-        with temp_file(staging, f"mysqldump-{self.slug}") as tmp:
-            mysqldump(conf, self._password, tmp, staging, what=f"MySQL source “{self.name}”")
-            yield iter([Entry(arcname, FILE, str(tmp))])
-
-    @contextlib.contextmanager
-    def entries(self, staging, on_error):
-        with self.dump(staging, f"{self.slug}/{self.conf.database}.sql") as items:
-            yield items
+    def write_dump(self, target: Path, staging: Path) -> None:
+        mysqldump(self.conf, self._password, target, staging, what=self.what)
 
     @staticmethod
     def restore_into(dump_path: Path, database_url: str, *, allow_panel_database: bool = False) -> None:

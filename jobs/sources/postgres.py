@@ -11,27 +11,23 @@ option or as a second connection parameter. Restore with stock tools::
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.engine import Entry
-from jobs.engine.archive import FILE
-from jobs.sources.base import SourceError, SourceKind
+from jobs.sources.base import SourceError
 from jobs.sources.dbtools import (
     CONNECT_TIMEOUT,
     QUERY_TIMEOUT,
+    DumpSource,
     check_name,
     check_port,
     last_line,
     parse_database_url,
     refuse_panel_database,
     run_tool,
-    staging_dir,
-    temp_file,
 )
 
 DEFAULT_PORT = 5432
@@ -149,38 +145,21 @@ def database_size(conf: PostgresConf, password: str | None) -> int:
     return int(row[0])
 
 
-class PostgresSource(SourceKind):
+class PostgresSource(DumpSource):
     kind = "postgresql"
     label = "PostgreSQL database"
+    title = "PostgreSQL"
+    conf_class = PostgresConf
+    temp_prefix = "pgdump"
 
-    @property
-    def conf(self) -> PostgresConf:
-        return PostgresConf.parse(self.settings)
+    def dump_name(self) -> str:
+        return f"{self.conf.database}.pgdump"
 
-    @property
-    def _password(self) -> str:
-        return str(self._secrets.get("password") or "")
+    def size(self) -> int:
+        return database_size(self.conf, self._password)
 
-    def describe(self) -> str:
-        return f"PostgreSQL database {self.conf.where()}"
-
-    def measure(self) -> tuple[int, int]:
-        try:
-            return database_size(self.conf, self._password), 1
-        except SourceError as exc:
-            raise SourceError(f"PostgreSQL source “{self.name}”: {exc}") from None
-
-    @contextlib.contextmanager
-    def dump(self, staging: Path, arcname: str):
-        conf = self.conf
-        with temp_file(staging_dir(staging), f"pgdump-{self.slug}") as tmp:
-            pg_dump(conf, self._password, tmp, what=f"PostgreSQL source “{self.name}”")
-            yield iter([Entry(arcname, FILE, str(tmp))])
-
-    @contextlib.contextmanager
-    def entries(self, staging, on_error):
-        with self.dump(staging, f"{self.slug}/{self.conf.database}.pgdump") as items:
-            yield items
+    def write_dump(self, target: Path, staging: Path) -> None:
+        pg_dump(self.conf, self._password, target, what=self.what)
 
     @staticmethod
     def restore_into(dump_path: Path, database_url: str, *, allow_panel_database: bool = False) -> None:

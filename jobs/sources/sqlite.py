@@ -9,18 +9,21 @@ The copy is an ordinary SQLite file: restore by copying it into place.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.engine import Entry
-from jobs.engine.archive import FILE
 from jobs.engine.atomic import fsync_dir
-from jobs.sources.base import SourceError, SourceKind
-from jobs.sources.dbtools import RestoreRefused, parse_database_url, refuse_panel_database, staging_dir, temp_file
+from jobs.sources.base import SourceError
+from jobs.sources.dbtools import (
+    DumpSource,
+    RestoreRefused,
+    parse_database_url,
+    refuse_panel_database,
+    temp_file,
+)
 
 BUSY_TIMEOUT = 60  # seconds to wait for a writer holding an exclusive lock
 HEADER = b"SQLite format 3\x00"
@@ -62,42 +65,36 @@ def database_size(path: str | Path) -> int:
     return sum(p.stat().st_size for p in (Path(path), Path(f"{path}-wal")) if p.exists())
 
 
-class SqliteSource(SourceKind):
+class SqliteSource(DumpSource):
     kind = "sqlite"
     label = "SQLite database"
-
-    @property
-    def conf(self) -> SqliteConf:
-        return SqliteConf.parse(self.settings)
+    title = "SQLite"
+    conf_class = SqliteConf
+    temp_prefix = "sqlite"
 
     def describe(self) -> str:
-        return f"SQLite database {self.conf.path}"
+        return f"{self.label} {self.conf.path}"
 
     def _check(self) -> SqliteConf:
         conf = self.conf
         if not os.path.isfile(conf.path):
-            raise SourceError(f"SQLite source “{self.name}”: the file {conf.path} does not exist.")
+            raise SourceError(f"{self.what}: the file {conf.path} does not exist.")
         if not os.access(conf.path, os.R_OK):
-            raise SourceError(f"SQLite source “{self.name}”: the file {conf.path} cannot be read by backupsite.")
+            raise SourceError(f"{self.what}: the file {conf.path} cannot be read by backupsite.")
         return conf
 
-    def measure(self) -> tuple[int, int]:
-        return database_size(self._check().path), 1
+    def dump_name(self) -> str:
+        return os.path.basename(self.conf.path)
 
-    @contextlib.contextmanager
-    def dump(self, staging: Path, arcname: str):
+    def size(self) -> int:
+        return database_size(self._check().path)
+
+    def write_dump(self, target: Path, staging: Path) -> None:
         conf = self._check()
-        with temp_file(staging_dir(staging), f"sqlite-{self.slug}") as tmp:
-            try:
-                backup_database(conf.path, tmp)
-            except sqlite3.Error as exc:
-                raise SourceError(f"SQLite source “{self.name}”: cannot copy {conf.path}: {exc}") from None
-            yield iter([Entry(arcname, FILE, str(tmp))])
-
-    @contextlib.contextmanager
-    def entries(self, staging, on_error):
-        with self.dump(staging, f"{self.slug}/{os.path.basename(self.conf.path)}") as items:
-            yield items
+        try:
+            backup_database(conf.path, target)
+        except sqlite3.Error as exc:
+            raise SourceError(f"{self.what}: cannot copy {conf.path}: {exc}") from None
 
     @staticmethod
     def restore_into(dump_path: Path, database_url: str, *, allow_panel_database: bool = False) -> None:
