@@ -31,6 +31,7 @@ from jobs.models import Job, Run, SlotLock, Source, Upload
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, render
 from jobs.sources import SourceError
 from jobs.sources import get_kind as get_source_kind
+from jobs.sources.base import cancel_check
 
 log = logging.getLogger(__name__)
 HEAVY_SLOT = "heavy-runs"
@@ -173,19 +174,28 @@ class Heartbeat(threading.Thread):
     stretches without progress (a long database dump, a slow upload), so the reaper only
     ever takes runs whose worker is really gone."""
 
+    CANCEL_POLL = 2.0  # seconds between looks at the run's cancel flag
+
     def __init__(self, run_id: int, interval: float) -> None:
         super().__init__(name=f"heartbeat-run-{run_id}", daemon=True)
         self.run_id = run_id
         self.interval = interval
         self._stopped = threading.Event()
+        #: Set once a user asked to cancel; long client programs poll it (cancel_check).
+        self.cancelled = threading.Event()
 
     def run(self) -> None:
+        last_beat = time.monotonic()
         try:
-            while not self._stopped.wait(self.interval):
+            while not self._stopped.wait(min(self.interval, self.CANCEL_POLL)):
                 try:
-                    Run.objects.filter(pk=self.run_id, state__in=[Run.State.RUNNING, Run.State.UPLOADING]).update(
-                        heartbeat_at=timezone.now()
-                    )
+                    if time.monotonic() - last_beat >= self.interval:
+                        Run.objects.filter(pk=self.run_id, state__in=[Run.State.RUNNING, Run.State.UPLOADING]).update(
+                            heartbeat_at=timezone.now()
+                        )
+                        last_beat = time.monotonic()
+                    if Run.objects.filter(pk=self.run_id, cancel_requested=True).exists():
+                        self.cancelled.set()
                 except Exception:  # a database blip must not kill the thread
                     log.warning("Heartbeat of run %s failed; retrying", self.run_id, exc_info=True)
                     close_old_connections()
@@ -212,6 +222,7 @@ def execute_run(run_id: int, *, listener: Callable[[Run], None] | None = None) -
     progress = Progress(run, listener=listener)
     heartbeat = Heartbeat(run.pk, interval=max(5.0, settings.BACKUPSITE_STALE_RUN_SECONDS / 5))
     heartbeat.start()
+    token = cancel_check.set(heartbeat.cancelled.is_set)
     try:
         _execute(run, progress)
     except Cancelled:
@@ -233,6 +244,7 @@ def execute_run(run_id: int, *, listener: Callable[[Run], None] | None = None) -
             log.exception("Run %s failed with an unexpected error", run.pk)
             _finish(run, Run.State.FAILED, f"Internal error ({type(exc).__name__}); see the worker log.")
     finally:
+        cancel_check.reset(token)
         heartbeat.stop()
         close_old_connections()
     if run.state == Run.State.FAILED:

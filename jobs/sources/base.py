@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import ClassVar
 
 from jobs.engine import Entry
 
 ErrorCallback = Callable[[str, OSError], None]
+
+# Set by the run around its sources: returns True once a user asked to cancel. Long
+# client programs (database dumps) poll it and stop, instead of finishing first.
+cancel_check: ContextVar[Callable[[], bool] | None] = ContextVar("cancel_check", default=None)
 
 
 class SourceError(Exception):

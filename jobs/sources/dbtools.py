@@ -12,15 +12,16 @@ import os
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 from django.conf import settings as django_settings
 
-from jobs.engine.archive import FILE, Entry
+from jobs.engine.archive import FILE, Cancelled, Entry
 from jobs.engine.atomic import PARTIAL_SUFFIX
-from jobs.sources.base import SourceError, SourceKind
+from jobs.sources.base import SourceError, SourceKind, cancel_check
 
 # --- shared by the database kinds ----------------------------------------------------
 # Seconds before a database client gives up connecting; the dump itself has no limit of
@@ -129,10 +130,21 @@ def run_tool(
     its stderr). The program is killed if anything interrupts the wait (a Celery time
     limit, a KeyboardInterrupt, a timeout); stderr goes to a temporary file so a chatty
     tool cannot grow memory."""
+    should_stop = cancel_check.get()
+    deadline = None if timeout is None else time.monotonic() + timeout
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(list(args), stdin=stdin, stdout=stdout, stderr=err, env=env, close_fds=True)
         try:
-            code = proc.wait(timeout=timeout)
+            while True:
+                step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+                try:
+                    code = proc.wait(timeout=step)
+                    break
+                except subprocess.TimeoutExpired:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
+                    if should_stop is not None and should_stop():
+                        raise Cancelled() from None
         except BaseException:
             proc.kill()
             proc.wait()
