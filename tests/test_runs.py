@@ -245,3 +245,25 @@ def test_the_heartbeat_keeps_a_long_quiet_run_alive(job):
     run.refresh_from_db()
     assert run.heartbeat_at > old + timezone.timedelta(minutes=59)
     assert services.reap_stale_runs() == 0
+
+
+def test_the_time_limit_marks_the_run_timed_out_cleans_up_and_alerts(job, monkeypatch):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from jobs.engine import archive
+
+    real = archive._header
+
+    def slow_then_limit(entry, *args):
+        if entry.arcname.endswith("blob.bin"):
+            raise SoftTimeLimitExceeded()  # what Celery raises inside the task
+        return real(entry, *args)
+
+    monkeypatch.setattr(archive, "_header", slow_then_limit)
+    run = services.execute_run(services.create_run(job).pk)
+    assert run.state == Run.State.FAILED
+    assert run.error.startswith("Timed out")
+    assert not list(services.archive_dir_for(job.slug).glob("*.tar.zst*"))
+    assert len(mail.outbox) == 1
+    monkeypatch.undo()
+    assert services.execute_run(services.create_run(job).pk).state == Run.State.SUCCEEDED  # lock freed
