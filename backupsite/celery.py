@@ -1,6 +1,6 @@
 """The Celery app: every piece of Celery configuration lives here.
 
-Tasks carry primary keys only (JSON serializer, never pickle); the database row is the
+Tasks carry primary keys only (JSON serializer only); the database row is the
 truth. Long tasks are acknowledged late with a prefetch of one, so a worker that dies
 hands its task back; time limits keep a stuck run from holding the slot forever.
 """

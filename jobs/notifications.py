@@ -1,4 +1,4 @@
-"""E-mails about runs: failure alerts to the job's report-to addresses."""
+"""E-mails to a job's report-to addresses: a failed run, a damaged backup."""
 
 from __future__ import annotations
 
@@ -11,18 +11,25 @@ from django.template.loader import render_to_string
 log = logging.getLogger(__name__)
 
 
-def notify_run_failed(run) -> bool:
-    """E-mail the job's report-to addresses that *run* failed. Never raises: a broken
-    mail server must not hide the run's own outcome (it is logged instead)."""
-    recipients = run.config.get("job", {}).get("report_to") or []
+def send_alert(recipients: list[str], template: str, context: dict, *, what: str) -> bool:
+    """Render ``emails/<template>_subject.txt`` and ``emails/<template>.txt`` and send
+    them. Never raises: a broken mail server must not hide the outcome it reports (the
+    failure is logged instead). Returns whether a message went out."""
     if not recipients:
         return False
-    context = {"run": run, "site_url": settings.BACKUPSITE_SITE_URL.rstrip("/")}
-    subject = render_to_string("emails/run_failed_subject.txt", context).strip().replace("\n", " ")
-    body = render_to_string("emails/run_failed.txt", context)
+    context = {**context, "site_url": settings.BACKUPSITE_SITE_URL.rstrip("/")}
+    # One line, whatever the template renders: no header injection through a job name.
+    subject = " ".join(render_to_string(f"emails/{template}_subject.txt", context).split())
+    body = render_to_string(f"emails/{template}.txt", context)
     try:
         send_mail(subject, body, None, recipients)
     except Exception:
-        log.exception("Could not send the failure e-mail for run %s", run.pk)
+        log.exception("Could not send the %s e-mail", what)
         return False
     return True
+
+
+def notify_run_failed(run) -> bool:
+    """E-mail the job's report-to addresses that *run* failed."""
+    recipients = run.config.get("job", {}).get("report_to") or []
+    return send_alert(recipients, "run_failed", {"run": run}, what=f"failure e-mail for run {run.pk}")

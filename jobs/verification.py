@@ -29,9 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
-from django.template.loader import render_to_string
 from django.utils import timezone
 
 from destinations.backends import DestinationError
@@ -42,6 +40,7 @@ from jobs.engine.restore import RestoreError, RestoreResult, safe_extract
 from jobs.engine.verify import DecryptionError, SourceReadError, VerifyResult, verify_archive
 from jobs.models import Run, Upload, VerifyTicket
 from jobs.naming import MANIFEST_SUFFIX
+from jobs.notifications import send_alert
 
 log = logging.getLogger(__name__)
 
@@ -313,23 +312,12 @@ def _report_to(run: Run) -> list[str]:
 
 def notify_verify_failed(run: Run, where: str, message: str) -> bool:
     """E-mail the job's report-to addresses that a stored backup is damaged. Never raises."""
-    recipients = _report_to(run)
-    if not recipients:
-        return False
-    context = {
-        "run": run,
-        "where": where,
-        "message": message,
-        "site_url": settings.BACKUPSITE_SITE_URL.rstrip("/"),
-    }
-    subject = render_to_string("emails/verify_failed_subject.txt", context).strip().replace("\n", " ")
-    body = render_to_string("emails/verify_failed.txt", context)
-    try:
-        send_mail(subject, body, None, recipients)
-    except Exception:
-        log.exception("Could not send the verification e-mail for run %s", run.pk)
-        return False
-    return True
+    return send_alert(
+        _report_to(run),
+        "verify_failed",
+        {"run": run, "where": where, "message": message},
+        what=f"verification e-mail for run {run.pk}",
+    )
 
 
 # --- restore --------------------------------------------------------------------------
