@@ -294,6 +294,19 @@ class DumpSource(SourceKind):
             message = str(exc)
             raise SourceError(message if message.startswith(self.what) else f"{self.what}: {message}") from None
 
+    @classmethod
+    def restore_target(cls, dump_path: Path, database_url: str, family: str, allow_panel_database: bool):
+        """(conf, password) of the database a restore goes into, after refusing the
+        panel's own live database and a missing dump file."""
+        config = parse_database_url(database_url, family)
+        refuse_panel_database(config, allow_panel_database)
+        conf = cls.conf_class.parse(
+            {"host": config["HOST"], "port": config["PORT"], "database": config["NAME"], "user": config["USER"]}
+        )
+        if not Path(dump_path).is_file():
+            raise SourceError(f"No dump file at {dump_path}.")
+        return conf, config.get("PASSWORD") or ""
+
     @contextlib.contextmanager
     def dump(self, staging: Path, arcname: str):
         staging = staging_dir(staging)

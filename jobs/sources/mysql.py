@@ -27,8 +27,6 @@ from jobs.sources.dbtools import (
     check_name,
     check_port,
     last_line,
-    parse_database_url,
-    refuse_panel_database,
     run_tool,
     temp_file,
 )
@@ -162,19 +160,12 @@ class MysqlSource(DumpSource):
     def write_dump(self, target: Path, staging: Path) -> None:
         mysqldump(self.conf, self._password, target, staging, what=self.what)
 
-    @staticmethod
-    def restore_into(dump_path: Path, database_url: str, *, allow_panel_database: bool = False) -> None:
+    @classmethod
+    def restore_into(cls, dump_path: Path, database_url: str, *, allow_panel_database: bool = False) -> None:
         """Feed a ``.sql`` dump to the ``mysql`` client, into the existing database the
         URL names (``mysql://user:password@host:port/name``); never over the panel's own
         live database unless *allow_panel_database*."""
-        config = parse_database_url(database_url, "mysql")
-        refuse_panel_database(config, allow_panel_database)
-        conf = MysqlConf.parse(
-            {"host": config["HOST"], "port": config["PORT"], "database": config["NAME"], "user": config["USER"]}
-        )
-        password = config.get("PASSWORD") or ""
-        if not Path(dump_path).is_file():
-            raise SourceError(f"No dump file at {dump_path}.")
+        conf, password = cls.restore_target(dump_path, database_url, "mysql", allow_panel_database)
         tool = mysql_tool("mariadb", "mysql")
         name = Path(tool).name
         with option_file(None, password) as defaults, open(dump_path, "rb") as dump:

@@ -25,8 +25,6 @@ from jobs.sources.dbtools import (
     check_name,
     check_port,
     last_line,
-    parse_database_url,
-    refuse_panel_database,
     run_tool,
 )
 
@@ -161,16 +159,10 @@ class PostgresSource(DumpSource):
     def write_dump(self, target: Path, staging: Path) -> None:
         pg_dump(self.conf, self._password, target, what=self.what)
 
-    @staticmethod
-    def restore_into(dump_path: Path, database_url: str, *, allow_panel_database: bool = False) -> None:
+    @classmethod
+    def restore_into(cls, dump_path: Path, database_url: str, *, allow_panel_database: bool = False) -> None:
         """Restore a ``.pgdump`` into the existing database the URL names
         (``postgres://user:password@host:port/name``); never over the panel's own live
         database unless *allow_panel_database*."""
-        config = parse_database_url(database_url, "postgresql")
-        refuse_panel_database(config, allow_panel_database)
-        conf = PostgresConf.parse(
-            {"host": config["HOST"], "port": config["PORT"], "database": config["NAME"], "user": config["USER"]}
-        )
-        if not Path(dump_path).is_file():
-            raise SourceError(f"No dump file at {dump_path}.")
-        pg_restore(conf, config.get("PASSWORD") or "", Path(dump_path))
+        conf, password = cls.restore_target(dump_path, database_url, "postgresql", allow_panel_database)
+        pg_restore(conf, password, Path(dump_path))
