@@ -11,3 +11,14 @@ class BackupsiteConfig(AppConfig):
         from backupsite.roles import ensure_roles
 
         post_migrate.connect(ensure_roles, dispatch_uid="backupsite.ensure_roles")
+        post_migrate.connect(create_cache_table, dispatch_uid="backupsite.create_cache_table")
+
+
+def create_cache_table(sender=None, using="default", **kwargs) -> None:
+    """The database cache (rate limits on the embedded default) needs its table: made
+    after every ``migrate`` (tests included), a no-op when it exists or with Redis."""
+    if sender is None or sender.label != "backupsite":
+        return
+    from django.core.management import call_command
+
+    call_command("createcachetable", database=using, verbosity=0)

@@ -114,6 +114,13 @@ else:
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# --- Cache: the shared rate limiter's counters (backupsite/ratelimit.py) --------
+# Every web process must count together: the database cache on the embedded default,
+# Redis in production (CACHE_URL=redis://host:6379/1).
+CACHE_URL = env_str("CACHE_URL", "dbcache://backupsite_cache")
+CACHES = {"default": environ.Env.cache_url_config(CACHE_URL)}
+BACKUPSITE_CACHE_TABLE = CACHES["default"]["LOCATION"] if CACHES["default"]["BACKEND"].endswith("DatabaseCache") else ""
+
 # --- Auth -------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -235,6 +242,13 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
+# Seconds every network step of a destination may take (connect, banner, login, each
+# read and write); a kind's own "timeout" setting wins.
+BACKUPSITE_DESTINATION_TIMEOUT = env_int("BACKUPSITE_DESTINATION_TIMEOUT", 30, minimum=1)
+# Let destinations (and their test button) reach loopback and link-local addresses
+# (127.0.0.1, ::1, 169.254.x.x). Off in production: a test button must not become a way
+# into services bound to this machine or into a cloud's metadata service.
+BACKUPSITE_ALLOW_LOCAL_DESTINATIONS = env_bool("BACKUPSITE_ALLOW_LOCAL_DESTINATIONS", False)
 # Local destinations ("server hard drive", USB) may only write inside these folders.
 BACKUPSITE_LOCAL_ROOTS = env_list(
     "BACKUPSITE_LOCAL_ROOTS", [str(BACKUPSITE_LOCAL_BACKUP_DIR), "/mnt", "/media", "/srv/backups"]

@@ -6,6 +6,7 @@ from django.utils.text import slugify
 
 from backupsite.crypto import EncryptedJSONField
 from backupsite.validators import validate_no_control_chars
+from destinations.backends.base import DestinationError
 
 
 class Destination(models.Model):
@@ -21,6 +22,11 @@ class Destination(models.Model):
     last_test_at = models.DateTimeField(null=True, blank=True)
     last_test_ok = models.BooleanField(null=True, blank=True)
     last_test_message = models.CharField(max_length=500, blank=True)
+    #: The last TestResult (``TestResult.to_dict()``): fingerprints, free space, folder.
+    last_test_details = models.JSONField(default=dict, blank=True)
+    #: Facts learned by tests and uploads, for the list page: ``free_bytes`` and
+    #: ``free_checked_at``, a USB disk's label and when it was last seen, ...
+    status = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -48,17 +54,57 @@ class Destination(models.Model):
     def kind_label(self) -> str:
         try:
             return self.kind_class.label
-        except KeyError:
+        except DestinationError:
             return self.kind
 
     def backend(self):
-        """Build this destination's backend from the row, at run time (never cached in
-        settings), so every destination can be configured on its own."""
+        """This destination's backend, built from the row at run time (never cached in
+        settings, so every destination is configured on its own). The one place that
+        maps a bad row to a typed error: an unknown kind or invalid settings raise
+        :class:`~destinations.backends.base.PermanentError`."""
         return self.kind_class.from_destination(self)
+
+    def can(self, capability: str) -> bool:
+        try:
+            return capability in self.kind_class.capabilities
+        except DestinationError:
+            return False
+
+    @property
+    def secret_fields(self) -> tuple[str, ...]:
+        try:
+            return self.kind_class.secret_fields
+        except DestinationError:
+            return ()
 
     def describe(self) -> str:
         """A one-line, secret-free description for pages, logs and e-mails."""
         try:
             return self.kind_class.describe(self.settings)
-        except (KeyError, ValueError):
-            return self.kind
+        except (DestinationError, ValueError):
+            return self.kind_label
+
+    @property
+    def last_test(self):
+        from destinations.backends.base import TestResult
+
+        return TestResult.from_dict(self.last_test_details)
+
+    def record_test(self, result) -> None:
+        """Store a TestResult (and what it learned) on the row."""
+        from django.utils import timezone
+
+        now = timezone.now()
+        self.last_test_at = now
+        self.last_test_ok = result.ok
+        self.last_test_message = result.message[:500]
+        self.last_test_details = result.to_dict()
+        if result.free_bytes is not None:
+            self.status = {**self.status, "free_bytes": result.free_bytes, "free_checked_at": now.isoformat()}
+        type(self).objects.filter(pk=self.pk).update(
+            last_test_at=self.last_test_at,
+            last_test_ok=self.last_test_ok,
+            last_test_message=self.last_test_message,
+            last_test_details=self.last_test_details,
+            status=self.status,
+        )

@@ -4,3 +4,19 @@ from django.apps import AppConfig
 class JobsConfig(AppConfig):
     name = "jobs"
     verbose_name = "Backup jobs"
+
+    def ready(self) -> None:
+        from backupsite import configwrite
+        from jobs.models import Job, Source
+
+        configwrite.register(
+            Job,
+            exclude=["next_run_at"],
+            secret_fields=["age_identity_wrapped"],
+            labels={"age_identity_wrapped": "backup password (wrapped key)"},
+        )
+        configwrite.register(
+            Source,
+            exclude=["size_bytes", "file_count", "size_measured_at"],
+            labels={"secrets": "credentials"},
+        )

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 
-from destinations.backends.base import DestinationError, RemoteFile
+from destinations.backends.base import DestinationError, RemoteFile, check_slug, job_folder
 from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, validate_template
 
@@ -288,6 +288,7 @@ class Result:
     kept: list[str] = field(default_factory=list)  # this job's archives that stay
     errors: list[str] = field(default_factory=list)
     plan: Plan | None = None
+    skipped: str = ""  # why retention did not run there (a kind that cannot delete)
 
     @property
     def ok(self) -> bool:
@@ -295,6 +296,8 @@ class Result:
 
     def log_lines(self, where: str) -> list[str]:
         """Lines for the run log, e.g. ``log_lines("Local disk")``."""
+        if self.skipped:
+            return [f"Retention at {where}: {self.skipped}"]
         if self.plan is None and not self.errors:
             return []
         archives = [n for n in self.deleted if not n.endswith(MANIFEST_SUFFIX)]
@@ -318,21 +321,24 @@ def _describe(exc: Exception, name: str) -> str:
 
 
 def apply(
-    backend,
+    session,
     job_snapshot: dict,
     *,
+    folder: str | None = None,
     now: datetime | None = None,
     protect: Collection[str] = (),
     name_tz: tzinfo | None = None,
 ) -> Result:
-    """List this job's folder on *backend*, plan, delete. Never raises for destination
-    problems: a failed list or delete is recorded in ``Result.errors`` and the other
-    deletes go on. Each archive is deleted first and its manifest second, so an
-    interruption leaves an orphan manifest (cleaned up later), never an archive that
+    """List this job's folder through *session*, plan, delete. Never raises for
+    destination problems: a failed list or delete is recorded in ``Result.errors`` and
+    the other deletes go on. Each archive is deleted first and its manifest second, so
+    an interruption leaves an orphan manifest (cleaned up later), never an archive that
     looks unfinished. An archive whose delete failed keeps its manifest.
 
-    *backend* needs ``list(job_slug)`` and ``delete(job_slug, name)`` of the destination
-    contract; *job_snapshot* is ``run.config`` (or its ``"job"`` part).
+    *session* is an open destination session (``list(folder)`` / ``delete(folder,
+    name)`` of the destination contract); *folder* defaults to the job's folder at a
+    destination, ``backupsite/<job slug>``; *job_snapshot* is ``run.config`` (or its
+    ``"job"`` part).
     """
     from django.utils import timezone
 
@@ -343,7 +349,8 @@ def apply(
     slug = job.get("slug", "")
     now = now or timezone.now()
     try:
-        files = backend.list(slug)
+        folder = job_folder(slug) if folder is None else folder
+        files = session.list(folder)
     except (DestinationError, OSError) as exc:
         result.errors.append(f"Could not list the backups: {_describe(exc, slug)}")
         return result
@@ -365,7 +372,7 @@ def apply(
 
     def delete(name: str) -> bool:
         try:
-            backend.delete(slug, name)
+            session.delete(folder, name)
         except (DestinationError, OSError) as exc:
             result.errors.append(f"Could not delete {name}: {_describe(exc, name)}")
             return False
@@ -383,58 +390,32 @@ def apply(
 
 
 # --- the local copies folder ------------------------------------------------------------
-class LocalCopies:
-    """``<root>/<job slug>/`` (the local copies under ``BACKUPSITE_ARCHIVE_DIR``) seen
-    through the ``list``/``delete`` part of the destination contract. Hidden files,
-    symlinks and anything that is not a regular file are not listed."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    def job_dir(self, job_slug: str) -> Path:
-        if not job_slug or "/" in job_slug or "\\" in job_slug or job_slug.startswith("."):
-            raise DestinationError("Invalid job folder name.", permanent=True)
-        return self.root / job_slug
-
-    def list(self, job_slug: str) -> list[RemoteFile]:
-        folder = self.job_dir(job_slug)
-        if not folder.is_dir():
-            return []
-        files = []
-        try:
-            for child in sorted(folder.iterdir()):
-                if child.name.startswith(".") or child.is_symlink() or not child.is_file():
-                    continue
-                st = child.stat()
-                files.append(RemoteFile(child.name, st.st_size, st.st_mtime))
-        except OSError as exc:
-            raise DestinationError(f"{exc.strerror or exc} while listing {folder}.") from None
-        return files
-
-    def delete(self, job_slug: str, name: str) -> None:
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise DestinationError(f"Refusing to delete {name!r}.", permanent=True)
-        try:
-            (self.job_dir(job_slug) / name).unlink(missing_ok=True)
-        except OSError as exc:
-            raise DestinationError(f"{exc.strerror or exc} while deleting {name}.") from None
-
-
 def apply_local(
     job_snapshot: dict, *, now: datetime | None = None, protect: Collection[str] = (), root: Path | None = None
 ) -> Result:
-    """Retention for this server's local copies (``settings.BACKUPSITE_ARCHIVE_DIR``)."""
-    from django.conf import settings
+    """Retention for this server's local copies (``BACKUPSITE_ARCHIVE_DIR/<job slug>/``),
+    through the same local backend the "server hard drive" destination uses."""
+    from destinations.backends.local import LocalBackend, staging_copies
 
-    return apply(LocalCopies(root or settings.BACKUPSITE_ARCHIVE_DIR), job_snapshot, now=now, protect=protect)
+    job = _job_config(job_snapshot)
+    if job.get("keep_last") is None and job.get("max_age_days") is None:
+        return Result()
+    backend = LocalBackend.for_directory(root, file_mode=0o600) if root is not None else staging_copies()
+    slug = job.get("slug", "")
+    try:
+        folder = check_slug(slug)  # the local copies: <archive dir>/<job slug>/
+        with backend.session() as session:
+            return apply(session, job_snapshot, folder=folder, now=now, protect=protect)
+    except DestinationError as exc:
+        return Result(errors=[str(exc)])
 
 
 def apply_to_destination(
     destination_id: int, job_snapshot: dict, *, now: datetime | None = None, protect: Collection[str] = ()
 ) -> Result:
-    """Retention at one destination, by primary key; a deleted destination or invalid
-    settings are reported in ``errors``, never raised."""
-    from destinations.backends import get_kind
+    """Retention at one destination, by primary key; a deleted destination, invalid
+    settings or a kind that cannot list and delete (e-mail) are reported, never raised."""
+    from destinations.backends.base import DELETE, LIST
     from destinations.models import Destination
 
     job = _job_config(job_snapshot)
@@ -442,14 +423,15 @@ def apply_to_destination(
         return Result()  # nothing to do: do not even connect
     try:
         destination = Destination.objects.get(pk=destination_id)
-        backend = get_kind(destination.kind).from_destination(destination)
+        backend = destination.backend()
+        if not (backend.can(LIST) and backend.can(DELETE)):
+            return Result(skipped=f"{backend.label} destinations cannot list or delete old backups; skipped.")
+        with backend.session() as session:
+            return apply(session, job_snapshot, now=now, protect=protect)
     except Destination.DoesNotExist:
         return Result(errors=["The destination was deleted."])
-    except (KeyError, ValueError) as exc:
-        return Result(errors=[f"Invalid destination settings ({type(exc).__name__})."])
     except DestinationError as exc:
         return Result(errors=[str(exc)])
-    return apply(backend, job_snapshot, now=now, protect=protect)
 
 
 def after_run(

@@ -20,8 +20,8 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.utils import timezone
 
 from backupsite import __version__
-from destinations.backends import DestinationError
-from destinations.backends import get_kind as get_destination_kind
+from destinations.backends import DestinationError, NotFoundError
+from destinations.backends.base import READ, UploadItem, job_folder
 from destinations.models import Destination
 from jobs import retention
 from jobs.engine import ArchiveError, Cancelled, Entry, atomic_path, write_archive, write_manifest
@@ -413,10 +413,16 @@ def _execute(run: Run, progress: Progress) -> None:
 
 
 def perform_upload(
-    upload: Upload, archive_path: Path, manifest_path: Path, job_slug: str, size: int, sha256: str, progress=None
+    upload: Upload,
+    archive_path: Path,
+    manifest_path: Path,
+    job_slug: str,
+    size: int,
+    sha256: str,
+    progress=None,
 ) -> bool:
-    """Upload the archive, then its manifest, to one destination. Records the outcome on
-    the Upload row and returns whether it succeeded."""
+    """Upload the archive, then its manifest, to one destination, in one session.
+    Records the outcome on the Upload row and returns whether it succeeded."""
     now = timezone.now()
     Upload.objects.filter(pk=upload.pk).update(
         state=Upload.State.UPLOADING, started_at=now, attempts=upload.attempts + 1
@@ -424,21 +430,37 @@ def perform_upload(
     upload.attempts += 1
     try:
         destination = Destination.objects.get(pk=upload.destination_id)
-        backend = get_destination_kind(destination.kind).from_destination(destination)
-        backend.remove_partials(job_slug)
+        backend = destination.backend()
+        folder = job_folder(job_slug)
         key_file = archive_path.parent / KEY_FILE_NAME
-        if archive_path.name.endswith(AGE_SUFFIX) and key_file.is_file():
-            _ensure_key_file(backend, job_slug, key_file)
-        backend.upload(
-            archive_path, job_slug, archive_path.name, expected_size=size, expected_sha256=sha256, progress=progress
-        )
-        backend.upload(manifest_path, job_slug, manifest_path.name, expected_size=manifest_path.stat().st_size)
+        items = [
+            UploadItem(archive_path, archive_path.name, size, sha256),
+            UploadItem(manifest_path, manifest_path.name, manifest_path.stat().st_size),
+        ]
+        with backend.session() as session:
+            session.remove_partials(folder)
+            if archive_path.name.endswith(AGE_SUFFIX) and key_file.is_file():
+                if backend.can(READ):
+                    _ensure_key_file(session, folder, key_file)
+                else:  # write-only kinds (e-mail): the key travels with every backup
+                    items.insert(0, UploadItem(key_file, KEY_FILE_NAME, key_file.stat().st_size))
+            # replace=True: a name repeats on purpose with templates such as
+            # "{job}-{weekday}" (last Monday's backup is replaced by this Monday's).
+            session.upload_files(
+                folder,
+                items,
+                progress=(lambda done: progress(min(done, size))) if progress else None,
+                cancel=cancel_check.get(),
+                replace=True,
+            )
     except Destination.DoesNotExist:
         upload.state, upload.error = Upload.State.FAILED, "The destination was deleted."
+    except Cancelled:
+        upload.state, upload.error, upload.finished_at = Upload.State.FAILED, "Cancelled.", timezone.now()
+        upload.save()
+        raise
     except DestinationError as exc:
         upload.state, upload.error = Upload.State.FAILED, str(exc)
-    except (KeyError, ValueError) as exc:
-        upload.state, upload.error = Upload.State.FAILED, f"Invalid destination settings ({type(exc).__name__})."
     else:
         upload.state, upload.error, upload.bytes_done = Upload.State.SUCCEEDED, "", size
     upload.finished_at = timezone.now()
@@ -446,16 +468,17 @@ def perform_upload(
     return upload.state == Upload.State.SUCCEEDED
 
 
-def _ensure_key_file(backend, job_slug: str, key_file: Path) -> None:
-    """Upload ``backupsite-key.age`` beside the backups unless the same file is there."""
+def _ensure_key_file(session, folder: str, key_file: Path) -> None:
+    """Upload ``backupsite-key.age`` beside the backups unless the same file is there
+    (a changed backup password re-wraps the key: the new file replaces the old one)."""
     wanted = key_file.read_bytes()
     try:
-        with backend.open(job_slug, KEY_FILE_NAME) as fh:
+        with session.open(folder, KEY_FILE_NAME) as fh:
             if fh.read(len(wanted) + 1) == wanted:
                 return
-    except DestinationError:
+    except NotFoundError:
         pass
-    backend.upload(key_file, job_slug, KEY_FILE_NAME, expected_size=len(wanted))
+    session.upload(key_file, folder, KEY_FILE_NAME, expected_size=len(wanted), replace=True)
 
 
 def write_key_file(job_slug: str, key_file: bytes | None) -> None:

@@ -32,7 +32,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from destinations.backends import DestinationError
+from destinations.backends import DestinationError, NotFoundError
+from destinations.backends.base import READ, Backend, job_folder
+from destinations.backends.local import staging_copies
 from destinations.models import Destination
 from jobs.engine import agekeys
 from jobs.engine.manifest import read_manifest
@@ -56,25 +58,28 @@ class VerificationError(Exception):
 
 @dataclass
 class Location:
-    """Where a run's archive is read from."""
+    """Where a run's archive is read from: the local copy or one destination, both
+    through the destination contract (a backend and the folder the run's files are in)."""
 
     label: str  # "the local copy", "destination “NAS”"
     archive_name: str
+    backend: Backend
+    folder: str
     upload: Upload | None = None
-    backend: object | None = None
-    job_slug: str = ""
     local_path: Path | None = None
 
     def open(self, name: str) -> BinaryIO:
-        if self.backend is None:
-            return open(self.local_path.with_name(name), "rb")
-        return self.backend.open(self.job_slug, name)
+        return self.backend.open(self.folder, name)
 
     def open_archive(self) -> BinaryIO:
         return self.open(self.archive_name)
 
     def open_manifest(self) -> BinaryIO:
         return self.open(self.archive_name + MANIFEST_SUFFIX)
+
+    @property
+    def is_local(self) -> bool:
+        return self.upload is None
 
 
 def _find_destination(destination) -> Destination:
@@ -100,21 +105,22 @@ def archive_location(run: Run, destination=None) -> Location:
             raise VerificationError(
                 f"The archive of run #{run.pk} is no longer on this server; verify it at a destination."
             )
-        return Location("the local copy", path.name, local_path=path)
+        return Location("the local copy", path.name, staging_copies(), path.parent.name, local_path=path)
     dest = _find_destination(destination)
     upload = run.uploads.filter(destination=dest).first()
     if upload is None or upload.state != Upload.State.SUCCEEDED:
         raise VerificationError(f"Run #{run.pk} was not uploaded to “{dest.name}”.")
     try:
         backend = dest.backend()
-    except (DestinationError, KeyError, ValueError) as exc:
+        folder = job_folder(run.job_slug)
+    except DestinationError as exc:
         raise VerificationError(f"Destination “{dest.name}”: {exc}") from None
+    if not backend.can(READ):
+        raise VerificationError(
+            f"Destination “{dest.name}” ({backend.label}) cannot be read back: verify the local copy instead."
+        )
     return Location(
-        f"destination “{dest.name}”",
-        upload.remote_name or run.archive_name,
-        upload=upload,
-        backend=backend,
-        job_slug=run.job_slug,
+        f"destination “{dest.name}”", upload.remote_name or run.archive_name, backend, folder, upload=upload
     )
 
 
@@ -126,7 +132,7 @@ def _load_manifest(location: Location) -> dict:
     try:
         with location.open_manifest() as raw, io.TextIOWrapper(raw, encoding="utf-8") as text:
             return read_manifest(text)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotFoundError):
         raise _Unreadable(f"the manifest is missing from {location.label}") from None
     except DestinationError as exc:
         if exc.permanent:
@@ -142,7 +148,7 @@ def _key_file(run: Run, location: Location) -> bytes | None:
     job = run.job
     if job is not None and job.age_identity_wrapped:
         return agekeys.from_text(job.age_identity_wrapped)
-    if location.backend is not None:
+    if not location.is_local:
         with contextlib.suppress(DestinationError, OSError), location.open(agekeys.KEY_FILE_NAME) as fh:
             return fh.read(KEY_FILE_LIMIT)
     return None
@@ -202,7 +208,7 @@ def verify_run(
         archive = manifest.get("archive") or {}
         try:
             stream = location.open_archive()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotFoundError):
             raise _Unreadable(f"the archive is missing from {location.label}") from None
         except DestinationError as exc:
             if exc.permanent:
@@ -473,7 +479,7 @@ def restore_run(
     try:
         with location.open_archive() as stream:
             result = safe_extract(stream, target, ids, manifest, progress=progress)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotFoundError):
         raise VerificationError(f"The archive is missing from {location.label}.") from None
     except DestinationError as exc:
         raise VerificationError(f"Reading the archive from {location.label} failed: {exc}") from None

@@ -12,11 +12,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from destinations.backends.base import DestinationError, RemoteFile
-from destinations.backends.local import LocalBackend, LocalConf
+from destinations.backends.base import DestinationError, PermanentError, RemoteFile
+from destinations.backends.local import LocalBackend, LocalConf, staging_copies
 from jobs import retention, services
 from jobs.models import Run
-from jobs.retention import LocalCopies, apply, archive_pattern, plan
+from jobs.retention import apply, archive_pattern, plan
 
 NOW = datetime(2026, 3, 15, 12, 0, 0, tzinfo=UTC)
 TEMPLATE = "{job}-{date}-{time}"
@@ -320,10 +320,11 @@ def test_the_pattern_escapes_literals_and_repeats_placeholders():
 # --- apply() against the real LocalBackend ----------------------------------------------------
 @pytest.fixture
 def local(folders):
-    backend = LocalBackend(LocalConf(path=str(folders["backups"])))
+    """An open session of a real local destination, and its job folder."""
     folder = folders["backups"] / "backupsite" / "office"
     folder.mkdir(parents=True)
-    return backend, folder
+    with LocalBackend(LocalConf(path=str(folders["backups"]))).session() as session:
+        yield session, folder
 
 
 def write(folder, name: str, days_ago: float) -> None:
@@ -379,10 +380,10 @@ def test_apply_deletes_the_archive_first_and_its_manifest_second(local, monkeypa
     calls = []
     original = backend.delete
 
-    def recording_delete(job_slug, name):
+    def recording_delete(where, name):
         # The manifest must still be there when its archive goes.
         calls.append((name, (folder / name).exists(), (folder / (name + M)).exists()))
-        original(job_slug, name)
+        original(where, name)
 
     monkeypatch.setattr(backend, "delete", recording_delete)
     apply(backend, snapshot(keep_last=1), now=NOW)
@@ -398,10 +399,10 @@ def test_a_failed_delete_is_reported_and_does_not_stop_the_others(local, monkeyp
     names = [write_backup(folder, "office", d) for d in (0, 1, 2, 3)]
     original = backend.delete
 
-    def flaky_delete(job_slug, name):
+    def flaky_delete(where, name):
         if name == names[2]:
-            raise DestinationError(f"Permission denied while deleting {name}.", permanent=True)
-        original(job_slug, name)
+            raise PermanentError(f"Permission denied while deleting {name}.")
+        original(where, name)
 
     monkeypatch.setattr(backend, "delete", flaky_delete)
     result = apply(backend, snapshot(keep_last=1), now=NOW)
@@ -420,10 +421,10 @@ def test_a_crash_between_archive_and_manifest_leaves_an_orphan_that_the_next_pas
     names = [write_backup(folder, "office", d) for d in (0, 1)]
     original = backend.delete
 
-    def manifest_fails(job_slug, name):
+    def manifest_fails(where, name):
         if name.endswith(M):
             raise DestinationError("Connection lost while deleting.")
-        original(job_slug, name)
+        original(where, name)
 
     monkeypatch.setattr(backend, "delete", manifest_fails)
     result = apply(backend, snapshot(keep_last=1), now=NOW)
@@ -436,8 +437,8 @@ def test_a_crash_between_archive_and_manifest_leaves_an_orphan_that_the_next_pas
 
 
 def test_a_missing_folder_is_not_an_error(folders):
-    backend = LocalBackend(LocalConf(path=str(folders["backups"])))
-    result = apply(backend, snapshot(keep_last=1), now=NOW)
+    with LocalBackend(LocalConf(path=str(folders["backups"]))).session() as session:
+        result = apply(session, snapshot(keep_last=1), now=NOW)
     assert result.errors == [] and result.deleted == [] and result.kept == []
 
 
@@ -445,7 +446,7 @@ def test_a_failing_listing_is_reported_not_raised(local, monkeypatch):
     backend, folder = local
     write_backup(folder, "office", 10)
 
-    def broken_list(job_slug):
+    def broken_list(where):
         raise DestinationError("The server refused the connection.")
 
     monkeypatch.setattr(backend, "list", broken_list)
@@ -456,7 +457,7 @@ def test_a_failing_listing_is_reported_not_raised(local, monkeypatch):
 def test_without_a_rule_the_folder_is_not_even_listed(local, monkeypatch):
     backend, folder = local
     write_backup(folder, "office", 10)
-    monkeypatch.setattr(backend, "list", lambda job_slug: pytest.fail("listed"))
+    monkeypatch.setattr(backend, "list", lambda where: pytest.fail("listed"))
     result = apply(backend, snapshot(), now=NOW)
     assert result == retention.Result()
     assert result.log_lines("x") == []
@@ -490,14 +491,17 @@ def test_local_copies_folder(folders):
     assert retention.apply_local(snapshot(keep_last=1), now=NOW, root=folders["root"] / "nowhere").errors == []
 
 
-def test_local_copies_refuse_odd_names(tmp_path):
-    copies = LocalCopies(tmp_path)
-    for slug in ("", ".", "..", "a/b"):
-        with pytest.raises(DestinationError):
-            copies.list(slug)
-    for name in ("", ".hidden", "../x", "a/b"):
-        with pytest.raises(DestinationError):
-            copies.delete("office", name)
+def test_local_copies_refuse_odd_names(folders):
+    for slug in ("", ".", "..", "a/b", "../etc", "Office"):
+        result = retention.apply_local({"job": {**snapshot(keep_last=1)["job"], "slug": slug}}, now=NOW)
+        assert result.errors == ["Invalid job folder name."]
+    with staging_copies().session() as copies:
+        for folder in (".", "..", "a//b", "../x", ".hidden"):
+            with pytest.raises(DestinationError):
+                copies.list(folder)
+        for name in ("", ".hidden", "../x", "a/b", "..", "x\0"):
+            with pytest.raises(DestinationError):
+                copies.delete("office", name)
 
 
 def test_apply_to_a_destination_that_is_gone(db):
@@ -542,8 +546,8 @@ def test_three_runs_with_keep_last_two_leave_the_two_newest_everywhere(job, fold
         # destination whose upload succeeded, protecting the archive this run just wrote.
         protect = {run.archive_name}
         local = retention.apply_local(run.config, protect=protect)
-        backend = LocalBackend.from_destination(destination)
-        at_destination = apply(backend, run.config, protect=protect)
+        with LocalBackend.from_destination(destination).session() as session:
+            at_destination = apply(session, run.config, protect=protect)
         assert local.errors == [] and at_destination.errors == []
 
     newest = [runs[1].archive_name, runs[2].archive_name]

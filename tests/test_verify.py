@@ -455,7 +455,7 @@ def test_a_truncated_local_copy_is_caught(finished_run):
 def test_an_archive_missing_at_the_destination_is_a_finding(finished_run, folders):
     remote_copy(finished_run, folders).unlink()
     result = verify_run(finished_run, "Local disk")
-    assert not result.ok and "is not at this destination" in result.message
+    assert not result.ok and "the archive is missing from destination" in result.message
     assert finished_run.uploads.get().verify_ok is False
 
 

@@ -1,18 +1,28 @@
-"""Server hard drive: a directory on a local filesystem."""
+"""Server hard drive: a directory on a local filesystem (also the base of USB storage,
+and of the local copies folder under ``BACKUPSITE_ARCHIVE_DIR``)."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from django.conf import settings
 
-from destinations.backends.base import ROOT_FOLDER, Backend, Conf, DestinationError, RemoteFile
-from jobs.engine.atomic import PARTIAL_SUFFIX, atomic_path, remove_partials
+from destinations.backends.base import (
+    Backend,
+    Conf,
+    ConfError,
+    DestinationError,
+    FileTreeSession,
+    NotFoundError,
+    PermanentError,
+    RemoteFile,
+    TransientError,
+    check_folder,
+)
 
 COPY_CHUNK = 1 << 20
 
@@ -25,121 +35,206 @@ def validate_local_path(value: str) -> str:
     """An absolute, normalised directory inside one of the allowed roots (no ``..``,
     no NUL or control characters, no symlink escaping the root)."""
     if not isinstance(value, str) or not value:
-        raise ValueError("A directory path is required.")
+        raise ConfError("A directory path is required.", "path")
     if any(ord(c) < 32 for c in value) or "\\" in value:
-        raise ValueError("The path contains characters that are not allowed.")
+        raise ConfError("The path contains characters that are not allowed.", "path")
     if not value.startswith("/"):
-        raise ValueError("The path must be absolute (start with /).")
+        raise ConfError("The path must be absolute (start with /).", "path")
     if any(part == ".." for part in value.split("/")):
-        raise ValueError("The path must not contain '..'.")
+        raise ConfError("The path must not contain '..'.", "path")
     resolved = Path(value).resolve()
     roots = allowed_roots()
     if not any(resolved == root or root in resolved.parents for root in roots):
         listed = ", ".join(str(r) for r in roots)
-        raise ValueError(f"The path must be inside one of the allowed folders: {listed}.")
+        raise ConfError(f"The path must be inside one of the allowed folders: {listed}.", "path")
     return os.path.normpath(value)
 
 
 @dataclass(frozen=True)
 class LocalConf(Conf):
     path: str = ""
+    #: Create the folder if it does not exist (else a missing folder is an error: a
+    #: typo must not silently fill another disk).
+    create: bool = False
 
     def __post_init__(self) -> None:
-        validate_local_path(self.path)
+        if not isinstance(self.path, str) or not self.path.startswith("/") or "\x00" in self.path:
+            raise ConfError("The path must be absolute (start with /).", "path")
+        if not isinstance(self.create, bool):
+            raise ConfError("“Create the folder” must be true or false.", "create")
+
+    def validate(self) -> None:
+        object.__setattr__(self, "path", validate_local_path(self.path))
 
 
-def _oserror(exc: OSError, what: str) -> DestinationError:
-    if exc.errno == errno.ENOSPC:
-        return DestinationError(f"No space left on the destination while {what}.", permanent=True)
+def oserror(exc: OSError, what: str) -> DestinationError:
+    """An OSError as a typed destination error, without paths a user need not see."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PermanentError(f"No space left on the destination while {what}.")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return DestinationError(f"Permission denied while {what}.", permanent=True)
-    return DestinationError(f"{exc.strerror or exc} while {what}.", permanent=False)
+        return PermanentError(f"Permission denied while {what}.")
+    if exc.errno == errno.ENOENT:
+        return NotFoundError(f"Not found while {what}.")
+    if exc.errno in (errno.EIO, errno.ENODEV, errno.ENXIO):
+        return TransientError(f"Input/output error while {what} (is the disk still there?).")
+    return TransientError(f"{exc.strerror or exc} while {what}.")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalSession(FileTreeSession):
+    rename_replaces = True  # rename(2) replaces atomically
+
+    def __init__(self, backend: LocalBackend, base: Path, *, file_mode: int | None = None) -> None:
+        super().__init__(backend)
+        self.base = base
+        self.file_mode = file_mode  # None: follow the umask (files people read at a destination)
+
+    def path(self, folder, name=None):
+        folder_path = self.base / folder if folder else self.base
+        return str(folder_path / name) if name is not None else str(folder_path)
+
+    def _inside(self, path: Path) -> None:
+        resolved = path.resolve()
+        base = self.base.resolve()
+        if resolved != base and base not in resolved.parents:
+            raise PermanentError("The destination folder leads outside its base folder (a symbolic link?).")
+
+    def _makedirs(self, folder_path):
+        path = Path(folder_path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise oserror(exc, "creating the folder") from None
+        self._inside(path)
+
+    def _write(self, source, remote_path):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        mode = self.file_mode if self.file_mode is not None else 0o666
+        try:
+            fd = os.open(remote_path, flags, mode)
+            with os.fdopen(fd, "wb") as out:
+                if self.file_mode is not None:
+                    os.fchmod(out.fileno(), self.file_mode)
+                buf = bytearray(COPY_CHUNK)
+                view = memoryview(buf)
+                while n := source.readinto(buf):
+                    out.write(view[:n])
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            raise oserror(exc, f"writing {Path(remote_path).name.removeprefix('.')}") from None
+
+    def _size(self, remote_path):
+        try:
+            st = os.lstat(remote_path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise oserror(exc, "reading a file's size") from None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def _rename(self, src, dst):
+        try:
+            os.replace(src, dst)
+            fsync_dir(Path(dst).parent)
+        except OSError as exc:
+            raise oserror(exc, "renaming the uploaded file") from None
+
+    def _remove(self, remote_path):
+        try:
+            os.unlink(remote_path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise oserror(exc, f"deleting {Path(remote_path).name}") from None
+
+    def _listdir(self, folder_path):
+        files = []
+        try:
+            with os.scandir(folder_path) as entries:
+                for entry in entries:
+                    if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    files.append(RemoteFile(entry.name, st.st_size, st.st_mtime))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise oserror(exc, "listing the folder") from None
+        return sorted(files, key=lambda f: f.name)
+
+    def _open(self, remote_path, offset):
+        try:
+            fd = os.open(remote_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise NotFoundError(f"{Path(remote_path).name} is not at this destination.") from None
+        except OSError as exc:
+            raise oserror(exc, f"reading {Path(remote_path).name}") from None
+        fh = os.fdopen(fd, "rb")
+        if offset:
+            fh.seek(offset)
+        return fh
+
+    def free_space(self):
+        try:
+            usage = os.statvfs(self.base)
+        except OSError:
+            return None
+        return usage.f_bavail * usage.f_frsize
 
 
 class LocalBackend(Backend):
     kind = "local"
     label = "Server hard drive"
     conf_class = LocalConf
+    form_class_path = "destinations.forms.LocalForm"
+    help_text = "A folder on this server's disks (a second disk, a mounted NAS share)."
+
+    #: Mode of files written; None follows the umask (files at a destination are meant
+    #: to be read by people). The local copies folder uses 0600.
+    file_mode: int | None = None
 
     @classmethod
     def describe_conf(cls, conf: LocalConf) -> str:
         return f"{cls.label}: {conf.path}"
 
-    def job_dir(self, job_slug: str) -> Path:
-        if not job_slug or "/" in job_slug or job_slug.startswith("."):
-            raise DestinationError("Invalid job folder name.", permanent=True)
-        return Path(self.conf.path) / ROOT_FOLDER / job_slug
+    def describe_folder(self, folder: str) -> str:
+        return str(Path(self.conf.path) / folder) if folder else self.conf.path
 
-    def _check_base(self) -> None:
+    @classmethod
+    def for_directory(cls, path: Path, *, file_mode: int | None = None) -> LocalBackend:
+        """A backend for a folder chosen by the code, not by a user (the local copies
+        under ``BACKUPSITE_ARCHIVE_DIR``): the allowed-roots check does not apply."""
+        backend = cls(LocalConf(path=str(path), create=True))
+        backend.file_mode = file_mode
+        return backend
+
+    def base_dir(self) -> Path:
         base = Path(self.conf.path)
         if not base.is_dir():
-            raise DestinationError(f"The folder {base} does not exist.", permanent=True)
+            if not self.conf.create:
+                raise PermanentError(f"The folder {base} does not exist.")
+            try:
+                base.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise oserror(exc, f"creating {base}") from None
+        return base
 
-    def test(self) -> str:
-        self._check_base()
-        folder = Path(self.conf.path) / ROOT_FOLDER
-        try:
-            folder.mkdir(exist_ok=True)
-            probe = folder / f".write-test{PARTIAL_SUFFIX}"
-            probe.write_bytes(b"backupsite")
-            probe.unlink()
-            usage = os.statvfs(folder)
-        except OSError as exc:
-            raise _oserror(exc, "writing a test file") from None
-        free_gb = usage.f_bavail * usage.f_frsize / 1e9
-        return f"Writable, {free_gb:.1f} GB free."
+    def session(self) -> LocalSession:
+        return LocalSession(self, self.base_dir(), file_mode=self.file_mode)
 
-    def upload(self, local_path, job_slug, remote_name, *, expected_size, expected_sha256=None, progress=None):
-        self._check_base()
-        final = self.job_dir(job_slug) / remote_name
-        digest = hashlib.sha256()
-        done = 0
-        try:
-            with atomic_path(final) as tmp, open(local_path, "rb") as src, open(tmp, "wb") as dst:
-                buf = bytearray(COPY_CHUNK)
-                view = memoryview(buf)
-                while n := src.readinto(buf):
-                    chunk = view[:n]
-                    digest.update(chunk)
-                    dst.write(chunk)
-                    done += n
-                    if progress:
-                        progress(done)
-                dst.flush()
-                if done != expected_size:
-                    raise DestinationError(
-                        f"Size mismatch after copying {remote_name}: {done} bytes instead of {expected_size}."
-                    )
-                if expected_sha256 and digest.hexdigest() != expected_sha256:
-                    raise DestinationError(f"Checksum mismatch after copying {remote_name}.")
-        except OSError as exc:
-            raise _oserror(exc, f"writing {remote_name}") from None
 
-    def list(self, job_slug):
-        folder = self.job_dir(job_slug)
-        if not folder.is_dir():
-            return []
-        files = []
-        for child in sorted(folder.iterdir()):
-            if child.name.startswith(".") or not child.is_file():
-                continue
-            st = child.stat()
-            files.append(RemoteFile(child.name, st.st_size, st.st_mtime))
-        return files
+def staging_copies() -> LocalBackend:
+    """The local copies of every archive: ``BACKUPSITE_ARCHIVE_DIR/<job slug>/`` (folder
+    = the job's slug), private to the panel (files 0600)."""
+    return LocalBackend.for_directory(Path(settings.BACKUPSITE_ARCHIVE_DIR), file_mode=0o600)
 
-    def delete(self, job_slug, name):
-        try:
-            (self.job_dir(job_slug) / name).unlink(missing_ok=True)
-        except OSError as exc:
-            raise _oserror(exc, f"deleting {name}") from None
 
-    def open(self, job_slug, name) -> BinaryIO:
-        try:
-            return open(self.job_dir(job_slug) / name, "rb")
-        except FileNotFoundError:
-            raise DestinationError(f"{name} is not at this destination.", permanent=True) from None
-        except OSError as exc:
-            raise _oserror(exc, f"reading {name}") from None
-
-    def remove_partials(self, job_slug):
-        return len(remove_partials(self.job_dir(job_slug)))
+__all__ = ["LocalBackend", "LocalConf", "LocalSession", "check_folder", "staging_copies", "validate_local_path"]
