@@ -94,3 +94,31 @@ def test_connect_times_out_and_says_so(settings):
         port = sock.getsockname()[1]
     with pytest.raises(Exception, match="refused the connection"):
         netguard.connect(netguard.resolve("127.0.0.1", port), timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("typed", "host", "port", "folder"),
+    [
+        ("backup.example.net", "backup.example.net", None, ""),
+        ("backup.example.net/branch1", "backup.example.net", None, "branch1"),
+        ("ftp://backup.example.net/branch1/", "backup.example.net", None, "branch1"),
+        ("ftp://Backup.Example.net:2121/a/b", "backup.example.net", 2121, "a/b"),
+        ("[2001:db8::5]:22/x", "2001:db8::5", 22, "x"),
+        (" 192.168.1.20/backups ", "192.168.1.20", None, "backups"),
+    ],
+)
+def test_the_server_field_is_split_as_users_type_it(typed, host, port, folder):
+    from destinations.backends.net import parse_server
+
+    parsed = parse_server(typed, schemes=("ftp", "ftps"))
+    assert (parsed.host, parsed.port, parsed.folder) == (host, port, folder)
+
+
+@pytest.mark.parametrize(
+    "typed", ["", "http://x", "ftp://user:pw@x/a", "x/../etc", "x:99999", "x?a=1", "x\\y", "ftp://"]
+)
+def test_the_server_field_refuses_odd_input(typed):
+    from destinations.backends.net import parse_server
+
+    with pytest.raises(ConfError):
+        parse_server(typed, schemes=("ftp", "ftps"))
