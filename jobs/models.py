@@ -8,6 +8,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.signals import pre_save
+from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
@@ -22,6 +24,11 @@ def _unique_slug(model, name: str, pk=None, fallback: str = "item") -> str:
     while model.objects.filter(slug=slug).exclude(pk=pk).exists():
         slug, n = f"{base}-{n}", n + 1
     return slug
+
+
+def default_timezone() -> str:
+    """New jobs follow the site's time zone (TIME_ZONE) unless changed."""
+    return settings.TIME_ZONE
 
 
 class Source(models.Model):
@@ -95,7 +102,9 @@ class Job(models.Model):
     interval = models.CharField(max_length=10, choices=Interval.choices, default=Interval.MANUAL)
     cron = models.CharField(max_length=100, blank=True, validators=[validate_no_control_chars])
     first_run_at = models.DateTimeField(null=True, blank=True)
-    timezone = models.CharField(max_length=64, default="UTC")
+    timezone = models.CharField(
+        max_length=64, default=default_timezone, help_text="Schedule times are wall-clock times in this zone."
+    )
     sources = models.ManyToManyField(Source, related_name="jobs")
     destinations = models.ManyToManyField("destinations.Destination", related_name="jobs")
     archive_name_template = models.CharField(
@@ -134,18 +143,66 @@ class Job(models.Model):
 
     def clean(self) -> None:
         from jobs.naming import validate_template
+        from jobs.schedule import ScheduleError, validate_cron
 
         errors = {}
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             errors["timezone"] = "Unknown time zone."
+        if self.interval == self.Interval.CRON:
+            try:
+                self.cron = validate_cron(self.cron, self.timezone if "timezone" not in errors else "UTC")
+            except ScheduleError as exc:
+                errors["cron"] = str(exc)
+        elif self.interval != self.Interval.MANUAL and self.first_run_at is None:
+            errors["first_run_at"] = "A scheduled job needs its first start."
         try:
             validate_template(self.archive_name_template)
         except ValueError as exc:
             errors["archive_name_template"] = str(exc)
         if errors:
             raise ValidationError(errors)
+
+    # --- schedule (the arithmetic lives in jobs.schedule) ----------------------------
+    SCHEDULE_FIELDS = ("interval", "cron", "first_run_at", "timezone")
+
+    def next_run_after(self, moment):
+        """The first scheduled moment strictly after *moment* (None for manual jobs)."""
+        from jobs.schedule import next_run_after
+
+        return next_run_after(self.interval, self.first_run_at, self.timezone, self.cron, moment)
+
+    def upcoming_runs(self, count: int = 3, after=None) -> list:
+        from jobs.schedule import upcoming
+
+        return upcoming(self.interval, self.first_run_at, self.timezone, self.cron, after or timezone.now(), count)
+
+    @property
+    def schedule_description(self) -> str:
+        from jobs.schedule import describe
+
+        return describe(self.interval, self.first_run_at, self.timezone, self.cron)
+
+    def schedule_changed(self) -> bool:
+        loaded = getattr(self, "_loaded_schedule", None)
+        return loaded is None or loaded != tuple(getattr(self, f) for f in self.SCHEDULE_FIELDS)
+
+    def refresh_next_run(self, now=None) -> None:
+        """Recompute ``next_run_at`` from the schedule (not saved)."""
+        from jobs.schedule import ScheduleError
+
+        try:
+            self.next_run_at = self.next_run_after(now or timezone.now())
+        except ScheduleError:
+            self.next_run_at = None
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        if all(f in field_names for f in cls.SCHEDULE_FIELDS):
+            instance._loaded_schedule = tuple(getattr(instance, f) for f in cls.SCHEDULE_FIELDS)
+        return instance
 
     @property
     def report_to_list(self) -> list[str]:
@@ -211,6 +268,16 @@ class Job(models.Model):
         if key_file is None:
             raise agekeys.KeyError_("This job's key is not stored here (public-key encryption or none).")
         return agekeys.unwrap_identity(key_file, password)
+
+
+@receiver(pre_save, sender=Job)
+def _keep_next_run_current(sender, instance: Job, raw: bool = False, **kwargs) -> None:
+    """``next_run_at`` follows the schedule however a job is saved: the wizard, an edit
+    page, the shell, ``loaddata`` (raw saves included). ``QuerySet.update()`` bypasses
+    this, as it bypasses every signal: call ``job.refresh_next_run()`` after one."""
+    if instance.schedule_changed() or (instance.next_run_at is None and instance.interval != Job.Interval.MANUAL):
+        instance.refresh_next_run()
+        instance._loaded_schedule = tuple(getattr(instance, f) for f in Job.SCHEDULE_FIELDS)
 
 
 class Run(models.Model):
