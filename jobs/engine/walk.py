@@ -33,14 +33,18 @@ def walk_directory(
     are reported through *on_error* and skipped.
     """
     root = os.path.abspath(root)
-    skip = {os.path.normpath(p) for p in skip_paths}
-    # Nothing below the root is followed, so root's real path + the relative path is the
-    # real path of every child.
+    # Names to skip per folder: one lookup per folder, not one per file. Nothing below
+    # the root is followed, so the root's real path + a relative path is a real path.
+    skip: dict[str, set[str]] = {}
+    for path in skip_paths:
+        parent, name = os.path.split(os.path.normpath(path))
+        skip.setdefault(parent, set()).add(name)
     real_root = os.path.realpath(root) if skip else root
     stack: list[tuple[str, str, os.stat_result]] = [(root, "", os.lstat(root))]
     while stack:
         directory, rel_dir, dir_st = stack.pop()
         yield Entry(f"{prefix}/{rel_dir}".rstrip("/"), DIR, directory, dir_st)
+        skipped = skip.get(os.path.join(real_root, rel_dir).rstrip("/") or "/") if skip else None
         try:
             with os.scandir(directory) as it:
                 children = sorted(it, key=lambda e: e.name)
@@ -53,7 +57,7 @@ def walk_directory(
             rel = f"{rel_dir}{child.name}" if rel_dir else child.name
             if exclude and _matches(rel, exclude):
                 continue
-            if skip and os.path.join(real_root, rel) in skip:
+            if skipped and child.name in skipped:
                 continue
             arcname = f"{prefix}/{rel}"
             try:
