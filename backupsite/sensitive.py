@@ -43,13 +43,20 @@ class ExcludedTable:
 _EXCLUDED: dict[str, str] = {}
 
 
+def check_table_name(name, *, max_length: int = 63) -> str:
+    """A table name that goes into a dump tool's arguments or an SQL identifier (quoted
+    there): text, 1 to *max_length* characters (PostgreSQL's limit), no control
+    characters; ValueError otherwise."""
+    if not isinstance(name, str) or not name or len(name) > max_length:
+        raise ValueError(f"A table name is 1 to {max_length} characters of text.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError("A table name must not contain control characters.")
+    return name
+
+
 def register_excluded_table(table: str, reason: str) -> None:
     """Leave out the rows of *table* from every panel-database dump (idempotent)."""
-    if not isinstance(table, str) or not table or len(table) > 63:
-        raise ValueError("A table name is 1 to 63 characters of text.")
-    if any(ord(c) < 32 or ord(c) == 127 for c in table):
-        raise ValueError("A table name must not contain control characters.")
-    _EXCLUDED.setdefault(table, reason)
+    _EXCLUDED.setdefault(check_table_name(table), reason)
 
 
 def cache_table() -> str:

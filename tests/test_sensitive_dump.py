@@ -24,8 +24,8 @@ from jobs.engine import walk_directory
 from jobs.models import Job, Run, Source, VerifyTicket
 from jobs.sources import SourceError, dbtools
 from jobs.sources.directory import DirectorySource
-from jobs.sources.postgres import table_pattern
-from jobs.sources.sqlite import backup_database, remove_table_data
+from jobs.sources.postgres import PostgresConf, table_pattern
+from jobs.sources.sqlite import SqliteConf, backup_database, remove_table_data
 from tests.conftest import restore_with_stock_tools
 from tests.test_sources_db import pg_restore_stock
 
@@ -81,6 +81,14 @@ def test_a_later_feature_adds_one_line(monkeypatch):
     for bad in ("", "x" * 64, "bad\x00name", None):
         with pytest.raises(ValueError):
             sensitive.register_excluded_table(bad, "no")
+
+
+@pytest.mark.parametrize("bad", ["django_session", ["ok", "bad\nname"], [""], [42], ["x" * 64]])
+def test_the_kinds_check_their_table_lists(bad):
+    for parse in (SqliteConf.parse, PostgresConf.parse):
+        with pytest.raises(ValueError, match="table"):
+            parse({"path": "/x.sqlite3", "database": "x", "exclude_table_data": bad})
+    assert SqliteConf.parse({"path": "/x.sqlite3"}).exclude_table_data == ()
 
 
 # --- SQLite ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from django.conf import settings as django_settings
 
+from backupsite.sensitive import check_table_name
 from jobs.engine.archive import FILE, Cancelled, Entry
 from jobs.engine.atomic import PARTIAL_SUFFIX
 from jobs.sources.base import SourceError, SourceKind, cancel_check
@@ -58,20 +59,14 @@ def check_name(value, what: str, *, required: bool = True, max_length: int = 255
     return value
 
 
-def check_table_names(value, *, max_length: int = 63) -> tuple[str, ...]:
-    """A list of table names (``exclude_table_data``): text, no control characters."""
+def check_table_names(value) -> tuple[str, ...]:
+    """A list of table names (``exclude_table_data``), each checked by
+    ``backupsite.sensitive.check_table_name``."""
     if value in (None, ""):
         return ()
     if not isinstance(value, list | tuple):
         raise ValueError("The tables whose data is left out must be a list of names.")
-    names = []
-    for name in value:
-        if not isinstance(name, str) or not name or len(name) > max_length:
-            raise ValueError(f"A table name is 1 to {max_length} characters of text.")
-        if any(ord(c) < 32 or ord(c) == 127 for c in name):
-            raise ValueError("A table name must not contain control characters.")
-        names.append(name)
-    return tuple(names)
+    return tuple(check_table_name(name) for name in value)
 
 
 def check_port(value, default: int) -> int:
