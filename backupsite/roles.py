@@ -1,7 +1,9 @@
 """The three roles of backupsite, as Django groups with model permissions.
 
 - administrators: configure everything (jobs, sources, destinations), run, download;
-- operators: run jobs, download backups, view everything;
+  they alone download, verify and restore *sensitive* runs (whose archive holds the
+  panel's own database, with every password hash: ``jobs.access_sensitive_run``);
+- operators: run jobs (sensitive ones too), download backups, view everything;
 - viewers: view only.
 
 Views check *permissions* (``PermissionRequiredMixin``), never group names, so a site
@@ -30,7 +32,7 @@ _CONFIGURE = [
 ROLE_PERMISSIONS: dict[str, list[str]] = {
     VIEWERS: _VIEW,
     OPERATORS: [*_VIEW, *_OPERATE],
-    ADMINISTRATORS: [*_VIEW, *_OPERATE, "jobs.delete_run", *_CONFIGURE],
+    ADMINISTRATORS: [*_VIEW, *_OPERATE, "jobs.delete_run", "jobs.access_sensitive_run", *_CONFIGURE],
 }
 ROLE_LABELS = {ADMINISTRATORS: "Administrator", OPERATORS: "Operator", VIEWERS: "Viewer"}
 

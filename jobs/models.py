@@ -13,6 +13,7 @@ from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
+from django.utils.translation import gettext_lazy as _
 
 from backupsite.crypto import EncryptedJSONField
 from backupsite.validators import split_addresses, validate_address_list, validate_no_control_chars
@@ -71,6 +72,13 @@ class Source(models.Model):
 
         cls = REGISTRY.get(self.kind)
         return cls.label if cls else self.kind
+
+    @property
+    def is_sensitive(self) -> bool:
+        """Archives holding this source are for administrators only (the panel's database)."""
+        from jobs.sources import is_sensitive
+
+        return is_sensitive({"kind": self.kind})
 
     def measure(self) -> None:
         size, files = self.handler().measure()
@@ -219,6 +227,23 @@ class Job(models.Model):
     def active_run(self):
         return self.runs.filter(state__in=Run.ACTIVE_STATES).first()
 
+    # --- sensitive content ----------------------------------------------------------
+    SENSITIVE_IN_CLEAR_WARNING = _(
+        "This job backs up the panel's own database without encryption: password hashes would leave this "
+        "server in clear. Set a backup password."
+    )
+
+    @staticmethod
+    def is_sensitive_in_clear(encryption: str, sources) -> bool:
+        """The rule behind :attr:`SENSITIVE_IN_CLEAR_WARNING`, for a saved job or for the
+        wizard's choices before anything is saved: a sensitive source (the panel's
+        database) in a job that does not encrypt."""
+        return encryption in ("", None, Job.Encryption.NONE) and any(source.is_sensitive for source in sources)
+
+    @property
+    def sensitive_in_clear(self) -> bool:
+        return self.is_sensitive_in_clear(self.encryption, self.sources.all())
+
     # --- encryption ---------------------------------------------------------------
     @property
     def encrypts(self) -> bool:
@@ -339,7 +364,12 @@ class Run(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-pk"]
-        permissions = [("download_run", "Can download backups")]
+        permissions = [
+            ("download_run", "Can download backups"),
+            # Runs whose archive holds the panel's own database (password hashes), or any
+            # other sensitive source: download, verify and restore (administrators).
+            ("access_sensitive_run", "Can download, verify and restore backups of the panel's own database"),
+        ]
         constraints = [
             # The per-job lock, enforced by the database: at most one active run per job.
             models.UniqueConstraint(
@@ -404,8 +434,34 @@ class Run(models.Model):
         return self.state in (self.State.SUCCEEDED, self.State.PARTIAL) and path is not None and path.is_file()
 
     @property
+    def archive_gone(self) -> bool:
+        """A finished archive was made, but its local copy is no longer on this server."""
+        return (
+            self.state in (self.State.SUCCEEDED, self.State.PARTIAL)
+            and bool(self.archive_name)
+            and self.archive_size is not None
+            and not self.can_download
+        )
+
+    @property
     def job_slug(self) -> str:
         return self.config.get("job", {}).get("slug", "")
+
+    # --- sensitive content ----------------------------------------------------------
+    SENSITIVE_PERMISSION = "jobs.access_sensitive_run"
+
+    @property
+    def is_sensitive(self) -> bool:
+        """The archive holds the panel's own database (or another sensitive source), as
+        the configuration snapshot the run was made with says."""
+        from jobs.sources import is_sensitive
+
+        return any(is_sensitive(source) for source in (self.config or {}).get("sources") or [])
+
+    def archive_allowed_for(self, user) -> bool:
+        """Whether *user* may read this run's archive as far as its content goes
+        (download, manifest, verify, restore); each view checks its own permission too."""
+        return not self.is_sensitive or user.has_perm(self.SENSITIVE_PERMISSION)
 
     def append_log(self, line: str) -> None:
         stamp = timezone.now().strftime("%Y-%m-%d %H:%M:%S")

@@ -309,6 +309,8 @@ def _execute(run: Run, progress: Progress) -> None:
     manifest_name = archive_name + MANIFEST_SUFFIX
     run.archive_name = archive_name
     run.append_log(f"Archiving {len(sources)} source(s), {total} bytes, into {archive_name}")
+    for note in (line for source in sources for line in source.log_notes()):
+        run.append_log(note)
     progress(phase=Run.Phase.ARCHIVE, done=0, force=True)
     warnings: list[str] = []
 
@@ -338,7 +340,7 @@ def _execute(run: Run, progress: Progress) -> None:
             "job": {"name": job["name"], "slug": job["slug"]},
             "run": run.pk,
             "created": timezone.now().isoformat(),
-            "sources": [{"name": s.name, "slug": s.slug, "kind": s.kind} for s in sources],
+            "sources": [{**s.manifest_info(), "name": s.name, "slug": s.slug, "kind": s.kind} for s in sources],
             "archive": {
                 "name": archive_name,
                 "size": result.size,

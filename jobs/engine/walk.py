@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 from jobs.engine.archive import DIR, FILE, SYMLINK, Entry
 
@@ -21,19 +21,30 @@ def walk_directory(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     on_error: Callable[[str, OSError], None] | None = None,
+    skip_paths: Collection[str] = (),
 ) -> Iterator[Entry]:
     """Yield entries for *root* and everything below it, named ``prefix/<relative path>``.
 
     Symlinks are stored as links and never followed. *exclude* patterns skip files and
     whole directories; *include* patterns (if any) restrict which files are taken.
     Patterns match the path relative to *root* or the bare name (``*.log``, ``cache/*``).
-    Unreadable directories are reported through *on_error* and skipped.
+    *skip_paths* are absolute paths (symlinks resolved) never taken, whatever the
+    patterns say: files, or folders with everything below them. Unreadable directories
+    are reported through *on_error* and skipped.
     """
     root = os.path.abspath(root)
+    # Names to skip per folder: one lookup per folder, not one per file. Nothing below
+    # the root is followed, so the root's real path + a relative path is a real path.
+    skip: dict[str, set[str]] = {}
+    for path in skip_paths:
+        parent, name = os.path.split(os.path.normpath(path))
+        skip.setdefault(parent, set()).add(name)
+    real_root = os.path.realpath(root) if skip else root
     stack: list[tuple[str, str, os.stat_result]] = [(root, "", os.lstat(root))]
     while stack:
         directory, rel_dir, dir_st = stack.pop()
         yield Entry(f"{prefix}/{rel_dir}".rstrip("/"), DIR, directory, dir_st)
+        skipped = skip.get(os.path.join(real_root, rel_dir).rstrip("/") or "/") if skip else None
         try:
             with os.scandir(directory) as it:
                 children = sorted(it, key=lambda e: e.name)
@@ -45,6 +56,8 @@ def walk_directory(
         for child in children:
             rel = f"{rel_dir}{child.name}" if rel_dir else child.name
             if exclude and _matches(rel, exclude):
+                continue
+            if skipped and child.name in skipped:
                 continue
             arcname = f"{prefix}/{rel}"
             try:
@@ -72,10 +85,12 @@ def walk_directory(
                     on_error(f"{prefix}/{rel}", exc)
 
 
-def measure_directory(root: str, *, exclude: Sequence[str] = (), include: Sequence[str] = ()) -> tuple[int, int]:
+def measure_directory(
+    root: str, *, exclude: Sequence[str] = (), include: Sequence[str] = (), skip_paths: Collection[str] = ()
+) -> tuple[int, int]:
     """Return (bytes, files) that :func:`walk_directory` would archive from *root*."""
     total = files = 0
-    for entry in walk_directory(root, "x", include=include, exclude=exclude):
+    for entry in walk_directory(root, "x", include=include, exclude=exclude, skip_paths=skip_paths):
         if entry.kind == FILE:
             try:
                 total += os.stat(entry.path, follow_symlinks=False).st_size

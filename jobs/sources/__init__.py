@@ -35,4 +35,14 @@ def kind_choices() -> list[tuple[str, str]]:
     return [(kind, cls.label) for kind, cls in REGISTRY.items()]
 
 
-__all__ = ["REGISTRY", "SourceError", "SourceKind", "get_kind", "kind_choices"]
+def is_sensitive(source: dict) -> bool:
+    """Whether a source (a run's snapshot entry, or any dict with its ``kind``) makes an
+    archive sensitive: its kind says so, the entry is marked ``"sensitive": true``, or the
+    kind is unknown (a kind removed since: fail closed)."""
+    if source.get("sensitive"):
+        return True
+    cls = REGISTRY.get(str(source.get("kind", "")))
+    return cls is None or cls.sensitive
+
+
+__all__ = ["REGISTRY", "SourceError", "SourceKind", "get_kind", "is_sensitive", "kind_choices"]

@@ -24,6 +24,10 @@ class SourceError(Exception):
 class SourceKind:
     kind: ClassVar[str]
     label: ClassVar[str]
+    #: An archive holding this source may be downloaded, verified and restored only with
+    #: the ``jobs.access_sensitive_run`` permission (administrators): the panel's own
+    #: database carries every password hash.
+    sensitive: ClassVar[bool] = False
 
     def __init__(self, name: str, slug: str, settings: dict, secrets: dict | None = None) -> None:
         self.name = name
@@ -46,6 +50,14 @@ class SourceKind:
     def measure(self) -> tuple[int, int]:
         """(bytes, files) this source would put into an archive."""
         raise NotImplementedError
+
+    def manifest_info(self) -> dict:
+        """Extra keys for this source's entry in the manifest header (``sources``)."""
+        return {}
+
+    def log_notes(self) -> list[str]:
+        """Lines for the run log, before archiving, about what this source leaves out."""
+        return []
 
     @contextlib.contextmanager
     def entries(self, staging: Path, on_error: ErrorCallback) -> Iterator[Iterator[Entry]]:

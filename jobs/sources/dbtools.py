@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from django.conf import settings as django_settings
 
+from backupsite.sensitive import check_table_name
 from jobs.engine.archive import FILE, Cancelled, Entry
 from jobs.engine.atomic import PARTIAL_SUFFIX
 from jobs.sources.base import SourceError, SourceKind, cancel_check
@@ -56,6 +57,16 @@ def check_name(value, what: str, *, required: bool = True, max_length: int = 255
     if value != value.strip():
         raise ValueError(f"The {what} must not start or end with a space.")
     return value
+
+
+def check_table_names(value) -> tuple[str, ...]:
+    """A list of table names (``exclude_table_data``), each checked by
+    ``backupsite.sensitive.check_table_name``."""
+    if value in (None, ""):
+        return ()
+    if not isinstance(value, list | tuple):
+        raise ValueError("The tables whose data is left out must be a list of names.")
+    return tuple(check_table_name(name) for name in value)
 
 
 def check_port(value, default: int) -> int:

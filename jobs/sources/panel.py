@@ -1,10 +1,19 @@
-"""The panel's own database, for disaster recovery of backupsite itself."""
+"""The panel's own database, for disaster recovery of backupsite itself.
+
+It holds every password hash, so it is *sensitive*: an archive with it is for
+administrators only (download, verify, restore), and the job page warns when it goes
+into an unencrypted job. The dump never carries the rows of the tables registered in
+``backupsite.sensitive`` (sessions, verification tickets, the cache): a restored panel
+works and asks everyone to log in again. The manifest lists them
+(``excluded_table_data``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
 
+from backupsite.sensitive import excluded_table_names
 from jobs.sources import dbtools
 from jobs.sources.base import SourceError, SourceKind
 from jobs.sources.dbtools import engine_family
@@ -17,6 +26,7 @@ class PanelDatabaseSource(SourceKind):
 
     kind = "panel_database"
     label = "Panel database"
+    sensitive = True
 
     ARCNAMES = {"sqlite3": "backupsite.sqlite3", "postgresql": "backupsite.pgdump"}
 
@@ -24,10 +34,11 @@ class PanelDatabaseSource(SourceKind):
         """The kind that does the work, configured from the panel's database settings."""
         db = dbtools.panel_database_config()
         family = engine_family(db.get("ENGINE", ""))
+        excluded = excluded_table_names()
         if family == "sqlite3":
             from jobs.sources.sqlite import SqliteSource
 
-            return SqliteSource(self.name, self.slug, {"path": str(db["NAME"])})
+            return SqliteSource(self.name, self.slug, {"path": str(db["NAME"]), "exclude_table_data": excluded})
         if family == "postgresql":
             from jobs.sources.postgres import PostgresSource
 
@@ -38,6 +49,7 @@ class PanelDatabaseSource(SourceKind):
                 "database": str(db.get("NAME") or ""),
                 "user": str(db.get("USER") or ""),
                 "sslmode": str(options.get("sslmode") or ""),
+                "exclude_table_data": excluded,
             }
             return PostgresSource(self.name, self.slug, settings, {"password": db.get("PASSWORD") or ""})
         raise SourceError(f"Backing up a {db.get('ENGINE')} panel database is not supported.")
@@ -50,6 +62,16 @@ class PanelDatabaseSource(SourceKind):
 
     def measure(self) -> tuple[int, int]:
         return self._delegate().measure()
+
+    def manifest_info(self) -> dict:
+        return {"excluded_table_data": excluded_table_names()}
+
+    def log_notes(self) -> list[str]:
+        tables = ", ".join(excluded_table_names())
+        return [
+            f"{self.name}: the rows of {tables} are left out (sessions and tokens); "
+            "a panel restored from this backup asks everyone to log in again."
+        ]
 
     @contextlib.contextmanager
     def entries(self, staging, on_error):

@@ -7,6 +7,11 @@ connection itself is one quoted libpq connection string, so no setting can be re
 option or as a second connection parameter. Restore with stock tools::
 
     pg_restore --no-owner --clean --if-exists -d <new database> <database>.pgdump
+
+With ``exclude_table_data`` (the panel's own database: sessions, tokens) each table is
+passed as ``--exclude-table-data`` with a double-quoted pattern, so its name is taken
+literally (no case folding, no ``*``/``?``/``.`` wildcards): the table is in the dump,
+its rows are not.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from jobs.sources.dbtools import (
     DumpSource,
     check_name,
     check_port,
+    check_table_names,
     last_line,
     run_tool,
 )
@@ -61,6 +67,7 @@ class PostgresConf:
     port: int = DEFAULT_PORT
     user: str = ""  # empty: libpq's default (the worker's user name)
     sslmode: str = ""
+    exclude_table_data: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, data: dict) -> PostgresConf:
@@ -74,6 +81,7 @@ class PostgresConf:
             port=check_port(data.get("port"), DEFAULT_PORT),
             user=check_name(data.get("user"), "user name", required=False, max_length=63),
             sslmode=sslmode,
+            exclude_table_data=check_table_names(data.get("exclude_table_data")),
         )
 
     def conninfo(self) -> str:
@@ -103,9 +111,17 @@ def _env(password: str | None) -> dict[str, str]:
     return env
 
 
+def table_pattern(name: str) -> str:
+    """A pg_dump table pattern matching exactly the table *name* (in any schema):
+    double-quoted, so case is kept and ``*``, ``?`` and ``.`` are literal; a double quote
+    inside is doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def pg_dump(conf: PostgresConf, password: str | None, target: Path, *, what: str = "") -> None:
     """``pg_dump -Fc`` of *conf*'s database into *target*; SourceError on failure."""
     args = [pg_tool("pg_dump"), "-Fc", "--no-password", f"--file={target}", f"--dbname={conf.conninfo()}"]
+    args += [f"--exclude-table-data={table_pattern(name)}" for name in conf.exclude_table_data]
     code, stderr = run_tool(args, env=_env(password))
     if code != 0:
         prefix = f"{what}: " if what else ""

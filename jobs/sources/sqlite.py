@@ -5,6 +5,11 @@ Copying the file with ``cp`` while an application writes can give a torn, corrup
 copies every page under one read transaction instead, so the copy is exactly the
 database as of one moment, whoever keeps writing. The source is opened read-only.
 The copy is an ordinary SQLite file: restore by copying it into place.
+
+With ``exclude_table_data`` (the panel's own database: sessions, tokens) the rows of
+those tables are then deleted from the *copy* (never the live file) with
+``secure_delete`` on and the copy is vacuumed, so no deleted row survives in a free page
+or a journal; the tables themselves stay.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from jobs.sources.base import SourceError
 from jobs.sources.dbtools import (
     DumpSource,
     RestoreRefused,
+    check_table_names,
     parse_database_url,
     refuse_panel_database,
     temp_file,
@@ -32,9 +38,11 @@ HEADER = b"SQLite format 3\x00"
 @dataclass(frozen=True)
 class SqliteConf:
     path: str
+    exclude_table_data: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, data: dict) -> SqliteConf:
+        exclude = check_table_names((data or {}).get("exclude_table_data"))
         path = (data or {}).get("path")
         if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
             raise ValueError("A SQLite source needs the absolute path of the database file.")
@@ -43,12 +51,18 @@ class SqliteConf:
         path = os.path.normpath(path)
         if path == "/" or path.endswith("/"):
             raise ValueError("A SQLite source needs the path of a file, not of a folder.")
-        return cls(path)
+        return cls(path, exclude)
 
 
-def backup_database(source: str | Path, target: Path) -> None:
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def backup_database(source: str | Path, target: Path, *, exclude_table_data=()) -> list[str]:
     """Copy the live SQLite database *source* into the new file *target*, consistently
-    (sqlite3.Error on failure). *source* is opened read-only: never written to."""
+    (sqlite3.Error on failure). *source* is opened read-only: never written to. The rows
+    of *exclude_table_data* are then removed from the copy (:func:`remove_table_data`);
+    returns the tables emptied."""
     src = sqlite3.connect(f"{Path(source).absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
     try:
         dst = sqlite3.connect(target)
@@ -58,6 +72,32 @@ def backup_database(source: str | Path, target: Path) -> None:
             dst.close()
     finally:
         src.close()
+    return remove_table_data(target, exclude_table_data) if exclude_table_data else []
+
+
+def remove_table_data(copy: Path, tables) -> list[str]:
+    """Delete every row of those *tables* that exist from the SQLite file *copy* (a
+    backup copy: never call this on a live database) so that none survives anywhere in
+    the file: ``secure_delete`` zeroes what is deleted, ``VACUUM`` rebuilds the file
+    without free pages (old content the live file still had in free pages goes too).
+    The copy is switched to a rollback journal first, so nothing waits in a ``-wal``
+    file. Returns the tables emptied (their schema stays)."""
+    conn = sqlite3.connect(copy, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("PRAGMA secure_delete=ON")
+        existing = {
+            name.casefold(): name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        emptied = [existing[t.casefold()] for t in tables if t.casefold() in existing]
+        conn.execute("BEGIN IMMEDIATE")
+        for table in emptied:
+            conn.execute(f"DELETE FROM {quote_identifier(table)}")  # noqa: S608 - a quoted identifier
+        conn.execute("COMMIT")
+        conn.execute("VACUUM")
+    finally:
+        conn.close()
+    return emptied
 
 
 def database_size(path: str | Path) -> int:
@@ -92,7 +132,7 @@ class SqliteSource(DumpSource):
     def write_dump(self, target: Path, staging: Path) -> None:
         conf = self._check()
         try:
-            backup_database(conf.path, target)
+            backup_database(conf.path, target, exclude_table_data=conf.exclude_table_data)
         except sqlite3.Error as exc:
             raise SourceError(f"{self.what}: cannot copy {conf.path}: {exc}") from None
 

@@ -2,7 +2,8 @@
 
 Both run synchronously in the request for now (see ``jobs.verification``); the password
 field is never rendered back, stored or logged (``sensitive_post_parameters`` also keeps
-it out of error reports).
+it out of error reports). A sensitive run (its archive holds the panel's database) is
+refused, GET and POST alike, to users without ``jobs.access_sensitive_run``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from destinations.models import Destination
 from jobs.engine.restore import RestoreError
 from jobs.models import Run, Upload
 from jobs.verification import VerificationError, request_verification, restore_roots, restore_run
+from jobs.views.runs import refuse_sensitive
 
 LOCAL = "local"
 
@@ -96,6 +98,9 @@ def _restorable_run(pk: int) -> Run:
 @permission_required("jobs.run_job", raise_exception=True)
 def run_verify(request, pk: int):
     run = _restorable_run(pk)
+    refused = refuse_sensitive(request, run)
+    if refused is not None:
+        return refused
     form = VerifyForm(request.POST if request.method == "POST" else None, run=run)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -131,6 +136,9 @@ def _verify(request, run: Run, data: dict) -> bool:
 @permission_required("jobs.change_job", raise_exception=True)
 def run_restore(request, pk: int):
     run = _restorable_run(pk)
+    refused = refuse_sensitive(request, run)
+    if refused is not None:
+        return refused
     roots = restore_roots()
     initial = {"target": str(roots[0] / f"run-{run.pk}")}
     form = RestoreForm(request.POST if request.method == "POST" else None, run=run, initial=initial)

@@ -1,11 +1,13 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from jobs.models import Run
+from destinations.backends.base import ROOT_FOLDER
+from jobs.models import Run, Upload
+from jobs.naming import MANIFEST_SUFFIX
 
 RUNS_PER_PAGE = 25
 
@@ -20,36 +22,70 @@ def run_list(request):
     return render(request, "jobs/run_list.html", {"page": page, "state": state, "states": Run.State.choices})
 
 
+def _run_context(request, run: Run) -> dict:
+    """What the run page and its polled fragment show; ``archive_allowed`` hides the
+    download, verify and restore controls of a sensitive run from those who may not."""
+    return {"run": run, "uploads": run.uploads.all(), "archive_allowed": run.archive_allowed_for(request.user)}
+
+
 @permission_required("jobs.view_run", raise_exception=True)
 def run_detail(request, pk: int):
     run = get_object_or_404(Run.objects.select_related("job", "created_by"), pk=pk)
-    return render(request, "jobs/run_detail.html", {"run": run, "uploads": run.uploads.all()})
+    return render(request, "jobs/run_detail.html", _run_context(request, run))
 
 
 @permission_required("jobs.view_run", raise_exception=True)
 def run_progress(request, pk: int):
     """The fragment the run page polls while the run is active."""
     run = get_object_or_404(Run, pk=pk)
-    response = render(request, "jobs/_run_progress.html", {"run": run, "uploads": run.uploads.all()})
+    response = render(request, "jobs/_run_progress.html", _run_context(request, run))
     response["Cache-Control"] = "no-store"
     return response
+
+
+def refuse_sensitive(request, run: Run) -> HttpResponse | None:
+    """A 403 page saying why, when *run*'s archive is sensitive (the panel's database)
+    and the user lacks ``jobs.access_sensitive_run``; None when the user may go on. Every
+    view that reads a run's archive calls it."""
+    if run.archive_allowed_for(request.user):
+        return None
+    return render(request, "jobs/run_sensitive_refused.html", {"run": run}, status=403)
+
+
+def archive_gone(request, run: Run) -> HttpResponse:
+    """404 page for a finished run whose local copy is gone: where copies still are."""
+    uploads = run.uploads.filter(state=Upload.State.SUCCEEDED).select_related("destination")
+    copies = [
+        {
+            "name": upload.destination_name,
+            "where": upload.destination.describe() if upload.destination is not None else "",
+            "folder": f"{ROOT_FOLDER}/{run.job_slug}/{upload.remote_name or run.archive_name}",
+        }
+        for upload in uploads
+    ]
+    return render(request, "jobs/run_archive_gone.html", {"run": run, "copies": copies}, status=404)
 
 
 @permission_required("jobs.download_run", raise_exception=True)
 def run_download(request, pk: int, what: str = "archive"):
     run = get_object_or_404(Run, pk=pk)
+    refused = refuse_sensitive(request, run)
+    if refused is not None:
+        return refused
+    if run.archive_gone:
+        return archive_gone(request, run)
     if not run.can_download:
         raise Http404("This run has no archive to download.")
     path = run.local_file
     if what == "manifest":
-        path = path.with_name(path.name + ".manifest.json")
+        path = path.with_name(path.name + MANIFEST_SUFFIX)
         content_type = "application/json"
     else:
         content_type = "application/zstd"
     try:
         handle = open(path, "rb")  # noqa: SIM115 - FileResponse closes it
     except FileNotFoundError:
-        raise Http404("The archive is no longer on this server.") from None
+        return archive_gone(request, run)
     # FileResponse streams in chunks and sets Content-Length and an RFC 6266
     # Content-Disposition (quotes and non-ASCII are encoded, never injected).
     return FileResponse(handle, as_attachment=True, filename=path.name, content_type=content_type)

@@ -1,5 +1,11 @@
 """Load demo data (idempotent): a demo directory tree, its Source, the panel database
-Source, a "Server hard drive" destination under the data dir, and one demo Job."""
+Source, a "Server hard drive" destination under the data dir, and one demo Job.
+
+"Demo backup" backs up the demo folder only, unencrypted, so that a newcomer can
+download it and open it with ``zstd`` and ``tar`` at once. The panel database source is
+created (it shows in the list) but left out of the demo job: its archive would carry
+every password hash in clear and only administrators may download it. An older demo job
+that still holds it unencrypted has it removed."""
 
 from __future__ import annotations
 
@@ -63,8 +69,14 @@ class Command(BaseCommand):
             defaults={"report_to": "admin@example.com", "interval": Job.Interval.MANUAL, "keep_last": 7},
         )
         if created:
-            job.sources.set([files, panel_db])
+            job.sources.set([files])
             job.destinations.set([local])
+        elif not job.encrypts and job.sources.filter(pk=panel_db.pk).exists():
+            job.sources.remove(panel_db)
+            self.stdout.write(
+                f"Removed the panel database from “{job.name}”: unencrypted, its archive would carry every "
+                "password hash in clear."
+            )
         for source in (files, panel_db):
             if source.size_bytes is None:
                 source.measure()
