@@ -788,12 +788,13 @@ _STOPPED_WHILE = {
 
 def abandoned_message(state: str, phase: str, silent_seconds: int) -> str:
     where, aftermath = _STOPPED_WHILE.get(phase, ("", ""))
+    where = f" {where}" if where else ""
     if state == Run.State.CANCELLED:
         return (
-            f"Cancelled: the worker running this backup had stopped {where} (no heartbeat for {silent_seconds} s), "
+            f"Cancelled: the worker running this backup had stopped{where} (no heartbeat for {silent_seconds} s), "
             f"so the cancellation was completed at once.{aftermath}"
         )
-    return f"Interrupted: the worker stopped {where} (no heartbeat for {silent_seconds} s).{aftermath}"
+    return f"Interrupted: the worker stopped{where} (no heartbeat for {silent_seconds} s).{aftermath}"
 
 
 def end_abandoned(info: reconcile.RunInfo, state: str, *, now=None) -> Run | None:
@@ -834,8 +835,9 @@ def _remove_staging_partials(job_slug: str) -> list[str]:
         return []
     try:
         removed = remove_partials(archive_dir_for(job_slug))
-    except (OSError, ValueError) as exc:
-        return [f"Could not remove the temporary files on this server: {exc}"]
+    except Exception as exc:  # never keep a dead run "running" over its leftovers
+        log.warning("Could not remove the temporary files of job %s", job_slug, exc_info=True)
+        return [f"Could not remove the temporary files on this server ({type(exc).__name__}); see the log."]
     if not removed:
         return []
     names = ", ".join(sorted(path.name for path in removed))
@@ -857,7 +859,9 @@ def _remove_destination_partials(run: Run) -> list[str]:
             continue
         try:
             count = get_destination_kind(destination.kind).from_destination(destination).remove_partials(job_slug)
-        except (DestinationError, OSError, KeyError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - an unreachable destination must not stop the alert
+            # Only the type: a third-party client's message could carry a credential.
+            log.warning("Could not remove temporary files at %s (%s)", dest["name"], type(exc).__name__)
             lines.append(f"{dest['name']}: could not remove temporary files ({type(exc).__name__}).")
             continue
         if count:

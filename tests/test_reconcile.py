@@ -177,6 +177,21 @@ def test_a_run_interrupted_while_uploading_settles_its_upload_and_says_the_archi
     assert upload.state == Upload.State.FAILED and upload.error == "The worker stopped during this upload."
 
 
+def test_an_unreachable_destination_does_not_stop_the_interrupt_or_the_alert(job, settings, monkeypatch):
+    from destinations.backends import local
+
+    def unreachable(self, job_slug):
+        raise RuntimeError("connection refused")
+
+    monkeypatch.setattr(local.LocalBackend, "remove_partials", unreachable)
+    run = make_running(job, heartbeat_age=settings.BACKUPSITE_STALE_RUN_SECONDS + 5)
+    assert services.reap_stale_runs() == 1
+    run.refresh_from_db()
+    assert run.state == Run.State.INTERRUPTED
+    assert "Local disk: could not remove temporary files (RuntimeError)." in run.log
+    assert len(mail.outbox) == 1
+
+
 def test_a_worker_that_is_alive_after_all_keeps_its_run(job, settings):
     run = make_running(job, heartbeat_age=settings.BACKUPSITE_STALE_RUN_SECONDS + 5)
     seen = services._info(run)

@@ -48,6 +48,16 @@ def mails(install) -> str:
     return "\n".join(path.read_text() for path in sorted(folder.glob("*"))) if folder.is_dir() else ""
 
 
+def wait_for_mail(install, text: str, timeout: float = 10) -> str:
+    """The reaper sends the alert just after it has ended the run and cleaned up."""
+    deadline = time.monotonic() + timeout
+    while text not in (sent := mails(install)):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no e-mail with {text!r}:\n{sent}\n{install.worker_logs()}")
+        time.sleep(0.1)
+    return sent
+
+
 @pytest.mark.slow
 def test_a_killed_run_is_interrupted_within_the_interval_cleaned_up_and_others_proceed(install):
     assert float(install.env["BACKUPSITE_STALE_RUN_SECONDS"]) == STALE
@@ -77,13 +87,13 @@ def test_a_killed_run_is_interrupted_within_the_interval_cleaned_up_and_others_p
         assert noticed <= bound, f"interrupted {noticed - killed:.1f} s after the kill"
         assert row["error"].startswith("Interrupted: the worker stopped while writing the archive (no heartbeat for")
         assert "This run made no backup." in row["error"]
+        sent = wait_for_mail(install, "Subject: [backupsite] Backup interrupted: Slow")
+        assert "What happened: The worker running this backup stopped before the run finished" in sent
+        row = install.run(slow)  # the alert goes out after the clean-up was logged
         assert not [p for p in partials if p.exists()] and not list(install.staging("Slow").glob(".*.partial"))
         assert not planted.exists()
         assert "temporary file(s) the stopped worker left on this server" in row["log"]
         assert "Server hard drive: removed 1 temporary file(s)" in row["log"]
-        sent = mails(install)
-        assert "Subject: [backupsite] Backup interrupted: Slow" in sent
-        assert "What happened: The worker running this backup stopped before the run finished" in sent
 
         # The slot and the job are free: another job runs, and the killed one can run again.
         quick = install.run_now("Quick")
