@@ -60,10 +60,14 @@ def configure(app: Celery) -> None:
         worker_hijack_root_logger=False,
         beat_schedule_filename=str(settings.DATA_DIR / "celerybeat-schedule"),
         beat_schedule={
+            # Reconcile the active runs (interrupted workers, lost hand-overs) often
+            # enough that a killed run is marked interrupted within about
+            # BACKUPSITE_STALE_RUN_SECONDS + this interval; a tick nobody ran in time
+            # expires instead of piling up.
             "reap-stale-runs": {
                 "task": "jobs.tasks.reap_stale_runs",
-                "schedule": 60.0,
-                "options": {"expires": 55},
+                "schedule": float(settings.BACKUPSITE_REAPER_SECONDS),
+                "options": {"expires": float(settings.BACKUPSITE_REAPER_SECONDS)},
             },
         },
     )

@@ -225,8 +225,23 @@ BACKUPSITE_ARCHIVE_DIR = Path(env_str("BACKUPSITE_ARCHIVE_DIR", str(DATA_DIR / "
 BACKUPSITE_LOCAL_BACKUP_DIR = Path(env_str("BACKUPSITE_LOCAL_BACKUP_DIR", str(DATA_DIR / "backups")))
 # How many heavy runs (archiving) may run at once on the whole installation.
 BACKUPSITE_MAX_CONCURRENT_RUNS = env_int("BACKUPSITE_MAX_CONCURRENT_RUNS", 1, minimum=1)
-# A running run whose heartbeat is older than this is reaped as interrupted.
-BACKUPSITE_STALE_RUN_SECONDS = env_int("BACKUPSITE_STALE_RUN_SECONDS", 900, minimum=60)
+# Crash recovery (README, "Configuration"): a worker writes a heartbeat to its run every
+# BACKUPSITE_HEARTBEAT_SECONDS; a run whose last heartbeat is older than
+# BACKUPSITE_STALE_RUN_SECONDS is marked interrupted by the reaper, which runs every
+# BACKUPSITE_REAPER_SECONDS. The stale threshold must cover at least three heartbeats, so
+# one slow database write never makes a live run look dead. A queued run that no worker
+# takes within BACKUPSITE_QUEUE_GRACE_SECONDS of a slot being free is handed to the
+# workers once more, and fails after another such period.
+BACKUPSITE_HEARTBEAT_SECONDS = env_int("BACKUPSITE_HEARTBEAT_SECONDS", 10, minimum=1)
+BACKUPSITE_STALE_RUN_SECONDS = env_int("BACKUPSITE_STALE_RUN_SECONDS", 60, minimum=3)
+if BACKUPSITE_STALE_RUN_SECONDS < 3 * BACKUPSITE_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        f"BACKUPSITE_STALE_RUN_SECONDS ({BACKUPSITE_STALE_RUN_SECONDS}) must be at least three heartbeats "
+        f"(3 × BACKUPSITE_HEARTBEAT_SECONDS = {3 * BACKUPSITE_HEARTBEAT_SECONDS}), or live runs would be "
+        "marked interrupted."
+    )
+BACKUPSITE_REAPER_SECONDS = env_int("BACKUPSITE_REAPER_SECONDS", 15, minimum=1)
+BACKUPSITE_QUEUE_GRACE_SECONDS = env_int("BACKUPSITE_QUEUE_GRACE_SECONDS", 60, minimum=1)
 BACKUPSITE_ZSTD_LEVEL = env_int("BACKUPSITE_ZSTD_LEVEL", 3, minimum=1)
 # Free space kept on the staging disk beyond the archive's estimated size.
 BACKUPSITE_STAGING_MARGIN_BYTES = env_int("BACKUPSITE_STAGING_MARGIN_MB", 64, minimum=0) * 1024 * 1024

@@ -315,6 +315,8 @@ class Run(models.Model):
         PARTIAL = "partial", "Partially succeeded"
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
+        INTERRUPTED = "interrupted", "Interrupted"  # the worker stopped (killed, crashed, restarted)
+        TIMED_OUT = "timed_out", "Timed out"  # the soft time limit stopped it
 
     class Phase(models.TextChoices):
         PENDING = "", "Not started"
@@ -332,7 +334,18 @@ class Run(models.Model):
         WIZARD = "wizard", "Wizard"
 
     ACTIVE_STATES = (State.QUEUED, State.WAITING, State.RUNNING, State.UPLOADING)
-    FINAL_STATES = (State.SUCCEEDED, State.PARTIAL, State.FAILED, State.CANCELLED)
+    #: A worker is working on the run (it holds a heavy slot and sends heartbeats).
+    HELD_STATES = (State.RUNNING, State.UPLOADING)
+    FINAL_STATES = (
+        State.SUCCEEDED,
+        State.PARTIAL,
+        State.FAILED,
+        State.CANCELLED,
+        State.INTERRUPTED,
+        State.TIMED_OUT,
+    )
+    #: Final states that e-mail the job's report-to addresses.
+    ALERT_STATES = (State.FAILED, State.INTERRUPTED, State.TIMED_OUT)
 
     job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
     job_name = models.CharField(max_length=100)
@@ -341,7 +354,7 @@ class Run(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.QUEUED, db_index=True)
     phase = models.CharField(max_length=10, choices=Phase.choices, default=Phase.PENDING, blank=True)
     bytes_done = models.BigIntegerField(default=0)
     bytes_total = models.BigIntegerField(default=0)
@@ -361,6 +374,11 @@ class Run(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When the run was last handed to the workers (created, woken when a slot freed, or
+    # handed over again by the reconcile), and how often the reconcile handed it over
+    # again because nobody took it (once at most, then it fails): see jobs/reconcile.py.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    requeues = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -388,6 +406,19 @@ class Run(models.Model):
     @property
     def is_active(self) -> bool:
         return self.state in self.ACTIVE_STATES
+
+    @property
+    def is_alert(self) -> bool:
+        return self.state in self.ALERT_STATES
+
+    @property
+    def outcome(self) -> str:
+        """What happened, in words, for the final states that need explaining (run page,
+        alert e-mail); empty for the others."""
+        text = OUTCOMES.get(self.state, "")
+        if self.state == self.State.TIMED_OUT:
+            text = text % {"limit": time_limit_text()}
+        return str(text)
 
     @property
     def progress_percent(self) -> int | None:
@@ -463,9 +494,37 @@ class Run(models.Model):
         (download, manifest, verify, restore); each view checks its own permission too."""
         return not self.is_sensitive or user.has_perm(self.SENSITIVE_PERMISSION)
 
+    @staticmethod
+    def log_line(line: str) -> str:
+        """One line of the run log, time-stamped."""
+        return f"{timezone.now().strftime('%Y-%m-%d %H:%M:%S')} {line}\n"
+
     def append_log(self, line: str) -> None:
-        stamp = timezone.now().strftime("%Y-%m-%d %H:%M:%S")
-        self.log = f"{self.log}{stamp} {line}\n"
+        self.log = f"{self.log}{self.log_line(line)}"
+
+
+def time_limit_text() -> str:
+    """The soft time limit in words ("6 hours")."""
+    from django.utils.timesince import timeuntil
+
+    now = timezone.now()
+    return timeuntil(now + timedelta(seconds=settings.CELERY_SOFT_TIME_LIMIT), now).replace("\xa0", " ")
+
+
+# What a final state means for the user, by state (a registry, not an if chain in
+# templates). %(limit)s is the soft time limit, in words.
+OUTCOMES = {
+    Run.State.INTERRUPTED: _(
+        "The worker running this backup stopped before the run finished: it was killed, crashed or its "
+        "machine restarted. The panel noticed the missing heartbeats, marked the run interrupted and removed "
+        "its temporary files, so the next run starts cleanly; nothing needs to be cleaned up by hand."
+    ),
+    Run.State.TIMED_OUT: _(
+        "The run took longer than the time limit (%(limit)s, CELERY_SOFT_TIME_LIMIT) and was stopped; its "
+        "temporary files were removed. If the job needs this long, raise the limit; otherwise look for a "
+        "stuck source or destination."
+    ),
+}
 
 
 class VerifyTicket(models.Model):

@@ -6,13 +6,12 @@ from backupsite.celery import app
 from jobs import services
 
 
-@app.task(bind=True, acks_late=True, max_retries=None)
-def execute_run(self, run_id: int) -> str:
-    run = services.execute_run(run_id)
-    if run.state == run.State.WAITING:
-        # Every heavy slot is taken: try again shortly (the row says "waiting").
-        raise self.retry(countdown=15)
-    return run.state
+@app.task(acks_late=True)
+def execute_run(run_id: int) -> str:
+    # A run that finds every heavy slot taken is parked as "waiting" and this task ends:
+    # the run that frees a slot (or the reaper's reconcile) hands it to a worker again,
+    # so no task sits in the broker retrying while a long backup runs.
+    return services.execute_run(run_id).state
 
 
 @app.task(acks_late=True, ignore_result=True)

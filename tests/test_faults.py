@@ -1,6 +1,6 @@
 """Faults survived for real: a worker SIGKILLed mid-archive or mid-upload to the local
-destination leaves nothing under a final name; the run is reaped as interrupted; the
-next run removes the leftovers and succeeds."""
+destination leaves nothing under a final name; the reaper marks the run interrupted and
+removes the leftovers (staging folder and destination); the next run succeeds."""
 
 from __future__ import annotations
 
@@ -98,9 +98,10 @@ def test_sigkill_leaves_nothing_under_a_final_name_and_recovers(install, phase):
     assert set(remote.glob("*.tar.zst")) == before_remote
     if phase == "archive":
         assert set(staging.glob("*.tar.zst")) == before_local
-    assert list(folder.glob(".*.partial")), "the killed run left its temporary file (removed on the next run)"
+    assert list(folder.glob(".*.partial")), "the killed run left its temporary file (the reaper removes it)"
 
-    # The reaper marks the run interrupted once its heartbeat is stale.
+    # The reaper marks the run interrupted once its heartbeat is stale, and removes what
+    # the killed worker left in the staging folder and at the destination.
     install["manage"](
         "shell",
         "-c",
@@ -109,12 +110,17 @@ def test_sigkill_leaves_nothing_under_a_final_name_and_recovers(install, phase):
         "heartbeat_at=timezone.now() - timezone.timedelta(hours=1)); print(reap_stale_runs())",
     )
     killed = run_states(install)[-1]
-    assert killed["state"] == "failed" and killed["error"].startswith("Interrupted")
+    assert killed["state"] == "interrupted"
+    where = "writing the archive" if phase == "archive" else "uploading"
+    assert killed["error"].startswith(f"Interrupted: the worker stopped while {where}")
+    assert not list(staging.glob(".*.partial")) and not list(remote.glob(".*.partial"))
+    if phase == "archive":
+        assert "temporary file(s) the stopped worker left on this server" in killed["log"]
+    else:
+        assert "Server hard drive: removed 1 temporary file(s)" in killed["log"]
 
-    # The next run cleans up and succeeds.
+    # The next run succeeds.
     assert install["manage"]("runbackup", "Demo backup", "--quiet").returncode == 0
     latest = run_states(install)[-1]
     assert latest["state"] == "succeeded"
     assert not list(staging.glob(".*.partial")) and not list(remote.glob(".*.partial"))
-    if phase == "archive":
-        assert "Removed a temporary file left by an interrupted run" in latest["log"]

@@ -184,8 +184,12 @@ def test_stale_running_runs_are_reaped(job, settings):
     Run.objects.filter(pk=run.pk).update(heartbeat_at=old)
     assert services.reap_stale_runs() == 1
     run.refresh_from_db()
-    assert run.state == Run.State.FAILED and "Interrupted" in run.error
+    assert run.state == Run.State.INTERRUPTED and run.state in Run.FINAL_STATES
+    assert run.error.startswith("Interrupted: the worker stopped while preparing the sources (no heartbeat for 6")
     assert len(mail.outbox) == 1
+    message = mail.outbox[0]
+    assert message.subject == "[backupsite] Backup interrupted: Office backup"
+    assert "What happened: The worker running this backup stopped before the run finished" in message.body
     # The job is free again.
     assert services.create_run(job).state == Run.State.QUEUED
 
@@ -261,9 +265,14 @@ def test_the_time_limit_marks_the_run_timed_out_cleans_up_and_alerts(job, monkey
 
     monkeypatch.setattr(archive, "_header", slow_then_limit)
     run = services.execute_run(services.create_run(job).pk)
-    assert run.state == Run.State.FAILED
-    assert run.error.startswith("Timed out")
+    assert run.state == Run.State.TIMED_OUT and run.state in Run.FINAL_STATES
+    assert run.error.startswith("Timed out: the run took longer than the time limit (6")
     assert not list(services.archive_dir_for(job.slug).glob("*.tar.zst*"))
+    assert not list(services.archive_dir_for(job.slug).glob(".*.partial"))
     assert len(mail.outbox) == 1
+    assert mail.outbox[0].subject == "[backupsite] Backup timed out: Office backup"
+    assert "What happened: The run took longer than the time limit (6 hours, CELERY_SOFT_TIME_LIMIT)" in (
+        mail.outbox[0].body
+    )
     monkeypatch.undo()
     assert services.execute_run(services.create_run(job).pk).state == Run.State.SUCCEEDED  # lock freed

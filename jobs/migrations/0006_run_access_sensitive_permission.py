@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0004_verify_ticket'),
+        ('jobs', '0005_job_timezone_default'),
     ]
 
     operations = [

@@ -3,11 +3,13 @@ from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from destinations.backends.base import ROOT_FOLDER
 from jobs.models import Run, Upload
 from jobs.naming import MANIFEST_SUFFIX
+from jobs.services import CancelOutcome, cancel_run
 
 RUNS_PER_PAGE = 25
 
@@ -91,11 +93,27 @@ def run_download(request, pk: int, what: str = "archive"):
     return FileResponse(handle, as_attachment=True, filename=path.name, content_type=content_type)
 
 
+CANCEL_MESSAGES = {
+    CancelOutcome.NOT_STARTED: (messages.SUCCESS, _("Cancelled before it started.")),
+    CancelOutcome.ABANDONED: (
+        messages.SUCCESS,
+        _(
+            "Cancelled. The worker running this backup had stopped, so the cancellation was completed at once: "
+            "its temporary files were removed and the next backup can start."
+        ),
+    ),
+    CancelOutcome.REQUESTED: (
+        messages.INFO,
+        _("Cancellation requested; the worker stops the run at its next checkpoint, within seconds."),
+    ),
+    CancelOutcome.FINISHED: (messages.INFO, _("This run had already ended; there was nothing to cancel.")),
+}
+
+
 @require_POST
 @permission_required("jobs.change_run", raise_exception=True)
 def run_cancel(request, pk: int):
     run = get_object_or_404(Run, pk=pk)
-    if run.is_active:
-        Run.objects.filter(pk=pk, state__in=Run.ACTIVE_STATES).update(cancel_requested=True)
-        messages.info(request, "Cancellation requested; the run stops at the next checkpoint.")
+    level, text = CANCEL_MESSAGES[cancel_run(run.pk, user=request.user)]
+    messages.add_message(request, level, text)
     return redirect(run)

@@ -1,6 +1,11 @@
 """Run a backup job in the foreground: ``python manage.py runbackup JOB``.
 
-Exit codes: 0 succeeded, 3 partially succeeded, 1 failed / cancelled / refused.
+Exit codes: 0 succeeded, 3 partially succeeded, 1 failed / cancelled / interrupted /
+timed out / refused.
+
+While every heavy slot is taken the run waits and this command polls it; when a slot
+frees, a worker may take the run first (the run that freed the slot hands it on), and
+then this command follows it to the end. Ctrl-C while waiting cancels the run.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from django.template.defaultfilters import filesizeformat
 
 from jobs import services
 from jobs.models import Job, Run
+
+POLL_SECONDS = 2  # while the run waits for a slot, or a worker runs it
 
 
 def _bar(run: Run, width: int = 30) -> str:
@@ -51,13 +58,22 @@ class Command(BaseCommand):
                 self.stdout.write("\r" + _bar(current).ljust(78), ending="")
                 self.stdout.flush()
 
-        while True:
-            run = services.execute_run(run.pk, listener=show)
-            if run.state != Run.State.WAITING:
-                break
-            if tty:
-                self.stdout.write("\rWaiting for another backup to finish…".ljust(78), ending="")
-            time.sleep(5)
+        try:
+            while True:
+                run = services.execute_run(run.pk, listener=show)
+                if run.state in Run.FINAL_STATES:
+                    break
+                if run.state in Run.HELD_STATES:
+                    message = f"Run #{run.pk} is being run by a worker; following it…"
+                    show(run)
+                else:
+                    message = "Waiting for another backup to finish…"
+                if tty:
+                    self.stdout.write("\r" + message.ljust(78), ending="")
+                time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            services.cancel_run(run.pk)
+            raise CommandError(f"Run #{run.pk} cancelled (Ctrl-C).") from None
         if tty:
             self.stdout.write("")
 
