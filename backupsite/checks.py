@@ -9,12 +9,14 @@ from pathlib import Path
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
+from backupsite.private import private_dir, shared_mode
+
 
 def _writable_dir(path: Path) -> str | None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)
     except OSError as exc:
-        return f"cannot be created: {exc.strerror}"
+        return f"cannot be created: {exc.strerror or exc}"
     if not os.access(path, os.W_OK | os.X_OK):
         return "is not writable by this process"
     return None
@@ -96,3 +98,26 @@ def check_encryption_keys(app_configs=None, **kwargs):
                 )
             )
     return errors
+
+
+@register(Tags.security)
+def check_data_dir_permissions(app_configs=None, **kwargs):
+    """Other local users must not read the database (sessions, password hashes), the
+    archives or the mail, nor change them."""
+    warnings = []
+    for label, path in (
+        ("BACKUPSITE_DATA_DIR", settings.DATA_DIR),
+        ("BACKUPSITE_ARCHIVE_DIR", settings.BACKUPSITE_ARCHIVE_DIR),
+    ):
+        mode = shared_mode(path)
+        if mode is not None:
+            warnings.append(
+                Warning(
+                    f"{label} ({path}) has mode {mode:04o}: other users of this machine can open what is "
+                    "inside (the database with sessions and password hashes, archives, e-mails).",
+                    hint=f"Run: chmod 700 {path} (and chmod -R go= {path} for files made by older versions). "
+                    "backupsite makes its own files 0600 in 0700 folders.",
+                    id="backupsite.W003",
+                )
+            )
+    return warnings

@@ -20,6 +20,7 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.utils import timezone
 
 from backupsite import __version__
+from backupsite.private import private_dir
 from destinations.backends import DestinationError
 from destinations.backends import get_kind as get_destination_kind
 from destinations.models import Destination
@@ -277,8 +278,7 @@ def _finish(run: Run, state: str, error: str = "") -> None:
 def _execute(run: Run, progress: Progress) -> None:
     config = run.config
     job = config["job"]
-    staging = archive_dir_for(job["slug"])
-    staging.mkdir(parents=True, exist_ok=True)
+    staging = private_dir(archive_dir_for(job["slug"]))
     if job.get("encryption") == "password":
         stored = Job.objects.filter(pk=job["id"]).first()
         write_key_file(job["slug"], stored.key_file if stored else None)

@@ -531,6 +531,23 @@ def test_dockerfile_installs_pinned_requirements_and_collects_static():
     assert not {"SECRET_KEY", "FIELD_ENCRYPTION_KEYS"} & env_keys, "secrets must not be baked into the image ENV"
 
 
+def test_dockerfile_makes_the_data_volume_private():
+    """A new named volume copies the mode of the image's folder: 0700, owned by the
+    application's user, or the system check backupsite.W003 stops the web container."""
+    data_dir = dockerfile_env()["BACKUPSITE_DATA_DIR"]
+    runs = " && ".join(arguments for keyword, arguments in dockerfile_instructions() if keyword == "RUN")
+    made = [
+        shlex.split(command)
+        for command in runs.split("&&")
+        if command.split()[:2] == ["install", "-d"] and command.split()[-1] == data_dir
+    ]
+    assert len(made) == 1, f"the Dockerfile must make {data_dir} with install -d -m 0700"
+    (tokens,) = made
+    assert tokens[tokens.index("-m") + 1] == "0700", tokens
+    user = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "USER"][-1].split(":")[0]
+    assert tokens[tokens.index("-o") + 1] == user, tokens
+
+
 def test_dockerfile_installs_every_program_the_app_runs(compose, shell_values, tmp_path):
     """The list of programs comes from the settings (their defaults in the container)."""
     env = container_env(compose, "web", shell_values, tmp_path)

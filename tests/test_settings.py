@@ -128,3 +128,28 @@ def test_celery_redis_visibility_timeout_exceeds_the_hard_limit(tmp_path):
     }
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.stdout.strip() == "True", result.stderr
+
+
+# --- data dir permissions (issue 6, item 4) ------------------------------------------------
+def test_a_new_data_dir_is_private_and_the_check_is_quiet(tmp_path):
+    result = manage(tmp_path, "check", DEBUG="1")
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "data" / "archives").stat().st_mode) == 0o700
+    assert "backupsite.W003" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("which", "mode"), [("data", 0o755), ("data", 0o730), ("archives", 0o750)])
+def test_a_data_dir_open_to_other_users_is_warned_about(tmp_path, which, mode):
+    data = tmp_path / "data"
+    (data / "archives").mkdir(parents=True)
+    data.chmod(0o700)
+    (data / "archives").chmod(0o700)
+    (tmp_path / which if which == "data" else data / which).chmod(mode)
+    result = manage(tmp_path, "check", "--fail-level", "WARNING", DEBUG="1")
+    assert result.returncode != 0
+    assert "backupsite.W003" in result.stderr and f"mode {mode:04o}" in result.stderr, result.stderr
+    label = "BACKUPSITE_DATA_DIR" if which == "data" else "BACKUPSITE_ARCHIVE_DIR"
+    assert label in result.stderr
+    # Warned about, never changed behind the administrator's back.
+    assert stat.S_IMODE((tmp_path / which if which == "data" else data / which).stat().st_mode) == mode

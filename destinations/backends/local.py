@@ -95,7 +95,8 @@ class LocalBackend(Backend):
         digest = hashlib.sha256()
         done = 0
         try:
-            with atomic_path(final) as tmp, open(local_path, "rb") as src, open(tmp, "wb") as dst:
+            # private=False: the copy follows the umask, like any file people put there.
+            with atomic_path(final, private=False) as tmp, open(local_path, "rb") as src, open(tmp, "wb") as dst:
                 buf = bytearray(COPY_CHUNK)
                 view = memoryview(buf)
                 while n := src.readinto(buf):
