@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -121,3 +123,66 @@ def check_data_dir_permissions(app_configs=None, **kwargs):
                 )
             )
     return warnings
+
+
+_STATIC_TAG = re.compile(r"""{%\s*static\s+(["'])(?P<name>[^"']+)\1""")
+
+
+def template_static_files() -> list[str]:
+    """Every ``{% static "…" %}`` name in the project's templates (base.html's CSS and
+    JS, and whatever a page adds): each must be in the static manifest."""
+    names: set[str] = set()
+    for engine in settings.TEMPLATES:
+        for folder in engine.get("DIRS", []):
+            for template in Path(folder).rglob("*.html"):
+                try:
+                    names.update(m["name"] for m in _STATIC_TAG.finditer(template.read_text("utf-8", "replace")))
+                except OSError:
+                    continue
+    return sorted(names)
+
+
+@register(Tags.staticfiles, deploy=True)
+def check_static_manifest(app_configs=None, **kwargs):
+    """Without ``collectstatic`` the manifest storage of production (DEBUG off) raises
+    on the first ``{% static %}``: every page, the login page included, answers 500.
+
+    A deployment check only (``check --deploy``, run by the web container before it
+    starts): ``collectstatic`` itself runs the ordinary checks and must not be refused
+    for the very thing it is about to create."""
+    from django.contrib.staticfiles.storage import ManifestFilesMixin
+    from django.core.files.storage import storages
+
+    if settings.DEBUG:
+        return []
+    storage = storages["staticfiles"]
+    if not isinstance(storage, ManifestFilesMixin):
+        return []
+    where = Path(settings.STATIC_ROOT) / storage.manifest_name
+    hint = "Run: python manage.py collectstatic --noinput (after every upgrade too; the Docker image does it)."
+    try:
+        with storage.manifest_storage.open(storage.manifest_name) as fh:
+            paths = json.loads(fh.read().decode("utf-8")).get("paths", {})
+    except FileNotFoundError:
+        return [
+            Error(
+                f"The static files have not been collected: {where} is missing, so every page would answer "
+                "with a server error.",
+                hint=hint,
+                id="backupsite.E004",
+            )
+        ]
+    except (OSError, ValueError, AttributeError) as exc:
+        problem = f"The static manifest {where} cannot be read ({type(exc).__name__})."
+        return [Error(problem, hint=hint, id="backupsite.E004")]
+    missing = [name for name in template_static_files() if name not in paths]
+    if missing:
+        return [
+            Error(
+                f"The collected static files are out of date: {', '.join(missing)} missing from {where}; "
+                "pages that use them would answer with a server error.",
+                hint=hint,
+                id="backupsite.E004",
+            )
+        ]
+    return []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -128,6 +130,52 @@ def test_celery_redis_visibility_timeout_exceeds_the_hard_limit(tmp_path):
     }
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.stdout.strip() == "True", result.stderr
+
+
+# --- production static files (issue 6, item 3) -------------------------------------------
+def test_deploy_check_reports_missing_static_files_until_collectstatic(tmp_path, prod):
+    static_root = tmp_path / "static"
+    env = {**prod, "STATIC_ROOT": str(static_root)}
+    before = manage(tmp_path, "check", "--deploy", **env)
+    assert before.returncode != 0
+    assert "backupsite.E004" in before.stderr and "staticfiles.json is missing" in before.stderr, before.stderr
+    assert "collectstatic --noinput" in before.stderr  # the hint says what to do
+    # The ordinary checks (all collectstatic runs) do not block the command that fixes it.
+    collect = manage(tmp_path, "collectstatic", "--noinput", **env)
+    assert collect.returncode == 0, collect.stderr
+    after = manage(tmp_path, "check", "--deploy", **env)
+    assert after.returncode == 0, after.stderr
+    assert "backupsite.E004" not in after.stdout + after.stderr
+
+    # A manifest from an older release that lacks a file the templates use is an error too.
+    manifest = static_root / "staticfiles.json"
+    data = json.loads(manifest.read_text())
+    del data["paths"]["css/app.css"]
+    manifest.write_text(json.dumps(data))
+    stale = manage(tmp_path, "check", "--deploy", **env)
+    assert stale.returncode != 0
+    assert "backupsite.E004" in stale.stderr and "css/app.css" in stale.stderr, stale.stderr
+
+
+def test_development_needs_no_collected_static_files(tmp_path):
+    result = manage(tmp_path, "check", "--deploy", DEBUG="1", STATIC_ROOT=str(tmp_path / "static"))
+    assert "backupsite.E004" not in result.stdout + result.stderr
+
+
+def test_the_static_check_knows_what_the_base_template_needs():
+    from backupsite.checks import template_static_files
+
+    assert {"css/app.css", "js/app.js"} <= set(template_static_files())
+
+
+def test_readme_production_without_docker_collects_static_files():
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"^## Production without Docker\n(?P<body>.*?)(?=^## )", readme, re.MULTILINE | re.DOTALL)
+    assert match, "README.md has no 'Production without Docker' section"
+    steps = match["body"]
+    assert "manage.py collectstatic --noinput" in steps
+    assert steps.index("collectstatic --noinput") < steps.index("gunicorn ")
+    assert "check --deploy" in steps and "migrate --noinput" in steps
 
 
 # --- data dir permissions (issue 6, item 4) ------------------------------------------------
