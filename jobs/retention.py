@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 
+from backupsite.validators import UnsafeFolderName, safe_folder_name
 from destinations.backends.base import DestinationError, RemoteFile
 from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, validate_template
@@ -392,9 +393,10 @@ class LocalCopies:
         self.root = Path(root)
 
     def job_dir(self, job_slug: str) -> Path:
-        if not job_slug or "/" in job_slug or "\\" in job_slug or job_slug.startswith("."):
-            raise DestinationError("Invalid job folder name.", permanent=True)
-        return self.root / job_slug
+        try:
+            return self.root / safe_folder_name(job_slug, "job folder name")
+        except UnsafeFolderName as exc:
+            raise DestinationError(str(exc), permanent=True) from None
 
     def list(self, job_slug: str) -> list[RemoteFile]:
         folder = self.job_dir(job_slug)

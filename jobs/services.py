@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from backupsite import __version__
 from backupsite.private import private_dir
+from backupsite.validators import safe_folder_name
 from destinations.backends import DestinationError
 from destinations.backends import get_kind as get_destination_kind
 from destinations.models import Destination
@@ -210,7 +211,10 @@ class Heartbeat(threading.Thread):
 
 # --- executing ----------------------------------------------------------------------
 def archive_dir_for(job_slug: str) -> Path:
-    return settings.BACKUPSITE_ARCHIVE_DIR / job_slug
+    """This server's folder of the job's local copies. Raises UnsafeFolderName (a
+    ValueError: the run fails with its message) for a slug that is not a plain slug, so
+    a crafted ``../../x`` never makes, sweeps or fills a folder outside the archive dir."""
+    return settings.BACKUPSITE_ARCHIVE_DIR / safe_folder_name(job_slug, "job folder name")
 
 
 def execute_run(run_id: int, *, listener: Callable[[Run], None] | None = None) -> Run:

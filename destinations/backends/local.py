@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 
+from backupsite.validators import UnsafeFolderName, safe_folder_name
 from destinations.backends.base import ROOT_FOLDER, Backend, Conf, DestinationError, RemoteFile
 from jobs.engine.atomic import PARTIAL_SUFFIX, atomic_path, remove_partials
 
@@ -66,9 +67,10 @@ class LocalBackend(Backend):
         return f"{cls.label}: {conf.path}"
 
     def job_dir(self, job_slug: str) -> Path:
-        if not job_slug or "/" in job_slug or job_slug.startswith("."):
-            raise DestinationError("Invalid job folder name.", permanent=True)
-        return Path(self.conf.path) / ROOT_FOLDER / job_slug
+        try:
+            return Path(self.conf.path) / ROOT_FOLDER / safe_folder_name(job_slug, "job folder name")
+        except UnsafeFolderName as exc:
+            raise DestinationError(str(exc), permanent=True) from None
 
     def _check_base(self) -> None:
         base = Path(self.conf.path)
