@@ -34,7 +34,7 @@ class HttpResponsePermanentRedirectKeepMethod(HttpResponseRedirectBase):
 
 
 class CommonMiddleware(DjangoCommonMiddleware):
-    """Django's CommonMiddleware, except for requests other than GET/HEAD/OPTIONS to a
+    """Django's CommonMiddleware, except for unsafe methods (POST, PUT, PATCH, DELETE) to a
     URL that only exists with a trailing slash (``POST /jobs``).
 
     Django answers them with a RuntimeError (a 500) when DEBUG is on, and with a 301 in

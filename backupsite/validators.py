@@ -46,7 +46,7 @@ def safe_folder_name(value: object, what: str = "folder name") -> str:
 
     Every place that turns a job's, source's or destination's slug into a path calls
     this first, whatever the models checked when the row was saved: a row changed with
-    ``QuerySet.update()``, a fixture or the shell never went through ``save()``."""
+    ``QuerySet.update()`` or loaded from a fixture never went through ``save()``."""
     if not isinstance(value, str) or not value:
         raise UnsafeFolderName(f"The {what} is empty.")
     if len(value) > FOLDER_NAME_MAX_LENGTH or not _FOLDER_NAME.fullmatch(value):

@@ -35,7 +35,9 @@ class Destination(models.Model):
         if not self.slug:
             # Unique like a job's: "NAS 1" and "NAS-1" become nas-1 and nas-1-2.
             self.slug = unique_slug(Destination, self.name, self.pk, "destination")
-        validate_folder_slug(self.slug)  # also when full_clean() was not called (shell, fixtures)
+        # Also without full_clean() (the shell, scripts). Fixtures and update() bypass save():
+        # every place that builds a path checks again (safe_folder_name).
+        validate_folder_slug(self.slug)
         super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:

@@ -47,7 +47,9 @@ class Source(models.Model):
     def save(self, *args, **kwargs):
         if not self.slug:
             self.slug = unique_slug(Source, self.name, self.pk, "source")
-        validate_folder_slug(self.slug)  # also when full_clean() was not called (shell, fixtures)
+        # Also without full_clean() (the shell, scripts). Fixtures and update() bypass save():
+        # every place that builds a path checks again (safe_folder_name).
+        validate_folder_slug(self.slug)
         super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:
@@ -129,7 +131,9 @@ class Job(models.Model):
     def save(self, *args, **kwargs):
         if not self.slug:
             self.slug = unique_slug(Job, self.name, self.pk, "job")
-        validate_folder_slug(self.slug)  # also when full_clean() was not called (shell, fixtures)
+        # Also without full_clean() (the shell, scripts). Fixtures and update() bypass save():
+        # every place that builds a path checks again (safe_folder_name).
+        validate_folder_slug(self.slug)
         super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:

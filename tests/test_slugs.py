@@ -3,10 +3,12 @@ outside the allowed roots (issue 6, item 5), and destinations get unique slugs."
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+from django.core import serializers
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 
@@ -139,6 +141,23 @@ def test_a_job_with_a_crafted_slug_fails_and_touches_nothing_outside_the_roots(l
     assert repr(slug) in run.error  # says which name, readably
     assert tree_state(root) == before  # nothing made, swept or deleted anywhere
     assert len(mailoutbox) == 1 and run.error in mailoutbox[0].body  # the usual failure alert
+
+
+def test_a_crafted_slug_from_a_fixture_is_caught_when_the_job_runs(layout, tmp_path):
+    """loaddata saves rows raw (no save(), no validation): the run still refuses."""
+    require_binary("zstd")
+    job = layout["job"]
+    fixture = tmp_path / "crafted.json"
+    rows = json.loads(serializers.serialize("json", [job]))
+    rows[0]["fields"]["slug"] = "../../escape"
+    fixture.write_text(json.dumps(rows))
+    call_command("loaddata", str(fixture), verbosity=0)
+    job.refresh_from_db()
+    assert job.slug == "../../escape"
+    before = tree_state(tmp_path)
+    run = services.execute_run(services.create_run(job).pk)
+    assert run.state == Run.State.FAILED and "is not allowed" in run.error
+    assert tree_state(tmp_path) == before
 
 
 def test_a_source_with_a_crafted_slug_fails_the_run_and_touches_nothing_outside(layout):
