@@ -4,7 +4,8 @@ from django.db import models
 from django.urls import reverse
 
 from backupsite.crypto import EncryptedJSONField
-from backupsite.validators import unique_slug, validate_folder_slug, validate_no_control_chars
+from backupsite.slugs import unique_slug
+from backupsite.validators import validate_folder_slug, validate_no_control_chars
 
 
 class Destination(models.Model):

@@ -12,9 +12,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from backupsite.crypto import EncryptedJSONField
+from backupsite.slugs import unique_slug
 from backupsite.validators import (
     split_addresses,
-    unique_slug,
     validate_address_list,
     validate_folder_slug,
     validate_no_control_chars,

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 
-from backupsite.validators import UnsafeFolderName, safe_folder_name
+from backupsite.slugs import UnsafeFolderName, safe_folder_name
 from destinations.backends.base import DestinationError, RemoteFile
 from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, validate_template

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from backupsite import __version__
 from backupsite.private import private_dir
-from backupsite.validators import safe_folder_name
+from backupsite.slugs import safe_folder_name
 from destinations.backends import DestinationError
 from destinations.backends import get_kind as get_destination_kind
 from destinations.models import Destination

@@ -12,13 +12,12 @@ from django.core import serializers
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 
-from backupsite.validators import UnsafeFolderName, safe_folder_name, unique_slug
-from destinations.backends import DestinationError
-from destinations.backends.local import LocalBackend, LocalConf
+from backupsite.slugs import UnsafeFolderName, safe_folder_name, unique_slug
 from destinations.models import Destination
 from jobs import retention, services
 from jobs.models import Job, Run, Source
-from jobs.retention import LocalCopies
+from jobs.sources import SourceError
+from jobs.sources import get_kind as get_source_kind
 from tests.conftest import make_tree, require_binary
 
 CRAFTED = ["../../escape", "../escape", "..", ".", "a/b", "/abs", "Office", "-rf", "_x", "a b", "é", "x\n", "x" * 101]
@@ -72,23 +71,13 @@ def test_migrations_match_the_models(db):
 
 # --- every place that builds a path --------------------------------------------------------
 @pytest.mark.parametrize("slug", CRAFTED)
-def test_every_path_builder_refuses_a_crafted_slug(tmp_path, settings, slug):
+def test_the_archive_dir_and_sources_refuse_a_crafted_slug(tmp_path, settings, slug):
     settings.BACKUPSITE_ARCHIVE_DIR = tmp_path / "archives"
-    settings.BACKUPSITE_LOCAL_ROOTS = [str(tmp_path)]
-    with pytest.raises(UnsafeFolderName):
+    with pytest.raises(UnsafeFolderName, match="job folder name"):
         services.archive_dir_for(slug)
-    backend = LocalBackend(LocalConf(path=str(tmp_path)))
-    for call in (
-        lambda: backend.job_dir(slug),
-        lambda: backend.list(slug),
-        lambda: backend.remove_partials(slug),
-        lambda: backend.delete(slug, "x.tar.zst"),
-        lambda: LocalCopies(tmp_path).list(slug),
-        lambda: LocalCopies(tmp_path).delete(slug, "x.tar.zst"),
-    ):
-        with pytest.raises(DestinationError) as excinfo:
-            call()
-        assert excinfo.value.permanent and "not allowed" in str(excinfo.value)
+    with pytest.raises(SourceError, match=r"^Office files: .*(not allowed|empty)"):
+        get_source_kind("directory")("Office files", slug, {"path": str(tmp_path)})
+    assert not (tmp_path / "archives").exists()
 
 
 def tree_state(root: Path) -> dict[str, tuple]:
@@ -178,10 +167,15 @@ def test_a_source_with_a_crafted_slug_fails_the_run_and_touches_nothing_outside(
     assert not list(services.archive_dir_for(job.slug).glob("*.tar.zst*"))
 
 
-def test_retention_with_a_crafted_slug_reports_instead_of_listing(layout):
+@pytest.mark.parametrize("slug", ["../../escape", "../escape", "..", "/abs", "escape/../../../escape"])
+def test_retention_with_a_crafted_slug_reports_instead_of_listing_or_deleting(layout, slug):
+    """Retention runs on snapshots (run.config), not on the row: both places it lists
+    and deletes, this server's local copies and the destination, refuse the slug."""
     root = layout["root"]
+    destination = layout["job"].destinations.get()
     before = tree_state(root)
-    config = {"slug": "../../escape", "archive_name_template": "{job}-{date}-{time}", "keep_last": 1}
-    result = retention.apply_local(config)
-    assert result.deleted == [] and "not allowed" in " ".join(result.errors)
+    config = {"slug": slug, "archive_name_template": "{job}-{date}-{time}", "keep_last": 1}
+    for result in (retention.apply_local(config), retention.apply_to_destination(destination.pk, config)):
+        assert result.deleted == []
+        assert result.errors and "folder name" in " ".join(result.errors), result.errors
     assert tree_state(root) == before

@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 
-from backupsite.validators import UnsafeFolderName, safe_folder_name
+from backupsite.slugs import UnsafeFolderName, safe_folder_name
 from destinations.backends.base import ROOT_FOLDER, Backend, Conf, DestinationError, RemoteFile
 from jobs.engine.atomic import PARTIAL_SUFFIX, atomic_path, remove_partials
 

@@ -8,7 +8,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import ClassVar
 
-from backupsite.validators import UnsafeFolderName, safe_folder_name
+from backupsite.slugs import UnsafeFolderName, safe_folder_name
 from jobs.engine import Entry
 
 ErrorCallback = Callable[[str, OSError], None]
