@@ -48,9 +48,10 @@ RUN chmod 0755 docker/entrypoint.sh \
        python manage.py collectstatic --noinput \
     && rm -rf /tmp/build-data \
     && python -m compileall -q /app \
-    && install -d -o backupsite -g backupsite -m 0750 /data
+    && install -d -o backupsite -g backupsite -m 0700 /data
 
 # Database (SQLite only if DATABASE_URL is not set), archives, local backups, beat schedule.
+# 0700 (a new volume copies it): only the application's user may open any of it.
 VOLUME ["/data"]
 
 USER backupsite

@@ -19,14 +19,20 @@ app = Celery("backupsite")
 def configure(app: Celery) -> None:
     from django.conf import settings
 
+    from backupsite.private import private_dir
+
     broker_options: dict = {}
     if settings.CELERY_BROKER_URL.startswith("filesystem://"):
         folder = settings.DATA_DIR / "broker"
         queue_dir = folder / "queue"
         processed = folder / "processed"
         control = folder / "control"
+        # 0700 folders. The message files inside follow the umask: kombu writes them
+        # with a plain open() and offers no hook for their mode, so making them 0600
+        # would mean replacing its transport. They hold task names and primary keys
+        # only (never a secret), and nobody else can enter these folders.
         for path in (queue_dir, processed, control):
-            path.mkdir(parents=True, exist_ok=True)
+            private_dir(path)
         broker_options = {
             "data_folder_in": str(queue_dir),
             "data_folder_out": str(queue_dir),
@@ -59,6 +65,7 @@ def configure(app: Celery) -> None:
         enable_utc=True,
         worker_hijack_root_logger=False,
         beat_schedule_filename=str(settings.DATA_DIR / "celerybeat-schedule"),
+        beat_scheduler="backupsite.beat:PrivateScheduler",  # the schedule file is 0600
         beat_schedule={
             # Reconcile the active runs (interrupted workers, lost hand-overs) often
             # enough that a killed run is marked interrupted within about

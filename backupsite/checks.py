@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
+from backupsite.private import private_dir, shared_mode
+
 
 def _writable_dir(path: Path) -> str | None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)
     except OSError as exc:
-        return f"cannot be created: {exc.strerror}"
+        return f"cannot be created: {exc.strerror or exc}"
     if not os.access(path, os.W_OK | os.X_OK):
         return "is not writable by this process"
     return None
@@ -96,3 +100,89 @@ def check_encryption_keys(app_configs=None, **kwargs):
                 )
             )
     return errors
+
+
+@register(Tags.security)
+def check_data_dir_permissions(app_configs=None, **kwargs):
+    """Other local users must not read the database (sessions, password hashes), the
+    archives or the mail, nor change them."""
+    warnings = []
+    for label, path in (
+        ("BACKUPSITE_DATA_DIR", settings.DATA_DIR),
+        ("BACKUPSITE_ARCHIVE_DIR", settings.BACKUPSITE_ARCHIVE_DIR),
+    ):
+        mode = shared_mode(path)
+        if mode is not None:
+            warnings.append(
+                Warning(
+                    f"{label} ({path}) has mode {mode:04o}: other users of this machine can open what is "
+                    "inside (the database with sessions and password hashes, archives, e-mails).",
+                    hint=f"Run: chmod 700 {path} (and chmod -R go= {path} for files made by older versions). "
+                    "backupsite makes its own files 0600 in 0700 folders.",
+                    id="backupsite.W003",
+                )
+            )
+    return warnings
+
+
+_STATIC_TAG = re.compile(r"""{%\s*static\s+(["'])(?P<name>[^"']+)\1""")
+
+
+def template_static_files() -> list[str]:
+    """Every ``{% static "…" %}`` name in the project's templates (base.html's CSS and
+    JS, and whatever a page adds): each must be in the static manifest."""
+    names: set[str] = set()
+    for engine in settings.TEMPLATES:
+        for folder in engine.get("DIRS", []):
+            for template in Path(folder).rglob("*.html"):
+                try:
+                    names.update(m["name"] for m in _STATIC_TAG.finditer(template.read_text("utf-8", "replace")))
+                except OSError:
+                    continue
+    return sorted(names)
+
+
+@register(Tags.staticfiles, deploy=True)
+def check_static_manifest(app_configs=None, **kwargs):
+    """Without ``collectstatic`` the manifest storage of production (DEBUG off) raises
+    on the first ``{% static %}``: every page, the login page included, answers 500.
+
+    A deployment check only (``check --deploy``, run by the web container before it
+    starts): ``collectstatic`` itself runs the ordinary checks and must not be refused
+    for the very thing it is about to create."""
+    from django.contrib.staticfiles.storage import ManifestFilesMixin
+    from django.core.files.storage import storages
+
+    if settings.DEBUG:
+        return []
+    storage = storages["staticfiles"]
+    if not isinstance(storage, ManifestFilesMixin):
+        return []
+    where = Path(settings.STATIC_ROOT) / storage.manifest_name
+    hint = "Run: python manage.py collectstatic --noinput (after every upgrade too; the Docker image does it)."
+    try:
+        with storage.manifest_storage.open(storage.manifest_name) as fh:
+            paths = json.loads(fh.read().decode("utf-8")).get("paths", {})
+    except FileNotFoundError:
+        return [
+            Error(
+                f"The static files have not been collected: {where} is missing, so every page would answer "
+                "with a server error.",
+                hint=hint,
+                id="backupsite.E004",
+            )
+        ]
+    except (OSError, ValueError, AttributeError) as exc:
+        problem = f"The static manifest {where} cannot be read ({type(exc).__name__})."
+        return [Error(problem, hint=hint, id="backupsite.E004")]
+    missing = [name for name in template_static_files() if name not in paths]
+    if missing:
+        return [
+            Error(
+                f"The collected static files are out of date: {', '.join(missing)} missing from {where}; "
+                "pages that use them would answer with a server error.",
+                hint=hint,
+                id="backupsite.E004",
+            )
+        ]
+    return []

@@ -24,6 +24,7 @@ from backupsite.env import (
     new_secret_key,
     required_secret,
 )
+from backupsite.private import create_private_file, private_dir
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -34,7 +35,8 @@ if _env_file and Path(_env_file).is_file():
 DEBUG = env_bool("DEBUG", False)
 
 DATA_DIR = Path(env_str("BACKUPSITE_DATA_DIR", str(BASE_DIR / "var"))).resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Only the panel's user may enter it (database, archives, mail: see backupsite/private.py).
+private_dir(DATA_DIR)
 
 SECRET_KEY = required_secret("SECRET_KEY", debug=DEBUG, dev_file=DATA_DIR / "secret_key", factory=new_secret_key)
 # MultiFernet keys, comma separated; the first one encrypts, all of them decrypt.
@@ -69,9 +71,11 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
+    # Django's, except that a POST to a URL without its slash is redirected with 308.
+    "backupsite.middleware.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "backupsite.middleware.NoStoreForSignedInUsers",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -108,6 +112,12 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    # Sessions and password hashes: make the file 0600 before SQLite first opens it
+    # (SQLite creates it 0644 under the usual umask, and gives its -wal and -shm files
+    # the database file's mode).
+    _db_file = str(_db.get("NAME") or "")
+    if _db_file and _db_file != ":memory:" and not _db_file.startswith("file:") and Path(_db_file).parent.is_dir():
+        create_private_file(_db_file)
 else:
     _db["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60, minimum=0)
     _db["CONN_HEALTH_CHECKS"] = True
@@ -166,7 +176,7 @@ def _email_settings(url: str) -> dict:
     scheme = parts.scheme.lower()
     if scheme in {"file", "filemail"}:
         return {
-            "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+            "EMAIL_BACKEND": "backupsite.mail.PrivateFileEmailBackend",  # 0600 files, 0700 folder
             "EMAIL_FILE_PATH": unquote(parts.path) or str(DATA_DIR / "mail"),
         }
     if scheme in {"console", "consolemail"}:

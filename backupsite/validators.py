@@ -6,6 +6,9 @@ import re
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
+from django.utils.translation import gettext_lazy as _
+
+from backupsite.slugs import UnsafeFolderName, safe_folder_name
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -27,3 +30,15 @@ def validate_address_list(value: str) -> None:
             validate_email(address)
         except ValidationError:
             raise ValidationError("%(address)s is not a valid e-mail address.", params={"address": address}) from None
+
+
+# --- slugs that become folder names (backupsite/slugs.py) ----------------------------
+def validate_folder_slug(value: str) -> None:
+    """Model-field validator for slugs that become folder names (see safe_folder_name)."""
+    try:
+        safe_folder_name(value, "slug")
+    except UnsafeFolderName:
+        raise ValidationError(
+            _("Only lowercase letters, digits, “-” and “_” are allowed here, starting with a letter or digit."),
+            code="unsafe_slug",
+        ) from None

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from django.db import models
 from django.urls import reverse
-from django.utils.text import slugify
 
 from backupsite.crypto import EncryptedJSONField
-from backupsite.validators import validate_no_control_chars
+from backupsite.slugs import unique_slug
+from backupsite.validators import validate_folder_slug, validate_no_control_chars
 from destinations.backends.base import DestinationError
 
 
@@ -14,7 +14,9 @@ class Destination(models.Model):
     ``settings`` holds its non-secret options, ``secrets`` its credentials (encrypted)."""
 
     name = models.CharField(max_length=100, unique=True, validators=[validate_no_control_chars])
-    slug = models.SlugField(max_length=100, unique=True, blank=True)  # set from the name on save
+    # Set from the name on save. Not a folder name today, but checked like the slugs of
+    # jobs and sources (only a plain slug, by full_clean() and by save() alike).
+    slug = models.SlugField(max_length=100, unique=True, blank=True, validators=[validate_folder_slug])
     kind = models.CharField(max_length=30)
     settings = models.JSONField(default=dict, blank=True)
     secrets = EncryptedJSONField()
@@ -38,7 +40,11 @@ class Destination(models.Model):
 
     def save(self, *args, **kwargs):
         if not self.slug:
-            self.slug = slugify(self.name)[:100] or "destination"
+            # Unique like a job's: "NAS 1" and "NAS-1" become nas-1 and nas-1-2.
+            self.slug = unique_slug(Destination, self.name, self.pk, "destination")
+        # Also without full_clean() (the shell, scripts). Fixtures and update() bypass save():
+        # every place that builds a path checks again (safe_folder_name).
+        validate_folder_slug(self.slug)
         super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:

@@ -12,19 +12,16 @@ from django.db.models.signals import pre_save
 from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.text import slugify
 from django.utils.translation import gettext_lazy as _
 
 from backupsite.crypto import EncryptedJSONField
-from backupsite.validators import split_addresses, validate_address_list, validate_no_control_chars
-
-
-def _unique_slug(model, name: str, pk=None, fallback: str = "item") -> str:
-    base = slugify(name)[:90] or fallback
-    slug, n = base, 2
-    while model.objects.filter(slug=slug).exclude(pk=pk).exists():
-        slug, n = f"{base}-{n}", n + 1
-    return slug
+from backupsite.slugs import unique_slug
+from backupsite.validators import (
+    split_addresses,
+    validate_address_list,
+    validate_folder_slug,
+    validate_no_control_chars,
+)
 
 
 def default_timezone() -> str:
@@ -37,7 +34,9 @@ class Source(models.Model):
     selects a class from ``jobs.sources.REGISTRY``; ``settings`` is its configuration."""
 
     name = models.CharField(max_length=100, unique=True, validators=[validate_no_control_chars])
-    slug = models.SlugField(max_length=100, unique=True, blank=True)  # set from the name on save
+    # Set from the name on save; becomes a folder name (archives, destinations), so only
+    # a plain slug is accepted, by full_clean() and by save() alike.
+    slug = models.SlugField(max_length=100, unique=True, blank=True, validators=[validate_folder_slug])
     kind = models.CharField(max_length=30)
     settings = models.JSONField(default=dict, blank=True)
     secrets = EncryptedJSONField()
@@ -55,7 +54,10 @@ class Source(models.Model):
 
     def save(self, *args, **kwargs):
         if not self.slug:
-            self.slug = _unique_slug(Source, self.name, self.pk, "source")
+            self.slug = unique_slug(Source, self.name, self.pk, "source")
+        # Also without full_clean() (the shell, scripts). Fixtures and update() bypass save():
+        # every place that builds a path checks again (safe_folder_name).
+        validate_folder_slug(self.slug)
         super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:
@@ -101,7 +103,9 @@ class Job(models.Model):
         RECIPIENT = "recipient", "Encrypted to an age public key (no key on this server)"
 
     name = models.CharField(max_length=100, unique=True, validators=[validate_no_control_chars])
-    slug = models.SlugField(max_length=100, unique=True, blank=True)  # set from the name on save
+    # Set from the name on save; becomes a folder name (archives, destinations), so only
+    # a plain slug is accepted, by full_clean() and by save() alike.
+    slug = models.SlugField(max_length=100, unique=True, blank=True, validators=[validate_folder_slug])
     report_to = models.TextField(
         blank=True,
         validators=[validate_address_list],
@@ -143,7 +147,10 @@ class Job(models.Model):
 
     def save(self, *args, **kwargs):
         if not self.slug:
-            self.slug = _unique_slug(Job, self.name, self.pk, "job")
+            self.slug = unique_slug(Job, self.name, self.pk, "job")
+        # Also without full_clean() (the shell, scripts). Fixtures and update() bypass save():
+        # every place that builds a path checks again (safe_folder_name).
+        validate_folder_slug(self.slug)
         super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:

@@ -30,6 +30,8 @@ from django.db.models.functions import Concat
 from django.utils import timezone
 
 from backupsite import __version__
+from backupsite.private import private_dir
+from backupsite.slugs import safe_folder_name
 from destinations.backends import DestinationError, NotFoundError
 from destinations.backends.base import READ, UploadItem, job_folder
 from destinations.models import Destination
@@ -252,7 +254,10 @@ class Heartbeat(threading.Thread):
 
 # --- executing ----------------------------------------------------------------------
 def archive_dir_for(job_slug: str) -> Path:
-    return settings.BACKUPSITE_ARCHIVE_DIR / job_slug
+    """This server's folder of the job's local copies. Raises UnsafeFolderName (a
+    ValueError: the run fails with its message) for a slug that is not a plain slug, so
+    a crafted ``../../x`` never makes, sweeps or fills a folder outside the archive dir."""
+    return settings.BACKUPSITE_ARCHIVE_DIR / safe_folder_name(job_slug, "job folder name")
 
 
 def execute_run(run_id: int, *, listener: Callable[[Run], None] | None = None) -> Run:
@@ -395,8 +400,7 @@ def _finish(run: Run, state: str, error: str = "") -> bool:
 def _execute(run: Run, progress: Progress) -> None:
     config = run.config
     job = config["job"]
-    staging = archive_dir_for(job["slug"])
-    staging.mkdir(parents=True, exist_ok=True)
+    staging = private_dir(archive_dir_for(job["slug"]))
     if job.get("encryption") == "password":
         stored = Job.objects.filter(pk=job["id"]).first()
         write_key_file(job["slug"], stored.key_file if stored else None)

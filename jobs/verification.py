@@ -32,6 +32,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from backupsite.private import private_dir
 from destinations.backends import DestinationError, NotFoundError
 from destinations.backends.base import READ, Backend, job_folder
 from destinations.backends.local import staging_copies
@@ -329,13 +330,13 @@ def notify_verify_failed(run: Run, where: str, message: str) -> bool:
 # --- restore --------------------------------------------------------------------------
 def restore_roots() -> list[Path]:
     """Folders the web restore may write into: ``BACKUPSITE_RESTORE_ROOTS`` if set, else
-    ``<data dir>/restores`` only (never the archive folder or the destinations' roots)."""
-    configured = getattr(settings, "BACKUPSITE_RESTORE_ROOTS", None)
-    if configured:
-        return [Path(p).resolve() for p in configured]
+    ``<data dir>/restores`` only (never the archive folder or the destinations' roots).
+    ``<data dir>/restores`` is the panel's own folder: made on first use, 0700."""
     default = Path(settings.DATA_DIR) / "restores"
-    default.mkdir(parents=True, exist_ok=True)
-    return [default.resolve()]
+    roots = [Path(p) for p in getattr(settings, "BACKUPSITE_RESTORE_ROOTS", None) or [default]]
+    if default in roots:
+        private_dir(default)
+    return [root.resolve() for root in roots]
 
 
 def validate_restore_target(value: str) -> Path:

@@ -15,6 +15,7 @@ import re
 import secrets
 import shlex
 import shutil
+import stat
 import string
 import subprocess
 import sys
@@ -230,7 +231,9 @@ def compose_environment(compose: dict, service: str, values: dict[str, str]) -> 
     return result
 
 
-def container_env(compose: dict, service: str, values: dict[str, str], tmp_path: Path) -> dict[str, str]:
+def container_env(
+    compose: dict, service: str, values: dict[str, str], tmp_path: Path, static_root: Path | None = None
+) -> dict[str, str]:
     """The environment of *service*'s container, runnable on this machine.
 
     PATH, then the image's ENV, then the service's ``environment:``. The ``env_file``
@@ -238,7 +241,8 @@ def container_env(compose: dict, service: str, values: dict[str, str], tmp_path:
     ``environment:`` block, where Compose refuses to start when a ``${VAR:?}`` is missing.
     Then the few machine-dependent bits are neutralised: container paths point into
     tmp_path, the binary checks are off (the Dockerfile test covers the binaries) and no
-    developer .env is read.
+    developer .env is read. STATIC_ROOT is *static_root* when given (the image's
+    collected files, see the ``image_static_root`` fixture), else an empty folder.
     """
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     env.update(dockerfile_env())
@@ -248,7 +252,7 @@ def container_env(compose: dict, service: str, values: dict[str, str], tmp_path:
     env["DJANGO_SETTINGS_MODULE"] = "backupsite.settings"
     env["BACKUPSITE_DATA_DIR"] = str(tmp_path / "data")
     if "STATIC_ROOT" in env:
-        env["STATIC_ROOT"] = str(tmp_path / "static")
+        env["STATIC_ROOT"] = str(static_root or tmp_path / "static")
     env["BACKUPSITE_ENV_FILE"] = ""
     env["BACKUPSITE_OPTIONAL_BINARIES"] = ""
     env["BACKUPSITE_REQUIRED_BINARIES"] = ""
@@ -289,6 +293,18 @@ def as_python_module(command: list[str]) -> list[str]:
 
 def command_list(value) -> list[str]:
     return shlex.split(value) if isinstance(value, str) else [str(item) for item in value]
+
+
+@pytest.fixture(scope="module")
+def image_static_root(compose, shell_values, tmp_path_factory) -> Path:
+    """What the image holds in STATIC_ROOT: ``collectstatic`` as the Dockerfile runs it
+    at build time (DEBUG=0, throw-away secrets), once for the module."""
+    base = tmp_path_factory.mktemp("image")
+    env = container_env(compose, "web", shell_values, base, static_root=base / "staticfiles")
+    result = run(["manage.py", "collectstatic", "--noinput"], env)
+    assert result.returncode == 0, output(result)
+    assert (base / "staticfiles" / "staticfiles.json").is_file()
+    return base / "staticfiles"
 
 
 # --- docker-compose.yml -----------------------------------------------------------------
@@ -401,24 +417,37 @@ def test_service_commands(compose, shell_values):
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_deploy_check_is_clean_with_the_compose_environment(compose, shell_values, tmp_path, service):
+def test_deploy_check_is_clean_with_the_compose_environment(
+    compose, shell_values, tmp_path, image_static_root, service
+):
     """``check --deploy`` needs no live database: the DATABASE_URL of the stack (host
     ``postgres``, which does not resolve here) is used as it is."""
-    env = container_env(compose, service, shell_values, tmp_path)
+    env = container_env(compose, service, shell_values, tmp_path, image_static_root)
     assert env["DATABASE_URL"].startswith("postgres")
     result = deploy_check(env)
     assert result.returncode == 0, output(result)
     assert "System check identified no issues" in result.stdout, output(result)
     assert "WARNINGS:" not in result.stdout + result.stderr, output(result)
     assert "ERRORS:" not in result.stdout + result.stderr, output(result)
+    # The data volume's folder is private (0700), as the image makes /data.
+    assert stat.S_IMODE(Path(env["BACKUPSITE_DATA_DIR"]).stat().st_mode) == 0o700
 
 
-def test_every_setting_production_requires_is_guaranteed_by_compose(compose, shell_values, tmp_path):
+def test_web_start_up_check_refuses_an_image_without_collected_static_files(compose, shell_values, tmp_path):
+    """Without ``collectstatic`` every page would answer 500: the web container's
+    start-up check (``RUN_DEPLOY_CHECK=1``) must refuse to serve."""
+    env = container_env(compose, "web", shell_values, tmp_path)  # empty STATIC_ROOT
+    result = deploy_check(env)
+    assert result.returncode != 0, output(result)
+    assert "backupsite.E004" in result.stdout + result.stderr, output(result)
+
+
+def test_every_setting_production_requires_is_guaranteed_by_compose(compose, shell_values, tmp_path, image_static_root):
     """Discover the required settings: drop each variable the web service gets from
     Compose in turn; those whose absence makes ``check --deploy`` fail (or the settings
     refuse to load) are required, and Compose must then refuse to start without them."""
     raw = as_mapping(compose["services"]["web"]["environment"])
-    base = container_env(compose, "web", shell_values, tmp_path)
+    base = container_env(compose, "web", shell_values, tmp_path, image_static_root)
     assert deploy_check(base).returncode == 0
     candidates = sorted(set(raw) - ENTRYPOINT_VARIABLES - CONTAINER_PATH_VARIABLES)
 
@@ -529,6 +558,23 @@ def test_dockerfile_installs_pinned_requirements_and_collects_static():
     assert "Fernet.generate_key" in collect, "FIELD_ENCRYPTION_KEYS at build must be a real Fernet key"
     env_keys = set(dockerfile_env())
     assert not {"SECRET_KEY", "FIELD_ENCRYPTION_KEYS"} & env_keys, "secrets must not be baked into the image ENV"
+
+
+def test_dockerfile_makes_the_data_volume_private():
+    """A new named volume copies the mode of the image's folder: 0700, owned by the
+    application's user, or the system check backupsite.W003 stops the web container."""
+    data_dir = dockerfile_env()["BACKUPSITE_DATA_DIR"]
+    runs = " && ".join(arguments for keyword, arguments in dockerfile_instructions() if keyword == "RUN")
+    made = [
+        shlex.split(command)
+        for command in runs.split("&&")
+        if command.split()[:2] == ["install", "-d"] and command.split()[-1] == data_dir
+    ]
+    assert len(made) == 1, f"the Dockerfile must make {data_dir} with install -d -m 0700"
+    (tokens,) = made
+    assert tokens[tokens.index("-m") + 1] == "0700", tokens
+    user = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "USER"][-1].split(":")[0]
+    assert tokens[tokens.index("-o") + 1] == user, tokens
 
 
 def test_dockerfile_installs_every_program_the_app_runs(compose, shell_values, tmp_path):

@@ -494,7 +494,7 @@ def test_local_copies_folder(folders):
 def test_local_copies_refuse_odd_names(folders):
     for slug in ("", ".", "..", "a/b", "../etc", "Office"):
         result = retention.apply_local({"job": {**snapshot(keep_last=1)["job"], "slug": slug}}, now=NOW)
-        assert result.errors == ["Invalid job folder name."]
+        assert len(result.errors) == 1 and "job folder name" in result.errors[0]
     with staging_copies().session() as copies:
         for folder in (".", "..", "a//b", "../x", ".hidden"):
             with pytest.raises(DestinationError):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -128,3 +130,74 @@ def test_celery_redis_visibility_timeout_exceeds_the_hard_limit(tmp_path):
     }
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.stdout.strip() == "True", result.stderr
+
+
+# --- production static files (issue 6, item 3) -------------------------------------------
+def test_deploy_check_reports_missing_static_files_until_collectstatic(tmp_path, prod):
+    static_root = tmp_path / "static"
+    env = {**prod, "STATIC_ROOT": str(static_root)}
+    before = manage(tmp_path, "check", "--deploy", **env)
+    assert before.returncode != 0
+    assert "backupsite.E004" in before.stderr and "staticfiles.json is missing" in before.stderr, before.stderr
+    assert "collectstatic --noinput" in before.stderr  # the hint says what to do
+    # The ordinary checks (all collectstatic runs) do not block the command that fixes it.
+    collect = manage(tmp_path, "collectstatic", "--noinput", **env)
+    assert collect.returncode == 0, collect.stderr
+    after = manage(tmp_path, "check", "--deploy", **env)
+    assert after.returncode == 0, after.stderr
+    assert "backupsite.E004" not in after.stdout + after.stderr
+
+    # A manifest from an older release that lacks a file the templates use is an error too.
+    manifest = static_root / "staticfiles.json"
+    data = json.loads(manifest.read_text())
+    del data["paths"]["css/app.css"]
+    manifest.write_text(json.dumps(data))
+    stale = manage(tmp_path, "check", "--deploy", **env)
+    assert stale.returncode != 0
+    assert "backupsite.E004" in stale.stderr and "css/app.css" in stale.stderr, stale.stderr
+
+
+def test_development_needs_no_collected_static_files(tmp_path):
+    result = manage(tmp_path, "check", "--deploy", DEBUG="1", STATIC_ROOT=str(tmp_path / "static"))
+    assert "backupsite.E004" not in result.stdout + result.stderr
+
+
+def test_the_static_check_knows_what_the_base_template_needs():
+    from backupsite.checks import template_static_files
+
+    assert {"css/app.css", "js/app.js"} <= set(template_static_files())
+
+
+def test_readme_production_without_docker_collects_static_files():
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"^## Production without Docker\n(?P<body>.*?)(?=^## )", readme, re.MULTILINE | re.DOTALL)
+    assert match, "README.md has no 'Production without Docker' section"
+    steps = match["body"]
+    assert "manage.py collectstatic --noinput" in steps
+    assert steps.index("collectstatic --noinput") < steps.index("gunicorn ")
+    assert "check --deploy" in steps and "migrate --noinput" in steps
+
+
+# --- data dir permissions (issue 6, item 4) ------------------------------------------------
+def test_a_new_data_dir_is_private_and_the_check_is_quiet(tmp_path):
+    result = manage(tmp_path, "check", DEBUG="1")
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "data" / "archives").stat().st_mode) == 0o700
+    assert "backupsite.W003" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("which", "mode"), [("data", 0o755), ("data", 0o730), ("archives", 0o750)])
+def test_a_data_dir_open_to_other_users_is_warned_about(tmp_path, which, mode):
+    data = tmp_path / "data"
+    (data / "archives").mkdir(parents=True)
+    data.chmod(0o700)
+    (data / "archives").chmod(0o700)
+    (tmp_path / which if which == "data" else data / which).chmod(mode)
+    result = manage(tmp_path, "check", "--fail-level", "WARNING", DEBUG="1")
+    assert result.returncode != 0
+    assert "backupsite.W003" in result.stderr and f"mode {mode:04o}" in result.stderr, result.stderr
+    label = "BACKUPSITE_DATA_DIR" if which == "data" else "BACKUPSITE_ARCHIVE_DIR"
+    assert label in result.stderr
+    # Warned about, never changed behind the administrator's back.
+    assert stat.S_IMODE((tmp_path / which if which == "data" else data / which).stat().st_mode) == mode

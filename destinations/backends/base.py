@@ -224,14 +224,15 @@ def check_folder(folder: str) -> str:
     return folder
 
 
-_SLUG = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,99}\Z")
-
-
 def check_slug(slug: str) -> str:
-    """A job's (or export's) slug used as a folder name: ``[a-z0-9][a-z0-9_-]*``."""
-    if not isinstance(slug, str) or not _SLUG.match(slug):
-        raise PermanentError("Invalid job folder name.")
-    return slug
+    """A job's (or export's) slug used as a folder name (``backupsite.slugs``: the one
+    check every place that builds a path from a slug calls)."""
+    from backupsite.slugs import UnsafeFolderName, safe_folder_name
+
+    try:
+        return safe_folder_name(slug, "job folder name")
+    except UnsafeFolderName as exc:
+        raise PermanentError(str(exc)) from None
 
 
 def job_folder(job_slug: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from backupsite.private import private_dir
 from destinations.backends.base import (
     Backend,
     Conf,
@@ -109,7 +110,10 @@ class LocalSession(FileTreeSession):
     def _makedirs(self, folder_path):
         path = Path(folder_path)
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            if self.file_mode is not None:  # the panel's own folders: 0700
+                private_dir(path)
+            else:
+                path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise oserror(exc, "creating the folder") from None
         self._inside(path)

@@ -8,6 +8,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import ClassVar
 
+from backupsite.slugs import UnsafeFolderName, safe_folder_name
 from jobs.engine import Entry
 
 ErrorCallback = Callable[[str, OSError], None]
@@ -31,7 +32,12 @@ class SourceKind:
 
     def __init__(self, name: str, slug: str, settings: dict, secrets: dict | None = None) -> None:
         self.name = name
-        self.slug = slug
+        # The slug names the source's folder in the archive and its temporary files in
+        # the staging folder: refuse "../x" from a row changed behind save()'s back.
+        try:
+            self.slug = safe_folder_name(slug, "source's folder name")
+        except UnsafeFolderName as exc:
+            raise SourceError(f"{name}: {exc}") from None
         self.settings = settings or {}
         # Credentials (database passwords): from the Source row's encrypted field, never
         # from the run's JSON snapshot, never on a command line or in a message.

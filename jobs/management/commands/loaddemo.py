@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from backupsite.private import private_dir, write_private
 from destinations.models import Destination
 from jobs.models import Job, Source
 
@@ -30,20 +31,20 @@ download the archive and restore it with stock tools:
 
 
 def make_demo_tree(root) -> None:
+    """The demo folder lives in the data dir: 0700 folders, 0600 files, like the rest."""
     if (root / ".demo-complete").exists():
         return
     rng = random.Random(20261123)  # noqa: S311 - demo content, not a secret
     for folder, count in (("invoices/2026", 12), ("pbx-config", 5), ("scans", 3)):
-        path = root / folder
-        path.mkdir(parents=True, exist_ok=True)
+        path = private_dir(root / folder)
         for n in range(count):
-            (path / f"file-{n:02d}.txt").write_text(DEMO_TEXT.format(n=n) * (n + 1))
-    (root / "scans" / "scan-001.bin").write_bytes(rng.randbytes(256 * 1024))
-    (root / "README.txt").write_text("Demo data for backupsite.\n")
+            write_private(path / f"file-{n:02d}.txt", DEMO_TEXT.format(n=n) * (n + 1))
+    write_private(root / "scans" / "scan-001.bin", rng.randbytes(256 * 1024))
+    write_private(root / "README.txt", "Demo data for backupsite.\n")
     link = root / "latest-invoices"
     if not link.is_symlink():
         os.symlink("invoices/2026", link)
-    (root / ".demo-complete").write_text("ok\n")
+    write_private(root / ".demo-complete", "ok\n")
 
 
 class Command(BaseCommand):
