@@ -337,6 +337,14 @@ class Run(models.Model):
         return self.state in (self.State.SUCCEEDED, self.State.PARTIAL) and path is not None and path.is_file()
 
     @property
+    def downloadable(self) -> bool:
+        """The archive can be offered for download: from the local copy, or from a
+        destination that holds it and can read it back (``jobs.downloads``)."""
+        from jobs import downloads
+
+        return downloads.available(self)
+
+    @property
     def job_slug(self) -> str:
         return self.config.get("job", {}).get("slug", "")
 
@@ -407,3 +415,10 @@ class Upload(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run} → {self.destination_name}"
+
+    @property
+    def can_read_back(self) -> bool:
+        """Succeeded, and its destination can read files back (verify, download)."""
+        from destinations.backends.base import READ
+
+        return self.state == self.State.SUCCEEDED and self.destination is not None and self.destination.can(READ)

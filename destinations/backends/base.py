@@ -434,6 +434,11 @@ class _StreamOwningSession:
             yield chunk
 
 
+#: Public name of the wrapper, for callers that open a session themselves (a download
+#: looks the file's size up and then streams it in the same session).
+StreamOwningSession = _StreamOwningSession
+
+
 class Backend:
     """One kind of destination, configured from a Destination row at run time."""
 
@@ -886,6 +891,7 @@ __all__ = [
     "PermanentError",
     "RemoteFile",
     "Session",
+    "StreamOwningSession",
     "TestResult",
     "TransientError",
     "UnsupportedError",

@@ -1,10 +1,10 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from jobs import downloads
 from jobs.models import Run
 
 RUNS_PER_PAGE = 25
@@ -37,22 +37,10 @@ def run_progress(request, pk: int):
 
 @permission_required("jobs.download_run", raise_exception=True)
 def run_download(request, pk: int, what: str = "archive"):
+    """The archive (or manifest): the local copy, else streamed from a destination; with
+    Range (resume) and safe headers (``jobs.downloads``)."""
     run = get_object_or_404(Run, pk=pk)
-    if not run.can_download:
-        raise Http404("This run has no archive to download.")
-    path = run.local_file
-    if what == "manifest":
-        path = path.with_name(path.name + ".manifest.json")
-        content_type = "application/json"
-    else:
-        content_type = "application/zstd"
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - FileResponse closes it
-    except FileNotFoundError:
-        raise Http404("The archive is no longer on this server.") from None
-    # FileResponse streams in chunks and sets Content-Length and an RFC 6266
-    # Content-Disposition (quotes and non-ASCII are encoded, never injected).
-    return FileResponse(handle, as_attachment=True, filename=path.name, content_type=content_type)
+    return downloads.serve(request, run, what)
 
 
 @require_POST
