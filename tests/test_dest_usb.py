@@ -211,3 +211,34 @@ def test_the_kind_is_registered_with_its_form():
 
 def test_umount_helper_is_idempotent(tmp_path):
     umount(tmp_path / "never-mounted")  # no exception
+
+
+@pytest.mark.django_db
+def test_a_backup_on_the_usb_disk_is_verified_and_downloaded_from_it(job, usb_disk, settings, client, bob):
+    """Item 4 with the USB kind: the local copy is gone, the disk holds the backup."""
+    import io
+
+    from django.core.management import call_command
+    from django.urls import reverse
+
+    from jobs import services
+
+    settings.BACKUPSITE_LOCAL_ROOTS = [str(usb_disk.parent)]
+    destination = Destination.objects.create(name="USB", kind="usb", settings={"path": str(usb_disk)})
+    job.destinations.set([destination])
+    run = services.execute_run(services.create_run(job).pk)
+    assert run.state == "succeeded", run.error
+    archive = run.local_file.read_bytes()
+    run.local_file.unlink()
+
+    out = io.StringIO()
+    call_command("verifybackup", str(run.pk), "--destination", "USB", stdout=out)
+    assert "destination “USB”" in out.getvalue()
+    assert run.uploads.get().verified_at is not None
+
+    client.force_login(bob)
+    response = client.get(reverse("jobs:run_download", args=[run.pk]), HTTP_RANGE="bytes=100-")
+    assert response.status_code == 206
+    assert b"".join(response.streaming_content) == archive[100:]
+    destination.refresh_from_db()
+    assert destination.status["usb_seen_at"]  # the download saw the disk too

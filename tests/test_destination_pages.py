@@ -418,6 +418,20 @@ def test_a_pending_secret_is_bound_to_its_user_and_kind(alice, bob):
     assert services.read_pending("garbage", alice, "pinned") == {}
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "169.254.169.254", "::1", "localhost"])
+def test_the_test_button_refuses_local_and_metadata_addresses(client, alice, folders, pinned_kind, settings, host):
+    """RELIABILITY 19 through the page: netguard refuses before anything is sent."""
+    settings.BACKUPSITE_ALLOW_LOCAL_DESTINATIONS = False
+    client.force_login(alice)
+    data = pinned_post(folders, action="test", **{"pinned-host": host})
+    page = client.post(reverse("destinations:create"), data).content.decode()
+    assert "This server address is not allowed for a destination" in page
+    assert pinned.LOGINS == [] and "SSH host key" not in page
+    settings.BACKUPSITE_ALLOW_LOCAL_DESTINATIONS = True
+    page = client.post(reverse("destinations:create"), data).content.decode()
+    assert "not allowed" not in page and "SSH host key" in page  # the test goes on to the server
+
+
 # --- rate limit and roles ------------------------------------------------------------------------------
 def test_tests_are_rate_limited_with_a_readable_429(client, alice, job, settings):
     settings.BACKUPSITE_RATE_LIMITS = {"destination-test": (2, 60)}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from django import forms
 
+from destinations import netguard
 from destinations.backends.base import (
     Conf,
     ConfError,
@@ -42,6 +43,8 @@ class PinnedConf(Conf):
     user: str = ""
     #: Set by confirming the fingerprint on the test page; not a form field.
     host_key: str = ""
+    #: Optional: a host the session resolves through netguard first, as network kinds do.
+    host: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path.startswith("/"):
@@ -71,6 +74,8 @@ class PinnedBackend(LocalBackend):
         return base
 
     def session(self) -> LocalSession:
+        if self.conf.host:
+            netguard.resolve(netguard.check_host(self.conf.host), 22, timeout=self.timeout)
         shown = Fingerprint("ssh-host-key", SHOWN["key"], "host_key", "ssh-ed25519")
         if not self.conf.host_key:
             raise FingerprintError("The server's host key is not confirmed yet: check it, then trust it.", shown)
@@ -94,6 +99,7 @@ class PinnedForm(KindForm):
 
     path = forms.CharField(label="Folder", max_length=500)
     user = forms.CharField(label="User", max_length=100)
+    host = forms.CharField(label="Server", max_length=200, required=False)
     password = forms.CharField(label="Password", max_length=200, strip=False)
 
 
