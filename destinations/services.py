@@ -32,6 +32,7 @@ from django.core import signing
 from django.db import transaction
 from django.db.models import Count, OuterRef, Subquery
 from django.utils.crypto import constant_time_compare, salted_hmac
+from django.utils.translation import gettext as _
 
 from backupsite import configwrite
 from backupsite.crypto import fernet
@@ -74,7 +75,7 @@ class TestThrottled(Exception):
 
     def __init__(self, retry_after: int) -> None:
         self.retry_after = retry_after
-        super().__init__(f"Too many connection tests; try again in {retry_after} seconds.")
+        super().__init__(_("Too many connection tests; try again in %(seconds)s seconds.") % {"seconds": retry_after})
 
 
 def throttle_test(request) -> None:
@@ -97,7 +98,7 @@ def run_test(backend: Backend) -> TestResult:
         return TestResult(ok=False, message=exc.message)
     except Exception as exc:  # noqa: BLE001 - a test button must answer
         log.error("Connection test of a %s destination failed unexpectedly: %s", backend.kind, type(exc).__name__)
-        return TestResult(ok=False, message="The test failed unexpectedly; the server log names the error type.")
+        return TestResult(ok=False, message=_("The test failed unexpectedly; the server log names the error type."))
 
 
 def test_destination(destination: Destination) -> TestResult:
@@ -132,12 +133,12 @@ def read_trust_token(token: str, kind: str, destination_id: int | None = None) -
     try:
         data = signing.loads(token or "", salt=_TRUST_SALT, max_age=TOKEN_MAX_AGE)
     except signing.BadSignature:
-        raise TokenError("The fingerprint confirmation has expired or is invalid; test again.") from None
+        raise TokenError(_("The fingerprint confirmation has expired or is invalid; test again.")) from None
     if not isinstance(data, dict) or data.get("k") != kind or data.get("d") not in (None, destination_id):
-        raise TokenError("This fingerprint confirmation belongs to another destination; test again.")
+        raise TokenError(_("This fingerprint confirmation belongs to another destination; test again."))
     setting, value = data.get("s"), data.get("v")
     if setting not in conf_fields(kind) or not isinstance(value, str) or not value:
-        raise TokenError("This fingerprint confirmation is not valid for this kind of destination.")
+        raise TokenError(_("This fingerprint confirmation is not valid for this kind of destination."))
     return setting, value
 
 
@@ -250,12 +251,12 @@ def trust_and_retest(destination: Destination, token: str, *, request) -> TestRe
     setting, value = read_trust_token(token, destination.kind, destination.pk)
     seen = destination.last_test.fingerprint if destination.last_test else None
     if seen is None or seen.setting != setting or seen.value != value:
-        raise TokenError("The fingerprint to trust is not the one the last test saw; test again.")
+        raise TokenError(_("The fingerprint to trust is not the one the last test saw; test again."))
     settings = {**destination.settings, setting: value}
     try:
         destination.kind_class.conf_class.parse(settings)
     except ValueError as exc:
-        raise TokenError(f"The fingerprint cannot be stored: {exc}") from None
+        raise TokenError(_("The fingerprint cannot be stored: %(error)s") % {"error": exc}) from None
     destination.settings = settings
     configwrite.save(destination, request=request)
     return test_destination(destination)
@@ -265,7 +266,7 @@ class InUse(PermanentError):
     def __init__(self, jobs: list) -> None:
         self.jobs = jobs
         names = ", ".join(f"“{job.name}”" for job in jobs)
-        super().__init__(f"This destination is used by {names}; remove it from those jobs first.")
+        super().__init__(_("This destination is used by %(jobs)s; remove it from those jobs first.") % {"jobs": names})
 
 
 def jobs_using(destination: Destination) -> list:

@@ -1,7 +1,7 @@
 """Real mounted filesystems for the USB kind's tests: tmpfs and loop-mounted ext4.
 
 Mounting needs root (CAP_SYS_ADMIN): without it the tests that use these are skipped
-with the reason locally and fail in CI (``tests.servers.missing``). ``mount -o loop``
+with the reason locally and fail in CI (like ``tests.conftest.require_binary``). ``mount -o loop``
 frees its loop device again on unmount. Mounts are not processes, so nothing dies with
 pytest: a killed run can leave a mount under ``/tmp`` (``umount`` it). Unmounting is lazy
 (``-l``), so a file still open somewhere does not keep the test from finishing.
@@ -16,8 +16,16 @@ import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import require_binary
-from tests.servers import missing
+import pytest
+
+from tests.conftest import REQUIRE_BINARIES, require_binary
+
+
+def missing(message: str) -> None:
+    """Skip (locally) or fail (CI) saying what is missing."""
+    if REQUIRE_BINARIES:
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def _mount(args: list[str], what: str) -> None:

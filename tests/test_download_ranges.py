@@ -150,9 +150,8 @@ def test_the_manifest_comes_from_the_same_place_with_ranges(client, bob, finishe
     assert body(get(client, finished_run, "bytes=0-29", what="manifest")) == data[:30]
 
 
-def test_a_destination_download_closes_its_session(client, bob, finished_run, monkeypatch, where):
-    if where != "destination":
-        pytest.skip("only a destination has a session")
+def test_a_destination_download_closes_its_session(client, bob, finished_run, monkeypatch):
+    finished_run.local_file.unlink()
     closed = []
     original = LocalSession.close
     monkeypatch.setattr(LocalSession, "close", lambda self: (closed.append(self), original(self)))

@@ -1,7 +1,7 @@
 """The "USB storage" kind against real mounted filesystems made by the tests.
 
 Mounting needs root (CAP_SYS_ADMIN): without it the USB tests are skipped with the
-reason locally and fail in CI (``tests.servers.missing``). The filesystems:
+reason locally and fail in CI. The filesystems:
 
 * ``usb_disk`` (session): a 256 MiB tmpfs mounted at ``<tmp>/media/usb-disk``, the
   disk the contract runs against (tmpfs has no label: no label is configured).
