@@ -21,7 +21,7 @@ $(VENV)/.deps-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 
 # Development settings for `make run` (kept if it exists; see .env.example).
 .env:
-	printf '# Written by `make run`: development mode, secrets generated under var/.\nDEBUG=1\n' > .env
+	printf '# Written by `make run`: development mode, secrets generated under var/.\nDEBUG=1\n# The demo may test destinations on this machine (127.0.0.1); never in production.\nBACKUPSITE_ALLOW_LOCAL_DESTINATIONS=1\n' > .env
 
 run: $(VENV)/.deps-run .env
 	$(PY) manage.py migrate --noinput
@@ -43,6 +43,7 @@ format: $(VENV)/.deps-dev
 
 bench: $(VENV)/.deps-dev
 	$(PY) bench/archive.py
+	$(PY) bench/dest_download.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -12,15 +12,19 @@ form and the backend validate alike, and puts a ``ConfError`` next to its field.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
-from destinations.backends import REGISTRY, get_kind
-from destinations.backends.base import Backend, ConfError
-from destinations.backends.local import LocalBackend
 from destinations.models import Destination
+
+if TYPE_CHECKING:
+    from destinations.backends.base import Backend
+
+# Kind modules (destinations/backends/<kind>.py) import KindForm from here, and the
+# registry imports the kind modules: so this module imports nothing of
+# destinations.backends before KindForm is defined (see the imports above LocalForm).
 
 
 class DestinationForm(forms.ModelForm):
@@ -37,6 +41,8 @@ class KindChoiceForm(forms.Form):
     kind = forms.ChoiceField(label=_("Kind"), choices=())
 
     def __init__(self, *args, **kwargs):
+        from destinations.backends import REGISTRY  # kind modules import this module: import late
+
         super().__init__(*args, **kwargs)
         self.fields["kind"].choices = [(kind, cls.label) for kind, cls in REGISTRY.items()]
 
@@ -46,17 +52,44 @@ class KindForm(forms.Form):
     #: Fields whose values go into the secrets (encrypted), never shown again.
     secret_fields: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, data=None, *, settings: dict | None = None, secrets: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        data=None,
+        *,
+        settings: dict | None = None,
+        secrets: dict | None = None,
+        pending_secrets: dict | None = None,
+        pinned: dict | None = None,
+        **kwargs,
+    ):
+        """*settings* / *secrets*: the stored ones (editing). *pending_secrets*: secrets
+        typed earlier in this same form and carried over a page reload (the destination
+        pages' test button without JavaScript), kept like stored ones. *pinned*: settings
+        confirmed by an administrator (a server fingerprint, ``Fingerprint.setting``):
+        they fill their field where it is left blank, or are added to the settings when
+        the kind has no field for them."""
         kwargs.setdefault("prefix", self.backend_class.kind)
+        self.stored_settings = dict(settings or {})
+        self.pinned = dict(pinned or {})
         initial = self.initial_from_settings(dict(settings or {}))
         super().__init__(data, initial=initial, **kwargs)
+        if self.is_bound:
+            for name, value in self.pinned.items():
+                key = self.add_prefix(name)
+                if name in self.fields and not self.data.get(key):
+                    self.data = self.data.copy()
+                    self.data[key] = value
         self.stored_secrets = dict(secrets or {})
+        self.pending_secrets = {k: v for k, v in dict(pending_secrets or {}).items() if k in self.secret_fields and v}
         for name in self.secret_fields:
             field = self.fields.get(name)
             if field is None:
                 continue
             field.widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
-            if self.stored_secrets.get(name):
+            if self.pending_secrets.get(name):
+                field.required = False
+                field.help_text = f"{field.help_text} {_('A value was typed; leave blank to keep it.')}".strip()
+            elif self.stored_secrets.get(name):
                 field.required = False
                 field.help_text = f"{field.help_text} {_('A value is stored; leave blank to keep it.')}".strip()
         self.parsed_settings: dict | None = None
@@ -68,9 +101,18 @@ class KindForm(forms.Form):
     def settings_from_cleaned(self, cleaned: dict) -> dict:
         return {k: v for k, v in cleaned.items() if k not in self.secret_fields}
 
+    def settings_to_store(self, cleaned: dict) -> dict:
+        """:meth:`settings_from_cleaned`, plus the stored settings the form has no field
+        for and does not produce (a confirmed fingerprint must survive an edit of the
+        password), plus the :attr:`pinned` ones."""
+        produced = self.settings_from_cleaned(cleaned)
+        kept = {k: v for k, v in self.stored_settings.items() if k not in self.fields and k not in produced}
+        pinned = {k: v for k, v in self.pinned.items() if k not in self.fields}
+        return {**kept, **produced, **pinned}
+
     def secrets_from_cleaned(self, cleaned: dict) -> dict:
         """The secrets to store: what was typed, or the stored value where left blank."""
-        secrets = dict(self.stored_secrets)
+        secrets = {**self.stored_secrets, **self.pending_secrets}
         for name in self.secret_fields:
             value = cleaned.get(name)
             if value:
@@ -78,11 +120,13 @@ class KindForm(forms.Form):
         return {k: v for k, v in secrets.items() if v}
 
     def clean(self):
+        from destinations.backends.base import ConfError
+
         cleaned = super().clean()
         if self.errors:
             return cleaned
         try:
-            conf = self.backend_class.conf_class.parse(self.settings_from_cleaned(cleaned))
+            conf = self.backend_class.conf_class.parse(self.settings_to_store(cleaned))
         except ConfError as exc:
             field = exc.field if exc.field in self.fields else None
             self.add_error(field, str(exc))
@@ -102,10 +146,15 @@ class KindForm(forms.Form):
 
 def kind_form(kind: str, data=None, *, destination: Destination | None = None, **kwargs) -> KindForm:
     """The form of *kind*, prefilled from *destination* (whose secrets stay unseen)."""
+    from destinations.backends import get_kind  # kind modules import this module: import late
+
     cls = get_kind(kind).form_class()
     settings = destination.settings if destination is not None and destination.kind == kind else None
     secrets = destination.secrets if destination is not None and destination.kind == kind else None
     return cls(data, settings=settings, secrets=secrets, **kwargs)
+
+
+from destinations.backends.local import LocalBackend  # noqa: E402 - after KindForm (see the top)
 
 
 class LocalForm(KindForm):

@@ -6,7 +6,16 @@ from django.urls import reverse
 from backupsite.crypto import EncryptedJSONField
 from backupsite.slugs import unique_slug
 from backupsite.validators import validate_folder_slug, validate_no_control_chars
-from destinations.backends.base import DestinationError
+
+# destinations.backends is imported inside the methods: the registry imports every kind
+# module, whose forms import this module (destinations.forms), so importing it here would
+# be circular while Django loads the models.
+
+
+def _errors():
+    from destinations.backends.base import DestinationError
+
+    return DestinationError
 
 
 class Destination(models.Model):
@@ -60,7 +69,7 @@ class Destination(models.Model):
     def kind_label(self) -> str:
         try:
             return self.kind_class.label
-        except DestinationError:
+        except _errors():
             return self.kind
 
     def backend(self):
@@ -68,26 +77,29 @@ class Destination(models.Model):
         settings, so every destination is configured on its own). The one place that
         maps a bad row to a typed error: an unknown kind or invalid settings raise
         :class:`~destinations.backends.base.PermanentError`."""
-        return self.kind_class.from_destination(self)
+        backend = self.kind_class.from_destination(self)
+        if self.pk is not None:
+            backend.status_listener = self.record_status
+        return backend
 
     def can(self, capability: str) -> bool:
         try:
             return capability in self.kind_class.capabilities
-        except DestinationError:
+        except _errors():
             return False
 
     @property
     def secret_fields(self) -> tuple[str, ...]:
         try:
             return self.kind_class.secret_fields
-        except DestinationError:
+        except _errors():
             return ()
 
     def describe(self) -> str:
         """A one-line, secret-free description for pages, logs and e-mails."""
         try:
             return self.kind_class.describe(self.settings)
-        except (DestinationError, ValueError):
+        except (_errors(), ValueError):
             return self.kind_label
 
     @property
@@ -114,3 +126,31 @@ class Destination(models.Model):
             last_test_details=self.last_test_details,
             status=self.status,
         )
+
+    def record_status(self, facts: dict) -> None:
+        """Merge *facts* a backend learned (``Backend.report_status``) into ``status``:
+        top-level keys replace, dict values are merged key by key (the USB disks seen).
+        Read and written in one transaction, so an upload and a test do not undo each
+        other's facts."""
+        from django.db import transaction
+
+        if self.pk is None or not facts:
+            return
+        with transaction.atomic():
+            current = type(self).objects.select_for_update().filter(pk=self.pk).values_list("status", flat=True).first()
+            merged = dict(current or {})
+            for key, value in facts.items():
+                if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                    merged[key] = {**merged[key], **value}
+                else:
+                    merged[key] = value
+            type(self).objects.filter(pk=self.pk).update(status=merged)
+        self.status = merged
+
+    def status_facts(self) -> list[str]:
+        """Readable lines about the destination's state from ``status`` (free space, a
+        USB disk last seen ...), worded by its kind."""
+        try:
+            return self.kind_class.status_facts(self.status or {})
+        except (_errors(), ValueError, TypeError):
+            return []

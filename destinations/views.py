@@ -1,21 +1,274 @@
+"""Destination pages: the list and the details (every role), create, edit, test,
+trust a fingerprint and delete (administrators). What they do is in
+:mod:`destinations.services`; the views choose the forms, the template and the status.
+
+The form page works without JavaScript: every kind's fieldset is in the page under its
+heading and only the chosen kind's is validated; the Test button reloads the page with
+the result. ``static/js/destination-form.js`` shows only the chosen kind's fieldset and
+tests in the background (``X-Requested-With: fetch`` answers with the result fragment).
+"""
+
+from __future__ import annotations
+
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
+from django.forms.utils import ErrorDict
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.utils.translation import gettext as _
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_http_methods, require_POST
 
-from destinations.backends import DestinationError, TestResult
+from destinations import services
+from destinations.backends import REGISTRY
+from destinations.backends.base import CAPABILITY_LABELS, READ
+from destinations.forms import DestinationForm, KindChoiceForm, kind_form
 from destinations.models import Destination
 
+FORM_TEMPLATE = "destinations/destination_form.html"
+REGION_TEMPLATE = "destinations/_test_region.html"
+DEFAULT_FIELDS_TEMPLATE = "destinations/_kind_fields.html"
 
+
+def _is_fetch(request) -> bool:
+    return request.headers.get("X-Requested-With") == "fetch"
+
+
+def _unvalidated(form):
+    """Keep what was typed in *form* without validating it (another kind's fieldset;
+    the name while only testing)."""
+    form._errors = ErrorDict()
+    form.cleaned_data = {}
+    return form
+
+
+def _kind_info(kind: str) -> dict:
+    cls = REGISTRY[kind]
+    return {"kind": kind, "label": cls.label, "help_text": cls.help_text}
+
+
+# --- list and details ------------------------------------------------------------------
 @permission_required("destinations.view_destination", raise_exception=True)
 def destination_list(request):
-    return render(request, "destinations/destination_list.html", {"destinations": Destination.objects.all()})
+    return render(request, "destinations/destination_list.html", {"destinations": services.list_rows()})
+
+
+def _detail_context(request, destination: Destination, **extra) -> dict:
+    result = destination.last_test
+    trust = ""
+    if result is not None and result.needs_confirmation and request.user.has_perm("destinations.change_destination"):
+        trust = services.trust_token(destination.kind, result.fingerprint, destination.pk)
+    capabilities = []
+    kind_known = destination.kind in REGISTRY
+    if kind_known:
+        declared = REGISTRY[destination.kind].capabilities
+        capabilities = [(label, cap in declared) for cap, label in CAPABILITY_LABELS.items()]
+        form = kind_form(destination.kind, destination=destination)
+        stored = [
+            str(form.fields[name].label) if name in form.fields else name
+            for name in form.secret_fields
+            if destination.secrets.get(name)
+        ]
+    else:
+        stored = []
+    return {
+        "destination": destination,
+        "kind_info": _kind_info(destination.kind) if kind_known else None,
+        "jobs": services.jobs_using(destination),
+        "uploads": services.recent_uploads(destination),
+        "result": result,
+        "trust_token": trust,
+        "capabilities": capabilities,
+        "write_only": kind_known and not destination.can(READ),
+        "stored_secrets": stored,
+        **extra,
+    }
 
 
 @permission_required("destinations.view_destination", raise_exception=True)
 def destination_detail(request, pk: int):
     destination = get_object_or_404(Destination, pk=pk)
-    return render(request, "destinations/destination_detail.html", {"destination": destination})
+    return render(request, "destinations/destination_detail.html", _detail_context(request, destination))
+
+
+# --- create and edit ---------------------------------------------------------------------
+def _action(post) -> str | None:
+    if post is None:
+        return None
+    if post.get("trust"):
+        return "trust"
+    if post.get("action") == "test":
+        return "test"
+    return "save"
+
+
+@sensitive_post_parameters()
+@require_http_methods(["GET", "POST"])
+@permission_required("destinations.add_destination", raise_exception=True)
+def destination_create(request):
+    return _form_page(request, None)
+
+
+@sensitive_post_parameters()
+@require_http_methods(["GET", "POST"])
+@permission_required("destinations.change_destination", raise_exception=True)
+def destination_edit(request, pk: int):
+    return _form_page(request, get_object_or_404(Destination, pk=pk))
+
+
+class _FormPage:
+    """The create / edit page: the common form, the kind chooser (create only), one form
+    per kind (only the chosen one bound for validation), and the tokens carried between
+    a test and the save (see :mod:`destinations.services`)."""
+
+    def __init__(self, request, destination: Destination | None) -> None:
+        self.request = request
+        self.destination = destination
+        self.creating = destination is None
+        self.destination_id = destination.pk if destination else None
+        self.post = request.POST if request.method == "POST" else None
+        self.kinds = list(REGISTRY) if self.creating else [destination.kind]
+        self.region: dict = {"trusted_tokens": [], "can_trust": True, "trust_in_form": True}
+        self.chosen = self._chosen()
+        self.chooser = KindChoiceForm(self.post, initial={"kind": self.chosen}) if self.creating else None
+        pinned, pending = self._carried()
+        self.forms = {kind: self._kind_form(kind, pinned, pending) for kind in self.kinds}
+        self.chosen_form = self.forms.get(self.chosen)
+        self.common = DestinationForm(self.post, instance=destination)
+
+    def _chosen(self) -> str | None:
+        if not self.creating:
+            return self.destination.kind
+        source = self.post if self.post is not None else self.request.GET
+        kind = source.get("kind")
+        if kind in self.kinds:
+            return kind
+        return None if self.post is not None else self.kinds[0]
+
+    def _carried(self) -> tuple[dict, dict]:
+        """Settings pinned by confirmed fingerprints, and secrets typed before a reload."""
+        if self.post is None or not self.chosen:
+            return {}, {}
+        pinned, tokens = services.pinned_from_tokens(self.post.getlist("trusted"), self.chosen, self.destination_id)
+        if self.action == "trust":
+            token = self.post.get("trust", "")
+            try:
+                setting, value = services.read_trust_token(token, self.chosen, self.destination_id)
+            except services.TokenError as exc:
+                self.region["test_error"] = str(exc)
+            else:
+                pinned[setting] = value
+                tokens.append(token)
+        self.region["trusted_tokens"] = tokens
+        pending = services.read_pending(self.post.get("pending_secrets", ""), self.request.user, self.chosen)
+        return pinned, pending
+
+    def _kind_form(self, kind: str, pinned: dict, pending: dict):
+        options = {"use_required_attribute": not self.creating}
+        if self.post is None:
+            return kind_form(kind, destination=self.destination, **options)
+        if kind != self.chosen:
+            return _unvalidated(kind_form(kind, self.post, **options))
+        return kind_form(
+            kind, self.post, destination=self.destination, pending_secrets=pending, pinned=pinned, **options
+        )
+
+    @property
+    def action(self) -> str | None:
+        return _action(self.post)
+
+    # --- actions ------------------------------------------------------------------------
+    def save(self):
+        """The saved destination, or None when a form has errors."""
+        checks = [self.common.is_valid(), self.chosen_form is not None and self.chosen_form.is_valid()]
+        if self.chooser is not None:
+            checks.append(self.chooser.is_valid())
+        if not all(checks):
+            return None
+        return services.save(self.common, self.chosen_form, request=self.request, tested=self.post.get("tested", ""))
+
+    def test(self) -> int:
+        """Test the unsaved settings; the HTTP status of the answer (422: the settings
+        have errors, shown next to their fields on a full page)."""
+        _unvalidated(self.common)  # a test needs no name yet
+        if "test_error" in self.region:
+            return 200
+        form = self.chosen_form
+        if form is None:
+            self.region["test_error"] = _("Choose a kind first.")
+            return 422
+        if not form.is_valid():
+            self.region["test_error"] = _("Correct the settings marked below, then test again.")
+            return 422
+        try:
+            services.throttle_test(self.request)
+        except services.TestThrottled as exc:
+            self.region["throttled"] = str(exc)
+            return 429
+        result = services.run_test(form.backend())
+        secrets = form.secrets_from_cleaned(form.cleaned_data)
+        self.region["result"] = result
+        self.region["tested"] = services.tested_token(self.chosen, form.parsed_settings, secrets, result)
+        if result.needs_confirmation:
+            self.region["trust_token"] = services.trust_token(self.chosen, result.fingerprint, self.destination_id)
+        return 200
+
+    # --- rendering --------------------------------------------------------------------------
+    def region_context(self) -> dict:
+        form = self.chosen_form
+        if self.post is not None and form is not None and hasattr(form, "cleaned_data"):
+            typed = services.typed_secrets(form)
+            self.region["pending"] = services.pending_token(self.request.user, self.chosen, typed)
+        return self.region
+
+    def context(self) -> dict:
+        kind_forms = [
+            {
+                **_kind_info(kind),
+                "form": form,
+                "template": getattr(form, "fieldset_template", DEFAULT_FIELDS_TEMPLATE),
+                "chosen": kind == self.chosen,
+            }
+            for kind, form in self.forms.items()
+        ]
+        return {
+            "destination": self.destination,
+            "creating": self.creating,
+            "common": self.common,
+            "chooser": self.chooser,
+            "kind_forms": kind_forms,
+            "chosen": self.chosen,
+            **self.region_context(),
+        }
+
+
+def _form_page(request, destination: Destination | None):
+    if destination is not None and destination.kind not in REGISTRY:
+        messages.error(request, _("This destination's kind is not installed; it cannot be edited."))
+        return redirect(destination)
+    page = _FormPage(request, destination)
+    status = 200
+    if page.action == "save":
+        saved = page.save()
+        if saved is not None:
+            text = _("Destination “%(name)s” created.") if page.creating else _("Destination “%(name)s” saved.")
+            messages.success(request, text % {"name": saved.name})
+            return redirect(saved)
+    elif page.action in ("test", "trust"):
+        status = page.test()
+        if _is_fetch(request):
+            if status == 422:  # the script then sends the form normally: errors by their fields
+                return HttpResponse(status=422)
+            return render(request, REGION_TEMPLATE, page.region_context(), status=status)
+    return render(request, FORM_TEMPLATE, page.context(), status=429 if status == 429 else 200)
+
+
+# --- test, trust, delete -----------------------------------------------------------------
+def _throttled_page(request, destination: Destination, exc: services.TestThrottled):
+    context = _detail_context(request, destination, throttled=str(exc))
+    response = render(request, "destinations/destination_detail.html", context, status=429)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @require_POST
@@ -23,9 +276,49 @@ def destination_detail(request, pk: int):
 def destination_test(request, pk: int):
     destination = get_object_or_404(Destination, pk=pk)
     try:
-        result = destination.backend().test()
-    except DestinationError as exc:  # invalid settings, unknown kind
-        result = TestResult(ok=False, message=str(exc))
-    destination.record_test(result)
+        services.throttle_test(request)
+    except services.TestThrottled as exc:
+        return _throttled_page(request, destination, exc)
+    result = services.test_destination(destination)
     (messages.success if result.ok else messages.error)(request, f"{destination.name}: {result.message}")
     return redirect(destination)
+
+
+@require_POST
+@permission_required("destinations.change_destination", raise_exception=True)
+def destination_trust(request, pk: int):
+    destination = get_object_or_404(Destination, pk=pk)
+    try:
+        services.throttle_test(request)
+    except services.TestThrottled as exc:
+        return _throttled_page(request, destination, exc)
+    try:
+        result = services.trust_and_retest(destination, request.POST.get("trust", ""), request=request)
+    except services.TokenError as exc:
+        messages.error(request, str(exc))
+        return redirect(destination)
+    if result.ok:
+        messages.success(request, _("Fingerprint stored; the connection test passed."))
+    else:
+        messages.error(request, _("Fingerprint stored, but the test failed: %(message)s") % {"message": result.message})
+    return redirect(destination)
+
+
+@require_http_methods(["GET", "POST"])
+@permission_required("destinations.delete_destination", raise_exception=True)
+def destination_delete(request, pk: int):
+    destination = get_object_or_404(Destination, pk=pk)
+    if request.method == "POST":
+        try:
+            services.delete(destination, request=request)
+        except services.InUse as exc:
+            context = {"destination": destination, "jobs": exc.jobs, "refused": exc.message}
+            return render(request, "destinations/destination_confirm_delete.html", context, status=409)
+        messages.success(
+            request,
+            _("Destination “%(name)s” deleted. The backups already there were left in place.")
+            % {"name": destination.name},
+        )
+        return redirect("destinations:list")
+    context = {"destination": destination, "jobs": services.jobs_using(destination)}
+    return render(request, "destinations/destination_confirm_delete.html", context)

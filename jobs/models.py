@@ -482,6 +482,14 @@ class Run(models.Model):
         )
 
     @property
+    def downloadable(self) -> bool:
+        """The archive can be offered for download: from the local copy, or from a
+        destination that holds it and can read it back (``jobs.downloads``)."""
+        from jobs import downloads
+
+        return downloads.available(self)
+
+    @property
     def job_slug(self) -> str:
         return self.config.get("job", {}).get("slug", "")
 
@@ -596,3 +604,10 @@ class Upload(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run} → {self.destination_name}"
+
+    @property
+    def can_read_back(self) -> bool:
+        """Succeeded, and its destination can read files back (verify, download)."""
+        from destinations.backends.base import READ
+
+        return self.state == self.State.SUCCEEDED and self.destination is not None and self.destination.can(READ)

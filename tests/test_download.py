@@ -53,16 +53,19 @@ def test_unknown_or_unfinished_runs_give_404(client, bob, job):
     assert client.get(reverse("jobs:run_download", args=[run.pk])).status_code == 404
 
 
-def test_a_deleted_local_copy_gives_404_not_500(client, bob, finished_run):
+def test_a_deleted_local_copy_gives_404_not_500(client, bob, finished_run, folders):
     finished_run.local_file.unlink()
+    (folders["backups"] / "backupsite" / finished_run.job_slug / finished_run.archive_name).unlink()  # nowhere left
     client.force_login(bob)
     assert client.get(reverse("jobs:run_download", args=[finished_run.pk])).status_code == 404
 
 
-def test_local_path_outside_the_archive_folder_is_never_served(client, bob, finished_run):
+def test_local_path_outside_the_archive_folder_is_never_served(client, bob, finished_run, folders):
+    archive = finished_run.local_file.read_bytes()
     Run.objects.filter(pk=finished_run.pk).update(local_path="../../../../etc/passwd")
     client.force_login(bob)
-    assert client.get(reverse("jobs:run_download", args=[finished_run.pk])).status_code == 404
+    response = client.get(reverse("jobs:run_download", args=[finished_run.pk]))
+    assert b"".join(response.streaming_content) == archive  # the destination's copy, never /etc/passwd
 
 
 def test_odd_file_names_give_a_safe_content_disposition(client, bob, finished_run):

@@ -241,8 +241,16 @@ def test_loaddemo_takes_the_panel_database_out_of_an_older_demo_job(db, demo_dir
 @pytest.mark.parametrize("debug", [True, False])
 def test_a_gone_local_copy_says_where_the_backup_still_is(client, bob, finished_run, folders, settings, debug):
     settings.DEBUG = debug
-    finished_run.local_file.unlink()
+    local = finished_run.local_file
+    local.unlink()
+    local.with_name(local.name + ".manifest.json").unlink()
     client.force_login(bob)
+    # While the destination holds it, the download streams from there (tests/test_download_ranges.py);
+    # once no readable copy is left, the page says where the backup was stored.
+    assert client.get(reverse("jobs:run_download", args=[finished_run.pk])).status_code == 200
+    remote = folders["backups"] / "backupsite" / "office-backup"
+    for leftover in remote.iterdir():
+        leftover.unlink()
     for name in ("jobs:run_download", "jobs:run_manifest"):
         response = client.get(reverse(name, args=[finished_run.pk]))
         html = response.content.decode()

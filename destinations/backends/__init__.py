@@ -18,9 +18,11 @@ from destinations.backends.base import (
     UnsupportedError,
 )
 from destinations.backends.local import LocalBackend
+from destinations.backends.usb import UsbBackend
 
 REGISTRY: dict[str, type[Backend]] = {
     LocalBackend.kind: LocalBackend,
+    UsbBackend.kind: UsbBackend,
 }
 
 

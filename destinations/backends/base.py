@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 import re
 import secrets as _secrets
@@ -434,6 +435,11 @@ class _StreamOwningSession:
             yield chunk
 
 
+#: Public name of the wrapper, for callers that open a session themselves (a download
+#: looks the file's size up and then streams it in the same session).
+StreamOwningSession = _StreamOwningSession
+
+
 class Backend:
     """One kind of destination, configured from a Destination row at run time."""
 
@@ -447,6 +453,11 @@ class Backend:
     form_class_path: ClassVar[str] = ""
     #: A short description shown when choosing the kind.
     help_text: ClassVar[str] = ""
+
+    #: Receives the facts a session learned about the destination (:meth:`report_status`).
+    #: ``Destination.backend()`` sets it, so they land in ``Destination.status``; a backend
+    #: built from a form (the test before saving) has none and the facts are dropped.
+    status_listener: Callable[[dict], None] | None = None
 
     def __init__(self, conf, secrets: dict | None = None) -> None:
         self.conf = conf
@@ -486,6 +497,39 @@ class Backend:
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
+
+    # --- what the list page shows --------------------------------------------------
+    def report_status(self, **facts: Any) -> None:
+        """Record what a session learned (JSON values: a USB disk's label and when it was
+        seen, free space) in the destination's ``status``; dict values are merged key by
+        key. Never raises: a fact that cannot be stored must not fail an upload."""
+        if self.status_listener is None:
+            return
+        try:
+            self.status_listener(facts)
+        except Exception:  # noqa: BLE001 - status is informative only
+            logging.getLogger(__name__).warning("Could not record the status of a %s destination.", self.kind)
+
+    @classmethod
+    def status_facts(cls, status: dict) -> list[str]:
+        """Readable lines for the list and detail pages from ``Destination.status``
+        (kinds add their own: a USB disk last seen ...)."""
+        from django.template.defaultfilters import filesizeformat
+        from django.utils.dateparse import parse_datetime
+        from django.utils.timesince import timesince
+        from django.utils.translation import gettext as _
+
+        facts = []
+        free = (status or {}).get("free_bytes")
+        if isinstance(free, int) and not isinstance(free, bool):
+            checked = parse_datetime(str(status.get("free_checked_at") or ""))
+            if checked is not None:
+                facts.append(
+                    _("%(free)s free (%(ago)s ago)") % {"free": filesizeformat(free), "ago": timesince(checked)}
+                )
+            else:
+                facts.append(_("%(free)s free") % {"free": filesizeformat(free)})
+        return facts
 
     @property
     def timeout(self) -> float:
@@ -848,6 +892,7 @@ __all__ = [
     "PermanentError",
     "RemoteFile",
     "Session",
+    "StreamOwningSession",
     "TestResult",
     "TransientError",
     "UnsupportedError",

@@ -18,8 +18,9 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_http_methods
 
 from destinations.models import Destination
+from jobs.downloads import readable_uploads
 from jobs.engine.restore import RestoreError
-from jobs.models import Run, Upload
+from jobs.models import Run
 from jobs.verification import VerificationError, request_verification, restore_roots, restore_run
 from jobs.views.runs import refuse_sensitive
 
@@ -36,7 +37,7 @@ def location_choices(run: Run) -> list[tuple[str, str]]:
     path = run.local_file
     if path is not None and path.is_file():
         choices.append((LOCAL, "This server (local copy)"))
-    for upload in run.uploads.filter(state=Upload.State.SUCCEEDED, destination__isnull=False):
+    for upload in readable_uploads(run):  # write-only kinds (e-mail) cannot be read back
         choices.append((str(upload.destination_id), f"Destination “{upload.destination_name}”"))
     return choices
 

@@ -1,14 +1,14 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from destinations.backends.base import ROOT_FOLDER
+from jobs import downloads
 from jobs.models import Run, Upload
-from jobs.naming import MANIFEST_SUFFIX
 from jobs.services import CancelOutcome, cancel_run
 
 RUNS_PER_PAGE = 25
@@ -70,27 +70,18 @@ def archive_gone(request, run: Run) -> HttpResponse:
 
 @permission_required("jobs.download_run", raise_exception=True)
 def run_download(request, pk: int, what: str = "archive"):
+    """The archive (or manifest): the local copy, else streamed from a destination; with
+    Range (resume) and safe headers (``jobs.downloads``)."""
     run = get_object_or_404(Run, pk=pk)
     refused = refuse_sensitive(request, run)
     if refused is not None:
         return refused
-    if run.archive_gone:
-        return archive_gone(request, run)
-    if not run.can_download:
-        raise Http404("This run has no archive to download.")
-    path = run.local_file
-    if what == "manifest":
-        path = path.with_name(path.name + MANIFEST_SUFFIX)
-        content_type = "application/json"
-    else:
-        content_type = "application/zstd"
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - FileResponse closes it
-    except FileNotFoundError:
-        return archive_gone(request, run)
-    # FileResponse streams in chunks and sets Content-Length and an RFC 6266
-    # Content-Disposition (quotes and non-ASCII are encoded, never injected).
-    return FileResponse(handle, as_attachment=True, filename=path.name, content_type=content_type)
+        return downloads.serve(request, run, what)
+    except downloads.NotAvailable:
+        if run.archive_gone:  # say where copies still are (a write-only kind, say)
+            return archive_gone(request, run)
+        raise
 
 
 CANCEL_MESSAGES = {
