@@ -31,8 +31,14 @@ from destinations.backends.base import (
 )
 from tests.kinds import KindUnderTest
 
-pytest_plugins = ["tests.kinds.local"]
-KIND_FIXTURES = ["local_kind"]
+pytest_plugins = [
+    "tests.kinds.local",
+    "tests.kinds.s3",
+]
+KIND_FIXTURES = [
+    "local_kind",
+    "s3_kind",
+]
 
 pytestmark = pytest.mark.django_db
 

@@ -18,9 +18,11 @@ from destinations.backends.base import (
     UnsupportedError,
 )
 from destinations.backends.local import LocalBackend
+from destinations.backends.s3 import S3Backend
 
 REGISTRY: dict[str, type[Backend]] = {
     LocalBackend.kind: LocalBackend,
+    S3Backend.kind: S3Backend,
 }
 
 
