@@ -304,7 +304,8 @@ def _mapper(conf: S3Conf, timeout: float, what: str):
                 return PermanentError(f"The S3 store refused the access key or the secret key ({code}) while {what}.")
             if code in _DENIED_CODES:
                 return PermanentError(
-                    f"Access denied while {what}: the keys are wrong, or they may not use the bucket {conf.bucket}."
+                    f"Access denied while {what}: the access key or the secret key is wrong, "
+                    f"or this key may not use the bucket {conf.bucket}."
                 )
             if code in ("NoSuchBucket",):
                 return NotFoundError(f"The bucket {conf.bucket} does not exist at {host}.")

@@ -38,6 +38,21 @@ class MotoServer:
     secret_key: str
     directory: Path
     region: str = "us-east-1"
+    bucket: str = BUCKET
+    prefix: str = PREFIX
+
+    def settings(self, **overrides) -> dict:
+        """Destination settings for this server (the user's access key; path-style)."""
+        values = {
+            "endpoint_url": self.endpoint,
+            "region": self.region,
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "access_key": self.access_key,
+            "path_style": True,
+        }
+        values.update(overrides)
+        return values
 
     @property
     def endpoint(self) -> str:
@@ -135,19 +150,6 @@ def moto_server():
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def s3_settings(server: MotoServer, **overrides) -> dict:
-    values = {
-        "endpoint_url": server.endpoint,
-        "region": server.region,
-        "bucket": BUCKET,
-        "prefix": PREFIX,
-        "access_key": server.access_key,
-        "path_style": True,
-    }
-    values.update(overrides)
-    return values
-
-
 @pytest.fixture
 def s3_kind(moto_server, settings) -> KindUnderTest:
     settings.BACKUPSITE_ALLOW_LOCAL_DESTINATIONS = True
@@ -171,7 +173,7 @@ def s3_kind(moto_server, settings) -> KindUnderTest:
 
     return KindUnderTest(
         kind="s3",
-        settings=s3_settings(moto_server),
+        settings=moto_server.settings(),
         secrets={"secret_key": moto_server.secret_key},
         raw_names=raw_names,
         raw_read=raw_read,
