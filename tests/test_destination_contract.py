@@ -34,10 +34,12 @@ from tests.kinds import KindUnderTest
 pytest_plugins = [
     "tests.kinds.local",
     "tests.kinds.s3",
+    "tests.kinds.email",
 ]
 KIND_FIXTURES = [
     "local_kind",
     "s3_kind",
+    "email_kind",
 ]
 
 pytestmark = pytest.mark.django_db

@@ -17,12 +17,14 @@ from destinations.backends.base import (
     TransientError,
     UnsupportedError,
 )
+from destinations.backends.email import EmailBackend
 from destinations.backends.local import LocalBackend
 from destinations.backends.s3 import S3Backend
 
 REGISTRY: dict[str, type[Backend]] = {
     LocalBackend.kind: LocalBackend,
     S3Backend.kind: S3Backend,
+    EmailBackend.kind: EmailBackend,
 }
 
 
