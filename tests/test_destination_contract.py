@@ -35,11 +35,13 @@ pytest_plugins = [
     "tests.kinds.local",
     "tests.kinds.s3",
     "tests.kinds.email",
+    "tests.kinds.dropbox",
 ]
 KIND_FIXTURES = [
     "local_kind",
     "s3_kind",
     "email_kind",
+    "dropbox_kind",
 ]
 
 pytestmark = pytest.mark.django_db

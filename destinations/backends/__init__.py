@@ -17,6 +17,7 @@ from destinations.backends.base import (
     TransientError,
     UnsupportedError,
 )
+from destinations.backends.dropbox import DropboxBackend
 from destinations.backends.email import EmailBackend
 from destinations.backends.local import LocalBackend
 from destinations.backends.s3 import S3Backend
@@ -25,6 +26,7 @@ REGISTRY: dict[str, type[Backend]] = {
     LocalBackend.kind: LocalBackend,
     S3Backend.kind: S3Backend,
     EmailBackend.kind: EmailBackend,
+    DropboxBackend.kind: DropboxBackend,
 }
 
 
