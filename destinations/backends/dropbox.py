@@ -70,6 +70,7 @@ from destinations.backends.base import (
     is_partial,
     mapped_errors,
 )
+from destinations.backends.net import is_certificate_error
 from destinations.kindforms import KindForm
 
 MiB = 1024 * 1024
@@ -273,7 +274,7 @@ def _mapper(timeout: float, what: str):
             if status >= 500:
                 return TransientError(f"Dropbox failed ({status}) while {what}.")
             return PermanentError(f"Dropbox refused the request ({status}) while {what}.")
-        if isinstance(exc, requests.exceptions.SSLError):
+        if isinstance(exc, requests.exceptions.SSLError) and is_certificate_error(exc):
             return PermanentError("The TLS certificate of Dropbox is not trusted (a proxy intercepting TLS?).")
         if isinstance(exc, requests.exceptions.Timeout):
             return TransientError(f"Dropbox did not answer within {timeout:g} seconds while {what}.")

@@ -99,7 +99,7 @@ from destinations.backends.base import (
     is_partial,
     mapped_errors,
 )
-from destinations.backends.net import check_port
+from destinations.backends.net import check_port, is_certificate_error
 from destinations.kindforms import KindForm
 
 log = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ def _mapper(conf: S3Conf, timeout: float, what: str):
             return PermanentError(f"The S3 store refused the request ({code}) while {what}.")
         if isinstance(exc, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
             return TransientError(f"The S3 store at {host} did not answer within {timeout:g} seconds while {what}.")
-        if isinstance(exc, bx.SSLError):
+        if isinstance(exc, bx.SSLError) and is_certificate_error(exc):
             return PermanentError(f"The TLS certificate of {host} is not trusted (or TLS failed) while {what}.")
         if isinstance(exc, bx.EndpointConnectionError):
             return TransientError(f"Could not connect to the S3 store at {host} while {what}.")
