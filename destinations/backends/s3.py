@@ -646,16 +646,22 @@ class S3Session(Session):
         prefix = self.folder_prefix(folder)
         removed = []
         what = "cleaning up incomplete uploads"
-        with mapped_errors(what, self._map(what)):
-            paginator = self.client.get_paginator("list_multipart_uploads")
-            for page in paginator.paginate(Bucket=self.conf.bucket, Prefix=prefix, Delimiter="/"):
-                for upload in page.get("Uploads", []) or []:
-                    name = upload["Key"][len(prefix) :]
-                    if name and "/" not in name:
-                        self.client.abort_multipart_upload(
-                            Bucket=self.conf.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                        )
-                        removed.append(f"{name} (incomplete upload)")
+        try:
+            with mapped_errors(what, self._map(what)):
+                paginator = self.client.get_paginator("list_multipart_uploads")
+                for page in paginator.paginate(Bucket=self.conf.bucket, Prefix=prefix, Delimiter="/"):
+                    for upload in page.get("Uploads", []) or []:
+                        name = upload["Key"][len(prefix) :]
+                        if name and "/" not in name:
+                            self.client.abort_multipart_upload(
+                                Bucket=self.conf.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                            )
+                            removed.append(f"{name} (incomplete upload)")
+        except PermanentError as exc:
+            # Housekeeping only: a key without s3:ListBucketMultipartUploads can still back up.
+            if isinstance(exc, NotFoundError):
+                raise
+            log.info("Incomplete multipart uploads were not cleaned up: %s", exc.message)
         for remote in self._list(folder, hidden=True):
             if is_partial(remote.name):
                 with mapped_errors(what, self._map(what)):
