@@ -484,15 +484,11 @@ class S3Session(Session):
         return f"{key}/" if key else ""
 
     def _head(self, key: str, what: str) -> dict | None:
-        from botocore.exceptions import ClientError
-
         try:
             with mapped_errors(what, self._map(what)):
                 return self.client.head_object(Bucket=self.conf.bucket, Key=key)
         except NotFoundError:
             return None
-        except ClientError:  # pragma: no cover - mapped above
-            raise
 
     # --- writing --------------------------------------------------------------------
     def upload(
