@@ -280,5 +280,8 @@ BACKUPSITE_LOCAL_ROOTS = env_list(
 )
 # Restores from the panel (and restorebackup) may only write into these folders.
 BACKUPSITE_RESTORE_ROOTS = env_list("BACKUPSITE_RESTORE_ROOTS", [str(DATA_DIR / "restores")])
+# E-mail destinations refuse a backup whose attachments (archive, manifest, key file)
+# total more than this many MiB, before anything is sent; a destination may set its own.
+BACKUPSITE_EMAIL_ATTACHMENT_LIMIT_MB = env_int("BACKUPSITE_EMAIL_ATTACHMENT_LIMIT_MB", 20, minimum=1)
 # The panel's public address, used for links in e-mails.
 BACKUPSITE_SITE_URL = env_str("BACKUPSITE_SITE_URL", "http://127.0.0.1:8000")

@@ -34,10 +34,16 @@ from tests.kinds import KindUnderTest
 pytest_plugins = [
     "tests.kinds.local",
     "tests.kinds.usb",
+    "tests.kinds.s3",
+    "tests.kinds.email",
+    "tests.kinds.dropbox",
 ]
 KIND_FIXTURES = [
     "local_kind",
     "usb_kind",
+    "s3_kind",
+    "email_kind",
+    "dropbox_kind",
 ]
 
 pytestmark = pytest.mark.django_db

@@ -60,3 +60,22 @@ def check_port(value, default: int, field: str = "port") -> int:
     if not 1 <= port <= 65535:
         raise ConfError("The port must be a number between 1 and 65535.", field)
     return port
+
+
+def is_certificate_error(exc: BaseException) -> bool:
+    """Whether *exc* (or what it wraps) is a failed TLS certificate check, as opposed to
+    a TLS connection cut or reset (libraries such as requests and botocore wrap both in
+    one ``SSLError``: the first is permanent, the second transient)."""
+    import ssl
+
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen or len(seen) > 20:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(current):
+            return True
+        pending += [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+    return False

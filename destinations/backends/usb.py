@@ -39,7 +39,7 @@ from django.utils.translation import gettext_lazy as _
 
 from destinations.backends.base import Conf, ConfError, DestinationError, PermanentError, TestResult
 from destinations.backends.local import LocalBackend, LocalSession, oserror, validate_local_path
-from destinations.forms import KindForm
+from destinations.kindforms import KindForm
 
 MOUNTINFO = "/proc/self/mountinfo"
 DISK_BY_LABEL = "/dev/disk/by-label"
