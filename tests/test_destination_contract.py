@@ -31,8 +31,15 @@ from destinations.backends.base import (
 )
 from tests.kinds import KindUnderTest
 
-pytest_plugins = ["tests.kinds.local"]
-KIND_FIXTURES = ["local_kind"]
+pytest_plugins = [
+    "tests.kinds.local",
+    "tests.kinds.sftp",
+]
+KIND_FIXTURES = [
+    "local_kind",
+    "sftp_kind",
+    "sftp_key_kind",
+]
 
 pytestmark = pytest.mark.django_db
 
