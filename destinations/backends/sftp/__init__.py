@@ -251,6 +251,7 @@ class SftpSession(FileTreeSession):
         self._key = None
         self._address = ""
         self._host_key: paramiko.PKey | None = None
+        self._greeting_is_ssh = True
         self.bulk_via = "paramiko"  # how the last upload's bulk went ("paramiko" | "openssh")
 
     # --- connecting ---
@@ -264,7 +265,18 @@ class SftpSession(FileTreeSession):
 
     def _mapped(self, what: str):
         """Library exceptions inside become typed errors (unknown ones propagate)."""
-        return mapped_errors(what, lambda exc: map_error(exc, what, self.timeout))
+        return mapped_errors(what, lambda exc: self._map(exc, what))
+
+    def _map(self, exc: BaseException, what: str) -> DestinationError | None:
+        error = map_error(exc, what, self.timeout)
+        if isinstance(error, PermanentError) and not isinstance(error, NotFoundError) and not self._alive():
+            # paramiko raises the same bare IOError for "socket closed" as for a refusal.
+            return TransientError(f"The connection to the server was lost while {what}.")
+        return error
+
+    def _alive(self) -> bool:
+        transport = self.transport
+        return transport is not None and transport.is_active()
 
     def _connect(self) -> None:
         conf, timeout = self.conf, self.timeout
@@ -279,6 +291,7 @@ class SftpSession(FileTreeSession):
         target = netguard.resolve(conf.host, conf.port, timeout=timeout)
         self._address = target.address
         sock = netguard.connect(target, timeout)
+        self._peek_greeting(sock)
         with self._mapped("starting SSH"):
             try:
                 transport = paramiko.Transport(sock)
@@ -296,18 +309,43 @@ class SftpSession(FileTreeSession):
         options.ciphers = ciphers + [c for c in options.ciphers if c not in ciphers and c != "3des-cbc"]
         started = time.monotonic()
         with mapped_errors("connecting", lambda exc: self._handshake_error(exc, time.monotonic() - started)):
-            transport.start_client(timeout=timeout)
+            # The banner and the key exchange each have their own timeout (above); this
+            # wait returns quietly when it runs out, so check that the handshake finished.
+            transport.start_client(timeout=2 * timeout + 1)
+        if not transport.is_active() or transport.host_key is None:
+            raise TransientError(f"The SSH handshake with {conf.host} did not finish within {timeout:g} seconds.")
         self._check_host_key(transport)
         self._login(transport)
         self.cipher = transport.remote_cipher or ""
         self._open_sftp(transport)
+
+    def _peek_greeting(self, sock: socket.socket) -> None:
+        """Wait (at most the timeout) for the server's first bytes, without consuming
+        them: a server that accepts and stays silent fails here, and one whose greeting
+        is not SSH's is remembered for the error message (RFC 4253 allows other lines
+        before the version line, so paramiko still gets its chance)."""
+        host, timeout = self.conf.host, self.timeout
+        try:
+            first = sock.recv(8, socket.MSG_PEEK)
+        except TimeoutError:
+            sock.close()
+            raise TransientError(
+                f"The server {host} accepted the connection but sent no SSH greeting within {timeout:g} seconds."
+            ) from None
+        except OSError:
+            sock.close()
+            raise TransientError(f"The server {host} closed the connection before greeting.") from None
+        if not first:
+            sock.close()
+            raise TransientError(f"The server {host} closed the connection before greeting.")
+        self._greeting_is_ssh = first[:4] == b"SSH-"[: len(first[:4])]
 
     def _handshake_error(self, exc: BaseException, elapsed: float) -> DestinationError | None:
         if not isinstance(exc, paramiko.SSHException | EOFError | OSError):
             return None
         host, timeout = self.conf.host, self.timeout
         text = str(exc)
-        if "Indecipherable protocol version" in text or "Incompatible version" in text:
+        if not self._greeting_is_ssh or "Indecipherable protocol version" in text or "Incompatible version" in text:
             return PermanentError(
                 f"The server {host} does not speak SSH on port {self.conf.port} (is it the right port?)."
             )
@@ -391,7 +429,7 @@ class SftpSession(FileTreeSession):
             def mapper(exc: BaseException) -> DestinationError | None:
                 if dog.fired:
                     return TransientError(f"The server did not open an SFTP channel within {self.timeout:g} seconds.")
-                return map_error(exc, what, self.timeout)
+                return self._map(exc, what)
 
             with mapped_errors(what, mapper):
                 channel = transport.open_session(timeout=self.timeout, **sizes)
@@ -553,7 +591,7 @@ class SftpSession(FileTreeSession):
                     return TransientError(
                         f"The upload of {name} stalled: nothing was sent for {self.timeout:g} seconds."
                     )
-                return map_error(exc, what, self.timeout)
+                return self._map(exc, what)
 
             with mapped_errors(what, mapper):
                 try:
@@ -628,8 +666,13 @@ class SftpSession(FileTreeSession):
         except BaseException:
             channel.close()
             raise
+
+        def close_channel() -> None:
+            with contextlib.suppress(Exception):  # closing never raises, even on a dead connection
+                channel.close()
+
         reader = stream.ReadStream(
-            raw, handle, offset=offset, size=size, request_size=self.read_size, on_close=channel.close
+            raw, handle, offset=offset, size=size, request_size=self.read_size, on_close=close_channel
         )
         return _MappedReader(reader, what, self.timeout)
 

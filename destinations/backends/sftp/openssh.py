@@ -207,11 +207,10 @@ def upload(
             )
         finally:
             errors.close()
-        _follow(proc, timeout, remote_size, on_progress)
+        seen = _follow(proc, timeout, remote_size, on_progress)
         if proc.returncode != 0:
             detail = _last_line(workdir / "stderr")
-            started = (remote_size() or 0) > 0
-            raise ClientFailed(proc.returncode, detail, started=started)
+            raise ClientFailed(proc.returncode, detail, started=seen)
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -219,12 +218,13 @@ def upload(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _follow(proc: subprocess.Popen, timeout: float, remote_size, on_progress) -> None:
+def _follow(proc: subprocess.Popen, timeout: float, remote_size, on_progress) -> bool:
+    """Wait for the client, reporting the remote size; True if the file was seen."""
     last_size, last_change = -1, time.monotonic()
     while True:
         try:
             proc.wait(POLL_SECONDS)
-            return
+            return last_size >= 0 or remote_size() is not None
         except subprocess.TimeoutExpired:
             pass
         size = remote_size()

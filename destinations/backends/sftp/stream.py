@@ -570,11 +570,19 @@ class ReadStream(io.RawIOBase):
         return n
 
     def readinto(self, buffer) -> int:
+        """Fill *buffer* (like a buffered file: fewer bytes only at the end)."""
         if self._error is not None:
             raise self._error
         view = memoryview(buffer).cast("B")
-        if not len(view):
-            return 0
+        total = 0
+        while total < len(view):
+            n = self._readinto_once(view[total:])
+            if not n:
+                break
+            total += n
+        return total
+
+    def _readinto_once(self, view: memoryview) -> int:
         try:
             while True:
                 if self._stash is not None:
