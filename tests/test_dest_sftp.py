@@ -8,6 +8,7 @@ and a key login."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -15,6 +16,8 @@ import secrets
 import socket
 import stat
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -696,3 +699,99 @@ def test_describe_and_repr_show_no_secret(sftp_kind):
     text = backend.describe_conf(backend.conf)
     assert text == f"SFTP: {sftp_kind.settings['user']}@127.0.0.1:{sftp_kind.settings['port']} ~"
     assert sftp_kind.secrets["password"] not in repr(backend)
+
+
+KILLED_WORKER = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from django.conf import settings
+settings.configure(BACKUPSITE_DESTINATION_TIMEOUT=30, BACKUPSITE_ALLOW_LOCAL_DESTINATIONS=True)
+from destinations.backends.sftp import SftpBackend, SftpConf
+spec = json.loads(sys.stdin.read())
+backend = SftpBackend(SftpConf(**spec["conf"]), spec["secrets"])
+with backend.session() as session:
+    session.upload(Path(spec["local"]), spec["folder"], spec["name"], expected_size=spec["size"])
+"""
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(int(pid))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_killed_worker_takes_the_openssh_client_with_it_and_leaves_no_key(sftp_key_kind, tmp_path, folder):
+    size = 400 * MIB
+    path = tmp_path / "killed.bin"
+    make_file(path, size, sparse_every=32 * MIB)
+    base = Path(sftp_key_kind.settings["path"])
+    partial = base / folder / ".killed.tar.zst.partial"
+    spec = {
+        "conf": sftp_key_kind.settings,
+        "secrets": sftp_key_kind.secrets,
+        "local": str(path),
+        "folder": folder,
+        "name": "killed.tar.zst",
+        "size": size,
+    }
+    worker = subprocess.Popen([sys.executable, "-c", KILLED_WORKER.format(repo=str(REPO))], stdin=subprocess.PIPE)
+    worker.stdin.write(json.dumps(spec).encode())
+    worker.stdin.close()
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size >= 16 * MIB):
+        assert worker.poll() is None, "the worker ended before it could be killed"
+        assert time.monotonic() < deadline, "the upload did not start"
+        time.sleep(0.02)
+    stale = [
+        p
+        for p in (*Path("/dev/shm").glob("backupsite-sftp-*"), *Path(tempfile.gettempdir()).glob("backupsite-sftp-*"))
+        if (p / "pid").exists() and (p / "pid").read_text() == str(worker.pid)
+    ]
+    worker.kill()  # SIGKILL: no finally runs
+    worker.wait()
+    assert len(stale) == 1
+    assert not (stale[0] / "key").exists(), "the key file outlived the login"
+    # The client got the parent-death signal: the partial stops growing, no process remains.
+    deadline = time.monotonic() + 10
+    while _processes_mentioning(str(stale[0])):
+        assert time.monotonic() < deadline, "the sftp client outlived its worker"
+        time.sleep(0.05)
+    grown = partial.stat().st_size
+    time.sleep(0.5)
+    assert partial.stat().st_size == grown < size
+    assert "killed.tar.zst" not in sftp_key_kind.raw_names(folder)
+    # The next run cleans up: the partial (remove_partials) and the stale directory (sweep).
+    again = tmp_path / "again.bin"
+    make_file(again, sftp_kind_module.OPENSSH_MIN_SIZE + 1, sparse_every=16 * MIB)
+    with sftp_key_kind.backend().session() as session:
+        assert session.remove_partials(folder) == [".killed.tar.zst.partial"]
+        session.upload(again, folder, "again.tar.zst", expected_size=again.stat().st_size)
+        assert session.bulk_via == "openssh"
+    assert not stale[0].exists(), "the stale directory was not swept"
+
+
+def test_downloads_work_without_fstat(sftp_kind, tmp_path, folder, monkeypatch):
+    """A server that does not answer FSTAT (OpenSSH does; simulated): the stream reads
+    ahead without knowing the size."""
+    from destinations.backends.sftp import stream
+
+    def no_fstat(self, handle):
+        raise stream.SftpStatus(stream.FX_OP_UNSUPPORTED)
+
+    monkeypatch.setattr(stream.RawSftp, "fstat_size", no_fstat)
+    size = 3 * MIB + 7
+    path = tmp_path / "nofstat.bin"
+    make_file(path, size)
+    data = path.read_bytes()
+    with sftp_kind.backend().session() as session:
+        session.upload(path, folder, "f.tar.zst", expected_size=size)
+        for offset in (0, MIB + 3, size):
+            with session.open(folder, "f.tar.zst", offset) as fh:
+                assert fh.read() == data[offset:]

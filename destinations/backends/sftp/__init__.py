@@ -659,7 +659,10 @@ class SftpSession(FileTreeSession):
                 raw = stream.RawSftp(channel, self.timeout)
                 raw.init()
                 handle = raw.open(remote_path.encode(), stream.OPEN_READ)
-                size = raw.fstat_size(handle)
+                try:
+                    size = raw.fstat_size(handle)
+                except stream.SftpStatus:
+                    size = None  # the stream reads ahead without it
         except NotFoundError:
             channel.close()
             raise NotFoundError(f"{name} is not at this destination.") from None

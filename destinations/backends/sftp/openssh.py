@@ -19,8 +19,10 @@ How, safely
   ``StrictHostKeyChecking=yes`` and ``HostKeyAlgorithms`` limited to its type: the
   OpenSSH client accepts that key and no other, and never asks.
 * The private key is written, without its passphrase, to a 0600 file in a 0700
-  directory (in ``/dev/shm`` where there is one, so it stays in memory), removed in a
-  ``finally`` whatever happens. It never goes on a command line or into the environment.
+  directory (in ``/dev/shm`` where there is one, so it stays in memory). It is deleted
+  as soon as the client has logged in (the file appears at the server), and the
+  directory in a ``finally`` whatever happens; what a SIGKILLed worker left is swept
+  by the next upload. The key never goes on a command line or into the environment.
 * ``-F /dev/null`` (no user or system ssh_config), ``IdentitiesOnly`` and
   ``IdentityAgent=none`` (only this key), no password or keyboard-interactive login,
   ``ControlMaster=no``, no proxies. The client connects to the address that
@@ -105,9 +107,44 @@ class Login:
 SHM = Path("/dev/shm")  # noqa: S108 - mkdtemp makes a private 0700 directory in it
 
 
+DIR_PREFIX = "backupsite-sftp-"
+
+
+def _secret_base() -> str | None:
+    return str(SHM) if SHM.is_dir() and os.access(SHM, os.W_OK | os.X_OK) else None
+
+
 def _secret_dir() -> Path:
-    base = str(SHM) if SHM.is_dir() and os.access(SHM, os.W_OK | os.X_OK) else None
-    return Path(tempfile.mkdtemp(prefix="backupsite-sftp-", dir=base))
+    _sweep_stale()
+    path = Path(tempfile.mkdtemp(prefix=DIR_PREFIX, dir=_secret_base()))
+    (path / "pid").write_text(str(os.getpid()))
+    return path
+
+
+def _sweep_stale() -> None:
+    """Remove what a killed worker left (its ``finally`` never ran): directories of ours
+    whose process is gone."""
+    for base in {_secret_base() or tempfile.gettempdir(), tempfile.gettempdir()}:
+        for path in Path(base).glob(f"{DIR_PREFIX}*"):
+            try:
+                if path.stat().st_uid != os.geteuid():
+                    continue
+                pid = int((path / "pid").read_text().strip() or 0)
+            except (OSError, ValueError):
+                continue
+            if pid == os.getpid() or _alive(pid):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -207,7 +244,12 @@ def upload(
             )
         finally:
             errors.close()
-        seen = _follow(proc, timeout, remote_size, on_progress)
+
+        def started() -> None:
+            # The client has logged in (the file exists): it needs the key file no longer.
+            (workdir / "key").unlink(missing_ok=True)
+
+        seen = _follow(proc, timeout, remote_size, on_progress, started)
         if proc.returncode != 0:
             detail = _last_line(workdir / "stderr")
             raise ClientFailed(proc.returncode, detail, started=seen)
@@ -218,7 +260,7 @@ def upload(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _follow(proc: subprocess.Popen, timeout: float, remote_size, on_progress) -> bool:
+def _follow(proc: subprocess.Popen, timeout: float, remote_size, on_progress, started) -> bool:
     """Wait for the client, reporting the remote size; True if the file was seen."""
     last_size, last_change = -1, time.monotonic()
     while True:
@@ -230,6 +272,8 @@ def _follow(proc: subprocess.Popen, timeout: float, remote_size, on_progress) ->
         size = remote_size()
         now = time.monotonic()
         if size is not None and size != last_size:
+            if last_size < 0:
+                started()
             last_size, last_change = size, now
             on_progress(size)
         elif now - last_change > timeout + 3 * max(1, int(timeout // 3)):

@@ -482,6 +482,7 @@ class ReadStream(io.RawIOBase):
         self._next_offset = offset  # where the next read request starts
         # Read ahead up to the size seen at open; past it, one request at a time
         # finds the end (or more data, if the file is longer).
+        self._size_known = size is not None
         self._limit = size if size is not None else offset + request_size * outstanding
         self._queue: collections.deque[tuple[int, int, int]] = collections.deque()  # id, offset, length
         self._early: dict[int, tuple[int, bytes]] = {}  # replies that came out of order
@@ -562,6 +563,9 @@ class ReadStream(io.RawIOBase):
         if n < 0 or n > length or n != body:
             raise ProtocolError("bad DATA reply")
         self._queue.popleft()
+        if not self._size_known and n:
+            # No size from the server: keep reading ahead while data comes.
+            self._limit = max(self._limit, offset + n + self._request_size * self._outstanding)
         if n < length:
             self._send_read(offset + n, length - n, front=True)
             if n >= 4096 and offset + length < self._limit:
