@@ -151,6 +151,7 @@ def _remove_stale_users() -> None:
 def _create_user(spec: UserSpec, homes: Path, keys_dir: Path, authorized: Path) -> SshUser:
     name = f"{USER_PREFIX}{secrets.token_hex(4)}"
     home = homes / name
+    home.mkdir(mode=0o755)  # before the account: a concurrent sweep keeps accounts whose home exists
     subprocess.run(
         [
             _tool("useradd"),
@@ -173,7 +174,6 @@ def _create_user(spec: UserSpec, homes: Path, keys_dir: Path, authorized: Path) 
         timeout=30,
     )
     entry = pwd.getpwnam(name)
-    home.mkdir(mode=0o755)
     os.chown(home, entry.pw_uid, entry.pw_gid)
     user = SshUser(spec.label, name, entry.pw_uid, entry.pw_gid, home)
     if spec.password:

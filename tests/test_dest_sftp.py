@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from destinations.backends import sftp as sftp_kind_module
@@ -795,3 +796,68 @@ def test_downloads_work_without_fstat(sftp_kind, tmp_path, folder, monkeypatch):
         for offset in (0, MIB + 3, size):
             with session.open(folder, "f.tar.zst", offset) as fh:
                 assert fh.read() == data[offset:]
+
+
+class StallingServer(paramiko.ServerInterface):
+    """An SSH server (paramiko's server side) that stops answering at one step: the
+    login, the sftp subsystem request, or the SFTP greeting (no SFTP server behind)."""
+
+    def __init__(self, stall_at: str, release: threading.Event) -> None:
+        self.stall_at = stall_at
+        self.release = release
+
+    def get_allowed_auths(self, username):
+        return "password"
+
+    def check_auth_password(self, username, password):
+        if self.stall_at == "login":
+            self.release.wait(30)
+        return paramiko.AUTH_SUCCESSFUL
+
+    def check_channel_request(self, kind, chanid):
+        return paramiko.OPEN_SUCCEEDED
+
+    def check_channel_subsystem_request(self, channel, name):
+        if self.stall_at == "subsystem":
+            self.release.wait(30)
+        return True
+
+
+@pytest.mark.parametrize(
+    ("stall_at", "expected"),
+    [
+        ("login", "did not answer the login within 1.5 seconds"),
+        ("subsystem", "did not open an SFTP channel within 1.5 seconds"),
+        ("sftp", "did not answer within 1.5 seconds while starting SFTP"),
+    ],
+)
+def test_a_server_that_stops_answering_after_the_handshake_times_out(sftp_kind, settings, stall_at, expected):
+    from destinations.backends.sftp.keys import fingerprint_of
+
+    settings.BACKUPSITE_DESTINATION_TIMEOUT = 1.5
+    host_key = paramiko.ECDSAKey.generate()
+    listener = socket.create_server(("127.0.0.1", 0))
+    release = threading.Event()
+    transports = []
+
+    def serve():
+        conn, _ = listener.accept()
+        transport = paramiko.Transport(conn)
+        transport.add_server_key(host_key)
+        transports.append(transport)
+        transport.start_server(server=StallingServer(stall_at, release))
+
+    threading.Thread(target=serve, daemon=True).start()
+    settings_ = with_settings(sftp_kind, port=listener.getsockname()[1], host_key_fingerprint=fingerprint_of(host_key))
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransientError) as info:
+            sftp_kind.backend(settings=settings_).session()
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+        for transport in transports:
+            transport.close()
+        listener.close()
+    assert expected in info.value.message
+    assert elapsed < 8, f"took {elapsed:.1f} s with a 1.5 s timeout"
