@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test lint format bench clean-venv
+.PHONY: run test lint format bench bench-destinations clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ format: $(VENV)/.deps-dev
 bench: $(VENV)/.deps-dev
 	$(PY) bench/archive.py
 	$(PY) bench/dest_download.py
+
+# Destinations against the stock tools (SFTP: a loopback sshd it starts; needs root).
+bench-destinations: $(VENV)/.deps-dev
+	$(PY) bench/destinations.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -21,6 +21,10 @@ class KindForm(forms.Form):
     backend_class: ClassVar[type[Backend]]
     #: Fields whose values go into the secrets (encrypted), never shown again.
     secret_fields: ClassVar[tuple[str, ...]] = ()
+    #: Settings without a field that :meth:`settings_from_cleaned` decides about itself
+    #: (kept or dropped), so :meth:`settings_to_store` must not carry the stored value
+    #: over: an SFTP host key belongs to its server and goes when the server changes.
+    managed_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -76,7 +80,11 @@ class KindForm(forms.Form):
         for and does not produce (a confirmed fingerprint must survive an edit of the
         password), plus the :attr:`pinned` ones."""
         produced = self.settings_from_cleaned(cleaned)
-        kept = {k: v for k, v in self.stored_settings.items() if k not in self.fields and k not in produced}
+        kept = {
+            k: v
+            for k, v in self.stored_settings.items()
+            if k not in self.fields and k not in produced and k not in self.managed_settings
+        }
         pinned = {k: v for k, v in self.pinned.items() if k not in self.fields}
         return {**kept, **produced, **pinned}
 

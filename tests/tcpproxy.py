@@ -86,6 +86,11 @@ class TcpProxy:
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            # close() alone does not end a connection whose socket another thread is
+            # blocked in recv() on (the kernel keeps it until that call returns):
+            # shutdown() wakes that thread and ends the connection at once.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
 

@@ -34,6 +34,7 @@ from tests.kinds import KindUnderTest
 pytest_plugins = [
     "tests.kinds.local",
     "tests.kinds.usb",
+    "tests.kinds.sftp",
     "tests.kinds.s3",
     "tests.kinds.email",
     "tests.kinds.dropbox",
@@ -41,6 +42,8 @@ pytest_plugins = [
 KIND_FIXTURES = [
     "local_kind",
     "usb_kind",
+    "sftp_kind",
+    "sftp_key_kind",
     "s3_kind",
     "email_kind",
     "dropbox_kind",

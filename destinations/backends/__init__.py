@@ -21,11 +21,13 @@ from destinations.backends.dropbox import DropboxBackend
 from destinations.backends.email import EmailBackend
 from destinations.backends.local import LocalBackend
 from destinations.backends.s3 import S3Backend
+from destinations.backends.sftp import SftpBackend
 from destinations.backends.usb import UsbBackend
 
 REGISTRY: dict[str, type[Backend]] = {
     LocalBackend.kind: LocalBackend,
     UsbBackend.kind: UsbBackend,
+    SftpBackend.kind: SftpBackend,
     S3Backend.kind: S3Backend,
     DropboxBackend.kind: DropboxBackend,
     EmailBackend.kind: EmailBackend,
