@@ -31,8 +31,14 @@ from destinations.backends.base import (
 )
 from tests.kinds import KindUnderTest
 
-pytest_plugins = ["tests.kinds.local"]
-KIND_FIXTURES = ["local_kind"]
+pytest_plugins = [
+    "tests.kinds.local",
+    "tests.kinds.smb",
+]
+KIND_FIXTURES = [
+    "local_kind",
+    "smb_kind",
+]
 
 pytestmark = pytest.mark.django_db
 

@@ -18,9 +18,11 @@ from destinations.backends.base import (
     UnsupportedError,
 )
 from destinations.backends.local import LocalBackend
+from destinations.backends.smb import SmbBackend
 
 REGISTRY: dict[str, type[Backend]] = {
     LocalBackend.kind: LocalBackend,
+    SmbBackend.kind: SmbBackend,
 }
 
 
