@@ -9,6 +9,7 @@ state and cache directories in a temporary folder, on a free loopback port
   guest (``map to guest = Bad User``), so a client that accepted a guest session would
   get in there with any user name: the tests prove the kind never does;
 * ``sealed``: the server requires encryption on it (``smb encrypt = required``);
+* ``closed``: nobody may use it (``valid users = nobody``);
 * ``small``: on an 8 MiB tmpfs of its own (disk-full tests), when this machine lets the
   tests mount one (root); otherwise absent and the test says why it skips.
 
@@ -35,7 +36,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_binary
 from tests.kinds import KindUnderTest
 from tests.servers import START_TIMEOUT, _die_with_parent, _stop, _tail, free_port, missing
 
@@ -83,6 +83,9 @@ class SambaServer:
         path.write_bytes(data)
         os.chown(path, self.uid, self.gid)
 
+    def stop(self) -> None:
+        _cleanup(self.proc, self._mounts, self.directory)
+
     def children(self) -> list[int]:
         """The smbd processes serving one client connection each."""
         try:
@@ -92,10 +95,23 @@ class SambaServer:
         return [int(p) for p in text.split()]
 
 
+class SambaUnavailable(RuntimeError):
+    """smbd cannot be started here (a binary is missing, not root): the reason."""
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        raise SambaUnavailable(f"{name!r} is not installed (apt-get install samba smbclient, or run .ci/run as root)")
+    return found
+
+
 def _ensure_unix_user(name: str) -> pwd.struct_passwd:
     with contextlib.suppress(KeyError):
         return pwd.getpwnam(name)
-    useradd = require_binary("useradd")
+    useradd = _binary("useradd")
     subprocess.run(
         [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
         capture_output=True,
@@ -104,8 +120,9 @@ def _ensure_unix_user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        missing(f"could not create the Unix user {name!r} for the Samba shares (useradd failed)")
-        raise
+        raise SambaUnavailable(
+            f"could not create the Unix user {name!r} for the Samba shares (useradd failed)"
+        ) from None
 
 
 def _config(directory: Path, port: int, shares: dict[str, Path], user: str, small: bool) -> str:
@@ -155,6 +172,11 @@ def _config(directory: Path, port: int, shares: dict[str, Path], user: str, smal
         "  read only = no",
         f"  valid users = {user}",
         "  smb encrypt = required",
+        "",
+        "[closed]",
+        f"  path = {shares['closed']}",
+        "  read only = no",
+        "  valid users = nobody",
     ]
     if small:
         lines += ["", "[small]", f"  path = {shares['small']}", "  read only = no", f"  valid users = {user}"]
@@ -169,14 +191,13 @@ def _listening(port: int) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def smb_server():
-    smbd = shutil.which("smbd") or ("/usr/sbin/smbd" if os.access("/usr/sbin/smbd", os.X_OK) else None)
-    if smbd is None:
-        require_binary("smbd")
-    smbpasswd = require_binary("smbpasswd")
+def start_samba() -> SambaServer:
+    """Start smbd as described in the module docstring; :meth:`SambaServer.stop` ends
+    it. Raises :class:`SambaUnavailable` where it cannot run."""
+    smbd = _binary("smbd")
+    smbpasswd = _binary("smbpasswd")
     if os.geteuid() != 0:
-        missing("smbd must run as root to act as the share's user (run the tests as root, as CI does)")
+        raise SambaUnavailable("smbd must run as root to act as the share's user (run as root, as CI does)")
     started = time.monotonic()
     entry = _ensure_unix_user(SMB_USER)
     directory = Path(tempfile.mkdtemp(prefix="backupsite-smbd-"))
@@ -185,13 +206,14 @@ def smb_server():
         (directory / name).mkdir(mode=0o700)
     root = directory / "shares"
     root.mkdir(mode=0o711)
-    shares = {name: root / name for name in ("backups", "public", "sealed", "small")}
+    shares = {name: root / name for name in ("backups", "public", "sealed", "closed", "small")}
     for path in shares.values():
         path.mkdir(mode=0o700)
         os.chown(path, entry.pw_uid, entry.pw_gid)
     mounts: list[Path] = []
-    small = (
-        subprocess.run(
+    proc = None
+    try:
+        mounted = subprocess.run(
             [
                 "mount",
                 "-t",
@@ -203,28 +225,25 @@ def smb_server():
             ],
             capture_output=True,
             check=False,
-        ).returncode
-        == 0
-    )
-    if small:
-        mounts.append(shares["small"])
-    port = free_port()
-    conf = directory / "smb.conf"
-    conf.write_text(_config(directory, port, shares, SMB_USER, small))
-    # Blanks, quotes, a backslash and non-ASCII: the password must survive any encoding.
-    password = f"smb pass \"'\\ ü-{secrets.token_hex(6)}"
-    added = subprocess.run(
-        [smbpasswd, "-c", str(conf), "-a", "-s", SMB_USER],
-        input=f"{password}\n{password}\n".encode(),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    log = directory / "smbd.stdout"
-    proc = None
-    try:
+        )
+        small = mounted.returncode == 0
+        if small:
+            mounts.append(shares["small"])
+        port = free_port()
+        conf = directory / "smb.conf"
+        conf.write_text(_config(directory, port, shares, SMB_USER, small))
+        # Blanks, quotes, a backslash and non-ASCII: the password must survive any encoding.
+        password = f"smb pass \"'\\ ü-{secrets.token_hex(6)}"
+        added = subprocess.run(
+            [smbpasswd, "-c", str(conf), "-a", "-s", SMB_USER],
+            input=f"{password}\n{password}\n".encode(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         if added.returncode != 0:
             raise RuntimeError(f"smbpasswd failed: {added.stderr.decode(errors='replace')}")
+        log = directory / "smbd.stdout"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [smbd, "-F", "--no-process-group", "--debug-stdout", "-s", str(conf)],
@@ -243,27 +262,42 @@ def smb_server():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"smbd did not start within {START_TIMEOUT} s:\n{_tail(log)}")
             time.sleep(0.05)
-        server = SambaServer(
-            directory=directory,
-            port=port,
-            user=SMB_USER,
-            password=password,
-            uid=entry.pw_uid,
-            gid=entry.pw_gid,
-            shares=shares,
-            log=log,
-            proc=proc,
-            small_mounted=small,
-            startup_seconds=time.monotonic() - started,
-            _mounts=mounts,
-        )
-        yield server
-    finally:
-        if proc is not None:
-            _stop(proc, signal.SIGTERM)
-        for mount in mounts:
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
-        shutil.rmtree(directory, ignore_errors=True)
+    except BaseException:
+        _cleanup(proc, mounts, directory)
+        raise
+    return SambaServer(
+        directory=directory,
+        port=port,
+        user=SMB_USER,
+        password=password,
+        uid=entry.pw_uid,
+        gid=entry.pw_gid,
+        shares=shares,
+        log=log,
+        proc=proc,
+        small_mounted=small,
+        startup_seconds=time.monotonic() - started,
+        _mounts=mounts,
+    )
+
+
+def _cleanup(proc: subprocess.Popen | None, mounts: list[Path], directory: Path) -> None:
+    if proc is not None:
+        _stop(proc, signal.SIGTERM)
+    for mount in mounts:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smb_server():
+    try:
+        server = start_samba()
+    except SambaUnavailable as exc:
+        missing(str(exc))
+        raise
+    yield server
+    server.stop()
 
 
 @pytest.fixture

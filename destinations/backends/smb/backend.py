@@ -180,6 +180,8 @@ class SmbBackend(Backend):
     dialect: ClassVar[int | None] = None
     #: Build WRITE requests without smbprotocol's structures (see ``client``). Tests turn it off.
     fast_writes: ClassVar[bool] = True
+    #: Hash and read in the caller's thread while another one sends (see ``client``).
+    threaded_writes: ClassVar[bool] = True
 
     @classmethod
     def describe_conf(cls, conf: SmbConf) -> str:
@@ -206,6 +208,7 @@ class SmbBackend(Backend):
             dialect=self.dialect,
             fast_writes=self.fast_writes,
         )
+        client.threaded_writes = self.threaded_writes
         client.connect()
         session = SmbSession(self, client)
         try:

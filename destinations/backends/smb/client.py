@@ -42,7 +42,9 @@ import errno
 import importlib.util
 import io
 import logging
+import math
 import os
+import queue
 import socket
 import struct
 import threading
@@ -103,8 +105,14 @@ from destinations.netguard import Target
 
 log = logging.getLogger(__name__)
 
-WRITE_CHUNK = 1 << 20  # bytes per WRITE request (16 credits)
-WRITE_DEPTH = 8  # WRITE requests in flight
+# Uploads: WRITE requests of up to 8 MiB (Samba's and Windows' usual maximum; fewer,
+# larger requests were clearly faster on loopback than 1 MiB ones), 4 in flight, and a
+# FLUSH every 128 MiB sent along with them, so the server writes the file to its disk
+# while the rest arrives and the final FLUSH (before the rename) has little left to do.
+WRITE_CHUNK = 8 << 20
+WRITE_DEPTH = 4
+WRITE_BUFFERS = 3  # buffers between the reading and the sending thread
+FLUSH_EVERY = 128 << 20
 READ_CHUNK = 1 << 20
 READ_DEPTH = 4
 CREDIT_UNIT = 65536
@@ -171,6 +179,12 @@ _TRANSIENT = {
     NtStatus.STATUS_SHARING_VIOLATION,
     NtStatus.STATUS_DELETE_PENDING,
 }
+
+
+def library_timeout(seconds: float) -> int:
+    """The value to give smbprotocol for a wait of *seconds*: it rounds the time left
+    down to whole seconds (``int(timeout - elapsed)``), so 2 would wait 1 s."""
+    return math.ceil(seconds) + 1
 
 
 def kerberos_available() -> bool:
@@ -312,6 +326,8 @@ class SmbClient:
         self.session: Session | None = None
         self.tree: TreeConnect | None = None
         self.fast_writes = False
+        #: Send from a second thread (see :meth:`write_from`).
+        self.threaded_writes = True
         self.broken = False
         self._handles: set[Open] = set()
 
@@ -327,7 +343,7 @@ class SmbClient:
     def _mapped(self, exc: BaseException, what: str) -> DestinationError | None:
         mapped = map_error(exc, what, self.host, self.timeout)
         if mapped is not None and not isinstance(exc, SMBResponseException):
-            self.broken = True
+            self._drop()  # the transport failed: later calls fail at once, not after a timeout
         return mapped
 
     @contextlib.contextmanager
@@ -347,7 +363,6 @@ class SmbClient:
             yield
         except (DestinationError, Exception) as exc:
             if fired.is_set():
-                self.broken = True
                 raise TransientError(
                     f"The server {self.host} did not answer within {self.timeout:g} seconds while {what}."
                 ) from None
@@ -373,24 +388,28 @@ class SmbClient:
         conn = self.conn
         assert conn is not None
         try:
-            return conn.receive(request, timeout=self.timeout)
+            return conn.receive(request, timeout=library_timeout(self.timeout))
         except SMBResponseException:
             raise
         except SMBException:
             if not request.response_event.is_set():
-                self.broken = True
+                self._drop()
                 raise TransientError(
                     f"The server {self.host} did not answer within {self.timeout:g} seconds while {what}."
                 ) from None
             raise
 
+    def send_request(self, message, credit_request: int | None = None) -> Request:
+        """Send one request on the tree without waiting (see :meth:`wait`)."""
+        conn, session, tree = self.conn, self.session, self.tree
+        assert conn is not None and session is not None and tree is not None
+        return conn.send(message, session.session_id, tree.tree_connect_id, credit_request=credit_request)
+
     def call(self, message, parse=None, *, what: str, credit_request: int | None = None):
         """Send one request on the tree and wait for its answer (``parse(request)``
         unpacks it, as smbprotocol's ``send=False`` functions do)."""
-        conn, session, tree = self.conn, self.session, self.tree
-        assert conn is not None and session is not None and tree is not None
-        self._ensure_credits(self._charge(message), [], what)
-        request = conn.send(message, session.session_id, tree.tree_connect_id, credit_request=credit_request)
+        self._ensure_credits(self._charge(message), deque(), what)
+        request = self.send_request(message, credit_request)
         response = self.wait(request, what)
         return parse(request) if parse is not None else response
 
@@ -420,7 +439,7 @@ class SmbClient:
         self.conn = conn
         started = time.monotonic()
         try:
-            conn.connect(dialect=self._dialect, timeout=self.timeout)
+            conn.connect(dialect=self._dialect, timeout=library_timeout(self.timeout))
         except Exception as exc:  # noqa: BLE001 - whatever the peer did, it is no SMB server we can use
             if isinstance(exc, ValueError) and isinstance(exc.__cause__, OSError):  # the TCP connect failed
                 raise self._connect_error(exc.__cause__) from None
@@ -525,7 +544,7 @@ class SmbClient:
                     if self.tree is not None:
                         self.tree.disconnect()
                     if self.session is not None and self.session.session_id:
-                        self.session.disconnect(close=False, timeout=self.timeout)
+                        self.session.disconnect(close=False, timeout=library_timeout(self.timeout))
         finally:
             with contextlib.suppress(Exception):
                 conn.disconnect(close=False)
@@ -648,7 +667,8 @@ class SmbClient:
             ):
                 pass
         except SMBResponseException as exc:
-            if exc.status not in _NOT_FOUND:
+            # Missing: nothing to do. A folder of that name: not a file of ours, left alone.
+            if exc.status not in _NOT_FOUND and exc.status != NtStatus.STATUS_FILE_IS_A_DIRECTORY:
                 raise
 
     def rename(self, src: str, dst: str, *, replace: bool) -> None:
@@ -744,51 +764,63 @@ class SmbClient:
     # --- writing -------------------------------------------------------------------------
     def write_from(self, handle: Open, source, *, what: str) -> int:
         """Write everything *source* yields (``readinto``) into the open file, with
-        :data:`WRITE_DEPTH` requests in flight. Returns the bytes written."""
+        :data:`WRITE_DEPTH` requests in flight. Returns the bytes written.
+
+        With :attr:`threaded_writes`, two threads: this one reads (and *source* hashes,
+        reports progress and polls for cancellation, so those callbacks stay in the
+        caller's thread), a sender thread signs, sends and collects the answers. File
+        reads and sha256 release the GIL, so hashing can overlap with the network work
+        instead of adding to it."""
         conn = self.conn
         assert conn is not None
         chunk = min(WRITE_CHUNK, conn.max_write_size or CREDIT_UNIT)
         if not conn.supports_multi_credit:
             chunk = min(chunk, CREDIT_UNIT)
-        buf = bytearray(chunk)
-        view = memoryview(buf)
-        pending: deque[tuple[Request, int]] = deque()
+        writer = _Writer(self, handle, what)
+        if not self.threaded_writes:
+            buf = bytearray(chunk)
+            offset = 0
+            try:
+                while n := _fill(source, buf):
+                    writer.send(buf, n, offset)
+                    offset += n
+                writer.finish()
+            except BaseException:
+                writer.abandon()
+                raise
+            return offset
+        free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(WRITE_BUFFERS):
+            free.put(bytearray(chunk))
+        work: queue.Queue[tuple[bytearray, int, int] | None] = queue.Queue()
+        sender = threading.Thread(target=writer.run, args=(work, free), name="smb-writer", daemon=True)
+        sender.start()
         offset = 0
-        session_id, tree_id = self.session.session_id, self.tree.tree_connect_id  # type: ignore[union-attr]
-
-        def finish(item: tuple[Request, int]) -> None:
-            request, length = item
-            response = self.wait(request, what)
-            answer = SMB2WriteResponse()
-            answer.unpack(response["data"].get_value())
-            if answer["count"].get_value() != length:
-                raise TransientError(f"The server stored fewer bytes than were sent while {what}.")
-
         try:
-            while n := source.readinto(buf):
-                charge = (n - 1) // CREDIT_UNIT + 1 if conn.supports_multi_credit else 0
-                while len(pending) >= WRITE_DEPTH:
-                    finish(pending.popleft())
-                self._ensure_credits(charge, pending, what, finish)
-                credit_request = charge * 2 if self._credits() < charge * WRITE_DEPTH * 2 else max(charge, 1)
-                if self.fast_writes:
-                    request = self._send_write(handle, view[:n], offset, charge, credit_request)
-                else:
-                    message, _ = handle.write(bytes(view[:n]), offset, send=False)
-                    request = conn.send(message, session_id, tree_id, credit_request=credit_request)
-                pending.append((request, n))
+            while not writer.failure:
+                try:
+                    buf = free.get(timeout=0.5)
+                except queue.Empty:
+                    if not sender.is_alive():
+                        break
+                    continue
+                n = _fill(source, buf)
+                if not n:
+                    break
+                work.put((buf, n, offset))
                 offset += n
-            while pending:
-                finish(pending.popleft())
-        except BaseException:
-            # Cancelled, or an error answer: collect the answers still due, so the file
-            # can be closed and removed on this connection (unless it is gone).
-            if not self.broken:
-                for request, _ in pending:
-                    with contextlib.suppress(Exception):
-                        self.wait(request, what)
-            raise
+        finally:
+            work.put(None)
+            sender.join()
+        if writer.failure:
+            raise writer.failure[0]
         return offset
+
+    def _send_write_library(self, handle: Open, data: memoryview, offset: int, credit_request: int) -> Request:
+        """A WRITE request built by smbprotocol (``Open.write``): copies the payload
+        several times; used where :meth:`_send_write` does not apply."""
+        message, _ = handle.write(bytes(data), offset, send=False)
+        return self.send_request(message, credit_request)
 
     def _send_write(self, handle: Open, data: memoryview, offset: int, charge: int, credit_request: int) -> Request:
         """One WRITE request, built and sent here instead of through smbprotocol's
@@ -800,8 +832,7 @@ class SmbClient:
         assert conn is not None and session is not None and tree is not None
         encrypt = bool(session.encrypt_data or tree.encrypt_data)
         if encrypt and not (conn.dialect >= Dialects.SMB_3_1_1 and conn.cipher_id in _GCM):
-            message, _ = handle.write(bytes(data), offset, send=False)  # AES-CCM: the library's way
-            return conn.send(message, session.session_id, tree.tree_connect_id, credit_request=credit_request)
+            return self._send_write_library(handle, data, offset, credit_request)  # AES-CCM
         conn._check_worker_running()
         n = len(data)
         fixed = _WRITE_FIXED.pack(49, 0x70, n, offset, handle.file_id, 0, 0, 0, 0, 0)
@@ -888,6 +919,100 @@ def _entry(info: FileDirectoryInformation) -> Entry:
     )
 
 
+_FLUSH = -1  # the "length" of a FLUSH request among the writes in flight
+READ_STEP = 1 << 20  # the source is read (hashed, progress reported, cancel polled) per MiB
+
+
+def _fill(source, buf: bytearray) -> int:
+    """Fill *buf* from *source* in :data:`READ_STEP` reads; the bytes read (0 at the end)."""
+    view = memoryview(buf)
+    filled = 0
+    while filled < len(buf):
+        n = source.readinto(view[filled : filled + READ_STEP])
+        if not n:
+            break
+        filled += n
+    return filled
+
+
+class _Writer:
+    """The sending side of :meth:`SmbClient.write_from`: one WRITE request per buffer,
+    at most :data:`WRITE_DEPTH` in flight, every answer checked."""
+
+    def __init__(self, client: SmbClient, handle: Open, what: str) -> None:
+        self.client = client
+        self.handle = handle
+        self.what = what
+        self.pending: deque[tuple[Request, int]] = deque()
+        self.failure: list[BaseException] = []
+        self._unflushed = 0
+
+    def _check(self, item: tuple[Request, int]) -> None:
+        request, length = item
+        response = self.client.wait(request, self.what)
+        if length == _FLUSH:
+            return
+        answer = SMB2WriteResponse()
+        answer.unpack(response["data"].get_value())
+        if answer["count"].get_value() != length:
+            raise TransientError(f"The server stored fewer bytes than were sent while {self.what}.")
+
+    def send(self, buf: bytearray, n: int, offset: int) -> None:
+        """Send ``buf[:n]``; the buffer may be reused as soon as this returns."""
+        client = self.client
+        conn = client.conn
+        assert conn is not None
+        charge = (n - 1) // CREDIT_UNIT + 1 if conn.supports_multi_credit else 0
+        while len(self.pending) >= WRITE_DEPTH:
+            self._check(self.pending.popleft())
+        client._ensure_credits(charge, self.pending, self.what, self._check)
+        credit_request = charge * 2 if client._credits() < charge * WRITE_DEPTH * 2 else max(charge, 1)
+        view = memoryview(buf)[:n]
+        if client.fast_writes:
+            request = client._send_write(self.handle, view, offset, charge, credit_request)
+        else:
+            request = client._send_write_library(self.handle, view, offset, credit_request)
+        self.pending.append((request, n))
+        self._unflushed += n
+        if FLUSH_EVERY and self._unflushed >= FLUSH_EVERY:
+            self._unflushed = 0
+            client._ensure_credits(1, self.pending, self.what, self._check)
+            self.pending.append((client.send_request(self.handle.flush(send=False)[0]), _FLUSH))
+
+    def finish(self) -> None:
+        while self.pending:
+            self._check(self.pending.popleft())
+
+    def abandon(self) -> None:
+        """Cancelled, or an error answer: collect the answers still due, so the file
+        can be closed and removed on this connection (unless it is gone)."""
+        if not self.client.broken:
+            for request, _ in self.pending:
+                with contextlib.suppress(Exception):
+                    self.client.wait(request, self.what)
+        self.pending.clear()
+
+    def run(self, work: queue.Queue, free: queue.Queue) -> None:
+        """The sender thread: sends each buffer it is given and hands it back once
+        sent; after a failure it records it and only hands buffers back."""
+        while (item := work.get()) is not None:
+            buf, n, offset = item
+            try:
+                if not self.failure:
+                    self.send(buf, n, offset)
+            except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+                self.failure.append(exc)
+            finally:
+                free.put(buf)
+        try:
+            if not self.failure:
+                self.finish()
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+            self.failure.append(exc)
+        if self.failure:
+            self.abandon()
+
+
 class SmbReader(io.RawIOBase):
     """A streaming read of one file, :data:`READ_DEPTH` requests ahead. Closing it
     closes the file (not the session)."""
@@ -911,8 +1036,7 @@ class SmbReader(io.RawIOBase):
         return True
 
     def _ask(self) -> None:
-        client, conn = self._client, self._client.conn
-        assert conn is not None and client.session is not None and client.tree is not None
+        client = self._client
         while len(self._pending) < READ_DEPTH and self._next < self._size:
             length = min(self._chunk, self._size - self._next)
             message, _ = self._handle.read(self._next, length, send=False)
@@ -921,9 +1045,7 @@ class SmbReader(io.RawIOBase):
                 if self._pending:
                     return  # answers to come will grant credits
                 client._ensure_credits(charge, deque(), "reading a file")
-            request = conn.send(
-                message, client.session.session_id, client.tree.tree_connect_id, credit_request=max(charge, 1) * 2
-            )
+            request = client.send_request(message, credit_request=max(charge, 1) * 2)
             self._pending.append((self._next, length, request))
             self._next += length
 

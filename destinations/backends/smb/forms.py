@@ -51,7 +51,7 @@ class SmbForm(KindForm):
         strip=False,
         help_text=_("Required for NTLM; for Kerberos, blank uses this server's ticket (kinit)."),
     )
-    auth = forms.ChoiceField(label=_("Authentication"), choices=AUTH_CHOICES, initial=NEGOTIATE)
+    auth = forms.ChoiceField(label=_("Authentication"), choices=AUTH_CHOICES, initial=NEGOTIATE, required=False)
     encrypt = forms.BooleanField(
         label=_("Require encryption"),
         required=False,
