@@ -20,7 +20,7 @@ from destinations.backends.base import (
     RemoteFile,
     TestResult,
 )
-from destinations.backends.smb.client import SmbClient
+from destinations.backends.smb.client import FLUSH_EVERY, SmbClient
 from destinations.backends.smb.conf import SmbConf
 
 # Answers meaning "this server cannot rename over an existing file" (then: the swap).
@@ -40,6 +40,7 @@ class SmbSession(FileTreeSession):
         self._base = self.conf.path.split("/") if self.conf.path else []
         self._made: set[str] = set()
         self._replacing = False
+        self.flush_every = FLUSH_EVERY if backend.durable_writes else 0
 
     def __repr__(self) -> str:
         return f"<SmbSession {self.conf.unc}>"
@@ -82,10 +83,11 @@ class SmbSession(FileTreeSession):
                 what=what,
             )
             try:
-                self.client.write_from(handle, source, what=what)
-                # Ask the server to put the data on its disk before the rename makes it
-                # look complete (Samba: fsync, with "strict sync", its default).
-                self.client.flush(handle, what=what)
+                self.client.write_from(handle, source, what=what, flush_every=self.flush_every)
+                if self.backend.durable_writes:
+                    # Ask the server to put the data on its disk before the rename makes
+                    # it look complete (Samba: fsync, with "strict sync", its default).
+                    self.client.flush(handle, what=what)
             finally:
                 with contextlib.suppress(Exception):
                     self.client.close_handle(handle)
@@ -182,6 +184,9 @@ class SmbBackend(Backend):
     fast_writes: ClassVar[bool] = True
     #: Hash and read in the caller's thread while another one sends (see ``client``).
     threaded_writes: ClassVar[bool] = True
+    #: FLUSH uploads to the server's disk before the rename (the bench turns it off to
+    #: show what durability costs; nothing else should).
+    durable_writes: ClassVar[bool] = True
 
     @classmethod
     def describe_conf(cls, conf: SmbConf) -> str:

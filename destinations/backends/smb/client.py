@@ -762,7 +762,7 @@ class SmbClient:
         self.call(message, parse, what=what)
 
     # --- writing -------------------------------------------------------------------------
-    def write_from(self, handle: Open, source, *, what: str) -> int:
+    def write_from(self, handle: Open, source, *, what: str, flush_every: int = FLUSH_EVERY) -> int:
         """Write everything *source* yields (``readinto``) into the open file, with
         :data:`WRITE_DEPTH` requests in flight. Returns the bytes written.
 
@@ -776,7 +776,7 @@ class SmbClient:
         chunk = min(WRITE_CHUNK, conn.max_write_size or CREDIT_UNIT)
         if not conn.supports_multi_credit:
             chunk = min(chunk, CREDIT_UNIT)
-        writer = _Writer(self, handle, what)
+        writer = _Writer(self, handle, what, flush_every)
         if not self.threaded_writes:
             buf = bytearray(chunk)
             offset = 0
@@ -939,8 +939,9 @@ class _Writer:
     """The sending side of :meth:`SmbClient.write_from`: one WRITE request per buffer,
     at most :data:`WRITE_DEPTH` in flight, every answer checked."""
 
-    def __init__(self, client: SmbClient, handle: Open, what: str) -> None:
+    def __init__(self, client: SmbClient, handle: Open, what: str, flush_every: int) -> None:
         self.client = client
+        self.flush_every = flush_every
         self.handle = handle
         self.what = what
         self.pending: deque[tuple[Request, int]] = deque()
@@ -974,7 +975,7 @@ class _Writer:
             request = client._send_write_library(self.handle, view, offset, credit_request)
         self.pending.append((request, n))
         self._unflushed += n
-        if FLUSH_EVERY and self._unflushed >= FLUSH_EVERY:
+        if self.flush_every and self._unflushed >= self.flush_every:
             self._unflushed = 0
             client._ensure_credits(1, self.pending, self.what, self._check)
             self.pending.append((client.send_request(self.handle.flush(send=False)[0]), _FLUSH))
