@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -31,7 +32,6 @@ from destinations.backends.smb import client as smb_client
 from destinations.backends.smb.client import SmbClient, sign_parts
 from destinations.backends.smb.forms import SmbForm
 from tests.kinds import KindUnderTest
-from tests.servers import free_port
 from tests.tcpproxy import TcpProxy
 
 pytest_plugins = ["tests.kinds.smb"]
@@ -55,6 +55,12 @@ def random_file(tmp_path: Path, size: int, name: str = "payload.bin") -> tuple[P
             digest.update(block)
             left -= len(block)
     return path, digest.hexdigest()
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def share_dir(kind: KindUnderTest, smb_server) -> Path:
@@ -267,8 +273,16 @@ def test_a_silent_server_times_out_within_the_setting(smb_kind, settings):
     assert elapsed < 6
 
 
+def test_loopback_is_refused_unless_local_destinations_are_allowed(smb_server, smb_kind, settings):
+    settings.BACKUPSITE_ALLOW_LOCAL_DESTINATIONS = False
+    before = set(smb_server.children())
+    result = backend(smb_kind).test()
+    assert not result.ok and "not allowed for a destination" in result.message
+    assert set(smb_server.children()) == before  # refused before connecting
+
+
 def test_a_closed_port_is_refused(smb_kind):
-    port = free_port()
+    port = unused_port()
     result = backend(smb_kind, port=port).test()
     assert not result.ok and result.message == f"The server 127.0.0.1 refused the connection on port {port}."
 

@@ -37,7 +37,6 @@ from pathlib import Path
 import pytest
 
 from tests.kinds import KindUnderTest
-from tests.servers import START_TIMEOUT, _die_with_parent, _stop, _tail, free_port, missing
 
 SMB_USER = "bksmbtest"  # the Unix (and Samba) user the shares belong to
 SMALL_SHARE_BYTES = 8 * 1024 * 1024
@@ -194,6 +193,10 @@ def _listening(port: int) -> bool:
 def start_samba() -> SambaServer:
     """Start smbd as described in the module docstring; :meth:`SambaServer.stop` ends
     it. Raises :class:`SambaUnavailable` where it cannot run."""
+    # Imported here: other test modules load tests.servers as a pytest plugin, which
+    # must import it first (for assertion rewriting).
+    from tests.servers import START_TIMEOUT, _die_with_parent, _tail, free_port
+
     smbd = _binary("smbd")
     smbpasswd = _binary("smbpasswd")
     if os.geteuid() != 0:
@@ -282,6 +285,8 @@ def start_samba() -> SambaServer:
 
 
 def _cleanup(proc: subprocess.Popen | None, mounts: list[Path], directory: Path) -> None:
+    from tests.servers import _stop
+
     if proc is not None:
         _stop(proc, signal.SIGTERM)
     for mount in mounts:
@@ -291,6 +296,8 @@ def _cleanup(proc: subprocess.Popen | None, mounts: list[Path], directory: Path)
 
 @pytest.fixture(scope="session")
 def smb_server():
+    from tests.servers import missing
+
     try:
         server = start_samba()
     except SambaUnavailable as exc:

@@ -41,7 +41,6 @@ import contextlib
 import errno
 import importlib.util
 import io
-import logging
 import math
 import os
 import queue
@@ -102,8 +101,6 @@ from destinations.backends.base import (
 )
 from destinations.backends.smb.conf import KERBEROS
 from destinations.netguard import Target
-
-log = logging.getLogger(__name__)
 
 # Uploads: WRITE requests of up to 8 MiB (Samba's and Windows' usual maximum; fewer,
 # larger requests were clearly faster on loopback than 1 MiB ones), 4 in flight, and a
@@ -389,7 +386,7 @@ class SmbClient:
         assert conn is not None
         try:
             return conn.receive(request, timeout=library_timeout(self.timeout))
-        except SMBResponseException:
+        except (SMBResponseException, SMBConnectionClosed):
             raise
         except SMBException:
             if not request.response_event.is_set():
@@ -567,14 +564,18 @@ class SmbClient:
         """Wait for answers (which grant credits) until *charge* credits are free; ask
         the server for more with an echo when nothing is in flight."""
         needed = max(charge, 1)
+        asked = 0
         while self._credits() < needed:
             if pending and finish is not None:
                 finish(pending.popleft())
                 continue
+            if asked == 8:
+                raise TransientError(f"The server {self.host} grants no more requests ({what}); try again later.")
             conn, session = self.conn, self.session
             assert conn is not None and session is not None
             request = conn.send(SMB2Echo(), sid=session.session_id, credit_request=needed + 64)
             self.wait(request, what)
+            asked += 1
 
     # --- files ---------------------------------------------------------------------------
     def create(
@@ -1088,14 +1089,17 @@ class SmbReader(io.RawIOBase):
         return n
 
     def close(self) -> None:
+        """Collect the reads still in flight and close the file; never raises (the
+        session may be gone already: then there is nothing left to close)."""
         if self.closed:
             return
         try:
-            for _, _, request in self._pending:
-                with contextlib.suppress(SMBException, DestinationError):
-                    self._client.wait(request, "reading a file")
-            self._pending.clear()
-            with contextlib.suppress(DestinationError):
-                self._client.close_handle(self._handle)
+            if self._client.conn is not None and not self._client.broken:
+                for _, _, request in self._pending:
+                    with contextlib.suppress(Exception):
+                        self._client.wait(request, "reading a file")
+                with contextlib.suppress(Exception):
+                    self._client.close_handle(self._handle)
         finally:
+            self._pending.clear()
             super().close()
