@@ -13,6 +13,8 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -339,6 +341,55 @@ def test_a_cut_connection_mid_upload_is_transient_and_leaves_no_final_file(smb_s
         session.remove_partials("backupsite/job")
     assert sorted(p.name for p in folder.iterdir()) == []
     assert_secret_nowhere(smb_server.password, [info.value.message, *log_texts(caplog)])
+
+
+UPLOADER = """
+import os, sys
+import django
+django.setup()
+from django.test.utils import override_settings
+from destinations.backends.smb import SmbBackend, SmbConf
+conf = SmbConf(host="127.0.0.1", port=int(sys.argv[1]), share="backups", path=sys.argv[2], user=sys.argv[3])
+backend = SmbBackend(conf, {"password": os.environ["SMB_TEST_PASSWORD"]})
+def progress(done):
+    print(done, flush=True)
+with override_settings(BACKUPSITE_ALLOW_LOCAL_DESTINATIONS=True), backend.session() as session:
+    session.upload(sys.argv[4], "backupsite/job", "killed.tar.zst", expected_size=int(sys.argv[5]), progress=progress)
+"""
+
+
+def test_a_worker_killed_mid_upload_leaves_no_final_file(smb_server, smb_kind, tmp_path):
+    """RELIABILITY 1: the uploading process is SIGKILLed; nothing is under the final
+    name, and the next session's remove_partials() removes what is left."""
+    size = 256 * MIB
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as out:
+        out.truncate(size)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "SMB_TEST_PASSWORD": smb_server.password}
+    args = [str(smb_server.port), smb_kind.settings["path"], smb_server.user, str(path), str(size)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", UPLOADER, *args], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent, env=env
+    )
+    try:
+        for line in proc.stdout:  # progress, in bytes read
+            if int(line) >= 32 * MIB:
+                break
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    folder = share_dir(smb_kind, smb_server) / "backupsite" / "job"
+    assert not (folder / "killed.tar.zst").exists()
+    deadline = time.monotonic() + 10
+    while True:  # smbd notices the dead connection and closes the file
+        with backend(smb_kind).session() as session:
+            session.remove_partials("backupsite/job")
+        if sorted(p.name for p in folder.iterdir()) == [] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert sorted(p.name for p in folder.iterdir()) == []
 
 
 def test_a_full_disk_fails_at_once_and_leaves_nothing(smb_server, smb_kind, tmp_path):
