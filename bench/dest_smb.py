@@ -31,9 +31,11 @@ Method
 
 Result keys: ``smb_up_ratio`` (kind MB/s ÷ ``smbclient put`` MB/s, medians; target
 ≥ 0.8), ``smb_up_ratio_vs_signed`` (÷ the signed ``smbclient put``), ``smb_up_mbps``,
-``smbclient_up_mbps``, ``smb_library_writes_ratio``, ``smb_peak_rss_mb`` (this
-process, which ran the kind), and ``rows`` (one per variant: ``variant``, ``mb_s``,
-``seconds``, ``ratio`` to its reference, ``runs``).
+``smbclient_up_mbps``, ``smb_library_writes_ratio``, ``smb_peak_rss_mb`` and
+``smb_upload_rss_growth_mb`` (one upload by the kind in a fresh process: its peak RSS,
+and how much the upload added to what the process had after logging in), and ``rows``
+(one per variant: ``variant``, ``mb_s``, ``seconds``, ``ratio`` to its reference,
+``runs``).
 
 What was learned (500 MiB, loopback Samba 4.17, a shared 2-core machine at load 5–8):
 the kind's own WRITE requests are about twice as fast as smbprotocol's ``Open.write``;
@@ -106,6 +108,32 @@ def _vmhwm_kib() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     return 0
+
+
+def _measure_rss(server, source: Path, size: int) -> dict:
+    """Peak RSS of one upload by the kind, in a fresh process (``--rss-worker``): its
+    high-water mark before and after the upload (Django and the libraries loaded)."""
+    env = {**os.environ, "SMB_BENCH_PASSWORD": server.password, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    args = [str(server.port), server.user, str(source), str(size)]
+    proc = subprocess.run(
+        [sys.executable, __file__, "--rss-worker", *args], env=env, capture_output=True, timeout=600, check=True
+    )
+    before, after = (int(v) for v in proc.stdout.split()[-2:])
+    return {"smb_peak_rss_mb": round(after / 1024, 1), "smb_upload_rss_growth_mb": round((after - before) / 1024, 1)}
+
+
+def _rss_worker(port: str, user: str, source: str, size: str) -> None:
+    _django()
+    from django.test.utils import override_settings
+
+    from destinations.backends.smb import SmbBackend, SmbConf
+
+    conf = SmbConf(host="127.0.0.1", port=int(port), share="backups", path="bench", user=user)
+    backend = SmbBackend(conf, {"password": os.environ["SMB_BENCH_PASSWORD"]})
+    with override_settings(BACKUPSITE_ALLOW_LOCAL_DESTINATIONS=True), backend.session() as session:
+        before = _vmhwm_kib()
+        session.upload(Path(source), "", "rss.bin", expected_size=int(size))
+    print(before, _vmhwm_kib())
 
 
 def run(args, workdir) -> dict:
@@ -203,6 +231,8 @@ def run(args, workdir) -> dict:
             for _ in range(repeat):
                 for _, variant in variants:
                     variant()
+        rss = _measure_rss(server, source, size)
+        check(share_dir / "bench" / "rss.bin")
     finally:
         server.stop()
         auth.unlink(missing_ok=True)
@@ -232,7 +262,7 @@ def run(args, workdir) -> dict:
     result = {
         "smb_up_ratio": round(mbps("kind") / mbps("smbclient put"), 3),
         "smb_up_ratio_vs_signed": round(mbps("kind") / mbps("smbclient put, signed"), 3),
-        "smb_peak_rss_mb": round(_vmhwm_kib() / 1024, 1),
+        **rss,
         "smb_up_mbps": round(mbps("kind"), 1),
         "smbclient_up_mbps": round(mbps("smbclient put"), 1),
         "smb_library_writes_ratio": round(mbps("kind, library writes") / mbps("smbclient put"), 3),
@@ -270,7 +300,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--rss-worker"]:
+        _rss_worker(*argv[1:])
+        return 0
+    args = parse_args(argv)
     result = run(args, args.workdir)
     print(format_table(result))
     if args.json:
