@@ -289,6 +289,35 @@ def test_a_closed_port_is_refused(smb_kind):
     assert not result.ok and result.message == f"The server 127.0.0.1 refused the connection on port {port}."
 
 
+def test_a_server_that_stalls_during_the_login_times_out(smb_server, smb_kind, settings, monkeypatch):
+    """smbprotocol waits for the login's answers without a limit; the kind's watchdog
+    ends it: the smbd process is stopped right after the protocol negotiation."""
+    settings.BACKUPSITE_DESTINATION_TIMEOUT = 2
+    before = set(smb_server.children())
+    stopped: list[int] = []
+    negotiate = Connection.connect
+
+    def connect_then_stall(self, *args, **kwargs):
+        negotiate(self, *args, **kwargs)
+        deadline = time.monotonic() + 5
+        while not (new := set(smb_server.children()) - before) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stopped.extend(new)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+
+    monkeypatch.setattr(Connection, "connect", connect_then_stall)
+    started = time.monotonic()
+    try:
+        result = backend(smb_kind).test()
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGKILL)
+    assert stopped
+    assert not result.ok and result.message == "The server 127.0.0.1 did not answer within 2 seconds while logging in."
+    assert time.monotonic() - started < 8
+
+
 def test_a_server_that_stalls_mid_upload_times_out(smb_server, smb_kind, settings, tmp_path):
     """The smbd process serving the upload is stopped (SIGSTOP) after 16 MiB: the
     upload fails within the timeout instead of hanging (RELIABILITY 5)."""
