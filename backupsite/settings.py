@@ -265,7 +265,12 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        # The SMB library logs every request (with user and file names) at INFO.
+        "smbprotocol": {"level": "WARNING"},
+        "spnego": {"level": "WARNING"},
+    },
 }
 # Seconds every network step of a destination may take (connect, banner, login, each
 # read and write); a kind's own "timeout" setting wins.

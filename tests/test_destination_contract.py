@@ -34,6 +34,7 @@ from tests.kinds import KindUnderTest
 pytest_plugins = [
     "tests.kinds.local",
     "tests.kinds.usb",
+    "tests.kinds.smb",
     "tests.kinds.sftp",
     "tests.kinds.s3",
     "tests.kinds.email",
@@ -42,6 +43,7 @@ pytest_plugins = [
 KIND_FIXTURES = [
     "local_kind",
     "usb_kind",
+    "smb_kind",
     "sftp_kind",
     "sftp_key_kind",
     "s3_kind",

@@ -22,11 +22,13 @@ from destinations.backends.email import EmailBackend
 from destinations.backends.local import LocalBackend
 from destinations.backends.s3 import S3Backend
 from destinations.backends.sftp import SftpBackend
+from destinations.backends.smb import SmbBackend
 from destinations.backends.usb import UsbBackend
 
 REGISTRY: dict[str, type[Backend]] = {
     LocalBackend.kind: LocalBackend,
     UsbBackend.kind: UsbBackend,
+    SmbBackend.kind: SmbBackend,
     SftpBackend.kind: SftpBackend,
     S3Backend.kind: S3Backend,
     DropboxBackend.kind: DropboxBackend,
