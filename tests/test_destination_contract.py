@@ -31,8 +31,16 @@ from destinations.backends.base import (
 )
 from tests.kinds import KindUnderTest
 
-pytest_plugins = ["tests.kinds.local"]
-KIND_FIXTURES = ["local_kind"]
+pytest_plugins = [
+    "tests.kinds.local",
+    "tests.kinds.ftp",
+]
+KIND_FIXTURES = [
+    "local_kind",
+    "ftps_kind",
+    "ftp_plain_kind",
+    "ftp_legacy_kind",
+]
 
 pytestmark = pytest.mark.django_db
 

@@ -17,10 +17,12 @@ from destinations.backends.base import (
     TransientError,
     UnsupportedError,
 )
+from destinations.backends.ftp import FtpBackend
 from destinations.backends.local import LocalBackend
 
 REGISTRY: dict[str, type[Backend]] = {
     LocalBackend.kind: LocalBackend,
+    FtpBackend.kind: FtpBackend,
 }
 
 
