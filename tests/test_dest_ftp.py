@@ -16,7 +16,10 @@ import json
 import logging
 import os
 import secrets
+import signal
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -371,6 +374,61 @@ def test_a_network_that_goes_silent_mid_upload_fails_within_the_timeout(ftp_serv
     assert "did not answer within 2 seconds" in str(info.value), info.value
     assert waited < 2 + 3, waited
     assert "stall.tar.zst" not in os.listdir(ftp_server.home / folder)
+
+
+_KILLED_UPLOADER = """
+import json, os, sys, time
+from pathlib import Path
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+import django
+django.setup()
+from django.conf import settings
+settings.BACKUPSITE_ALLOW_LOCAL_DESTINATIONS = True
+from destinations.backends.ftp import FtpBackend
+job = json.loads(Path(sys.argv[1]).read_text())
+Path(sys.argv[1]).unlink()
+backend = FtpBackend.from_settings(job["settings"], job["secrets"])
+with backend.session() as session:
+    session.upload(Path(job["path"]), job["folder"], "killed.tar.zst", expected_size=job["size"],
+                   progress=lambda done: time.sleep(0.02))  # about 50 MiB/s: time to kill it
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_upload_leaves_only_a_partial_the_next_upload_removes(ftp_server, tmp_path, folder):
+    """RELIABILITY 1 for FTP: SIGKILL of the uploading process."""
+    path = tmp_path / "k.bin"
+    make_file(path, 64 * MB)
+    job = tmp_path / "job.json"
+    job.write_text(
+        json.dumps(
+            {
+                "settings": ftp_server.settings(),
+                "secrets": ftp_server.secrets(),
+                "path": str(path),
+                "folder": folder,
+                "size": 64 * MB,
+            }
+        )
+    )
+    job.chmod(0o600)
+    repo = Path(__file__).resolve().parent.parent
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_UPLOADER, str(job)], cwd=repo)
+    partial = ftp_server.home / folder / ".killed.tar.zst.partial"
+    deadline = time.monotonic() + 60
+    try:
+        while not (partial.exists() and partial.stat().st_size > 8 * MB):
+            assert child.poll() is None, "the uploader ended before it could be killed"
+            assert time.monotonic() < deadline, "the upload did not start"
+            time.sleep(0.01)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    time.sleep(0.2)  # the server notices the dropped connection
+    assert os.listdir(ftp_server.home / folder) == [".killed.tar.zst.partial"]
+    with backend(ftp_server).session() as session:  # what the next upload does first
+        assert session.remove_partials(folder) == [".killed.tar.zst.partial"]
+    assert os.listdir(ftp_server.home / folder) == []
 
 
 def test_a_cancelled_upload_leaves_the_session_usable(ftp_server, tmp_path, folder):

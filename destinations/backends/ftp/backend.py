@@ -209,12 +209,13 @@ class FtpSession(FileTreeSession):
             if not self._is_dir(folder_path):
                 return []
             try:
-                lines = list(self.client.lines("LIST -a"))
+                files = parse_list(list(self.client.lines("LIST -a")))
             except ftplib.error_perm as exc:
                 if reply_code(exc) not in (*_NOT_UNDERSTOOD, "550"):
                     raise
-                lines = list(self.client.lines("LIST"))
-            return parse_list(lines)
+                files = []
+            # A server that takes "-a" for a file name lists nothing: ask once more plainly.
+            return files or parse_list(list(self.client.lines("LIST")))
 
     def _open(self, remote_path, offset):
         name = _display(remote_path)

@@ -72,6 +72,8 @@ def ftp_error(exc: BaseException, what: str, host: str, timeout: float) -> Desti
         return TransientError(f"The FTP server {host} broke the protocol while {what}.")
     if isinstance(exc, UnicodeError):
         return PermanentError(f"The FTP server {host} sent text that is not UTF-8 while {what}.")
+    if isinstance(exc, ValueError):  # a reply ftplib could not parse (a port that is no number...)
+        return TransientError(f"The FTP server {host} sent a reply that could not be understood while {what}.")
     return None
 
 
