@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -30,9 +31,16 @@ import pytest
 
 from tests.kinds import KindUnderTest
 from tests.kinds import ftp_server as server_program
-from tests.servers import free_port
 
 FULL_DISK_BYTES = 2 * 1024 * 1024
+
+
+def free_port() -> int:
+    # (not tests.servers.free_port: importing that plugin module here, before pytest
+    # registers it, would keep pytest from rewriting its asserts)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @dataclass

@@ -244,7 +244,9 @@ def serve(config: dict) -> None:
     from pyftpdlib.servers import FTPServer
 
     logging.basicConfig(
-        filename=config.get("log"), level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s"
+        filename=config.get("log"),
+        level=config.get("log_level", "WARNING"),
+        format="%(asctime)s %(levelname)s %(message)s",
     )
     authorizer = DummyAuthorizer()
     for user in config["users"]:

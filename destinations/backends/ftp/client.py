@@ -46,7 +46,7 @@ import ssl
 from collections.abc import Iterator
 
 from destinations import netguard
-from destinations.backends.base import COPY_CHUNK, DestinationError, HashingReader, TransientError
+from destinations.backends.base import COPY_CHUNK, Cancelled, DestinationError, HashingReader, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +279,13 @@ class FtpClient(ftplib.FTP):
             # wait for a reply that will not come.
             _hard_close(conn)
             self.mark_broken()
+            raise
+        except Cancelled:
+            # End the data connection normally: the server then answers for sure (a reset
+            # right after the connection opened can leave a server without a reply, the
+            # control connection out of step) and the partial file is deleted next.
+            _close_data(conn)
+            self.abandon_transfer()
             raise
         except BaseException as exc:
             _hard_close(conn)
