@@ -43,7 +43,6 @@ from tests.tcpproxy import TcpProxy
 
 pytest_plugins = ["tests.kinds.ftp"]
 
-pytestmark = pytest.mark.django_db
 MB = 1024 * 1024
 
 
