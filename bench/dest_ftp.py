@@ -26,13 +26,19 @@ Method
   contract's check that the local copy still matches its checksum costs (curl checks
   nothing). Over FTPS the single-process Python server is the bottleneck of both clients;
   over plain FTP it keeps up with curl and the client's sha256 becomes the limit.
+* **CPU.** Each variant's client CPU seconds (curl: ``RUSAGE_CHILDREN``; the kind:
+  ``RUSAGE_SELF``, its sender thread included) and the server's (``/proc/PID/stat``),
+  medians. The machines are shared and noisy: wall-clock ratios of one run vary a lot,
+  CPU seconds much less.
 * **Checks.** Every uploaded file's sha256 is compared with the source's on the server's
   disk; a mismatch stops the benchmark (exit status 2). Uploaded files are deleted after
   each run.
 
 Result keys: ``ftp_up_ratio`` (kind MB/s ÷ ``curl -T`` MB/s over FTPS, medians; target
 ≥ 0.8), ``ftp_up_mbps``, ``curl_up_mbps``, ``ftp_plain_up_ratio`` (with ``--plain``) and
-``rows`` (one per variant: ``variant``, ``mb_s``, ``seconds``, ``ratio``, ``runs``).
+``ftp_up_client_cpu_ratio`` (the kind's client CPU ÷ curl's, FTPS) and ``rows`` (one per
+variant: ``variant``, ``mb_s``, ``seconds``, ``ratio``, ``client_cpu_s``, ``server_cpu_s``,
+``runs``).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -112,6 +119,10 @@ def _no_local_sha256(expected: str):
         base.HashingReader.__init__ = original
 
 
+def _cpu(before, after) -> float:
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def run(args, workdir) -> dict:
     """Run the FTP section: returns ``ftp_up_ratio`` and the ``rows`` of the table.
     *args* is any object with (some of) ``size_mb``, ``repeat``, ``plain``, ``diagnose``."""
@@ -157,6 +168,12 @@ def run(args, workdir) -> dict:
     proc, ports = server_program.start(config, scratch)
     fingerprint = server_program.certificate_sha256(pki["localhost_cert"])
     times: dict[str, list[float]] = {}
+    client_cpu: dict[str, list[float]] = {}
+    server_cpu: dict[str, list[float]] = {}
+
+    def server_seconds() -> float:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
     def check_and_remove(name: str) -> None:
         stored = home / "bench" / name
@@ -164,31 +181,35 @@ def run(args, workdir) -> dict:
             raise SystemExit(f"dest_ftp: the upload {name} does not match the source")
         stored.unlink()
 
-    def curl_put(listener: str, round_: int) -> float:
+    def curl_put(listener: str, round_: int) -> tuple[float, float]:
         name = f"curl-{listener}-{round_}.bin"
         command = [curl, "-sS", "--netrc-file", str(netrc), "-T", str(source)]
         if listener == "ftps":
             command += ["--ssl-reqd", "--cacert", str(pki["ca"])]
         command.append(f"ftp://127.0.0.1:{ports[listener]}/bench/{name}")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         subprocess.run(command, check=True, stdin=subprocess.DEVNULL)
         elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         check_and_remove(name)
-        return elapsed
+        return elapsed, _cpu(before, after)
 
-    def kind_put(listener: str, round_: int, *, hashing: bool = True) -> float:
+    def kind_put(listener: str, round_: int, *, hashing: bool = True) -> tuple[float, float]:
         name = f"kind-{listener}-{round_}{'' if hashing else '-nohash'}.bin"
         settings = {"host": "127.0.0.1", "port": ports[listener], "user": "bench"}
         settings.update({"plain_ftp": True} if listener == "plain" else {"tls_fingerprint": fingerprint})
         backend = FtpBackend.from_settings(settings, {"password": password})
+        before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         with backend.session() as session, contextlib.nullcontext() if hashing else _no_local_sha256(expected):
             session.upload(source, "bench", name, expected_size=size, expected_sha256=expected)
         elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
         check_and_remove(name)
-        return elapsed
+        return elapsed, _cpu(before, after)
 
-    def unhashed(listener: str, round_: int) -> float:
+    def unhashed(listener: str, round_: int) -> tuple[float, float]:
         return kind_put(listener, round_, hashing=False)
 
     variants = [("curl -T, FTPS", curl_put, "ftps"), ("kind, FTPS", kind_put, "ftps")]
@@ -202,8 +223,16 @@ def run(args, workdir) -> dict:
         with override_settings(BACKUPSITE_ALLOW_LOCAL_DESTINATIONS=True, BACKUPSITE_DESTINATION_TIMEOUT=60):
             for round_ in range(repeat):
                 for label, put, listener in variants:
-                    times.setdefault(label, []).append(put(listener, round_))
-                    print(f"  round {round_ + 1}: {label}: {times[label][-1]:.2f} s", file=sys.stderr, flush=True)
+                    server_before = server_seconds()
+                    elapsed, cpu = put(listener, round_)
+                    times.setdefault(label, []).append(elapsed)
+                    client_cpu.setdefault(label, []).append(cpu)
+                    server_cpu.setdefault(label, []).append(server_seconds() - server_before)
+                    print(
+                        f"  round {round_ + 1}: {label}: {elapsed:.2f} s (client CPU {cpu:.2f} s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     finally:
         server_program.stop(proc)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -220,6 +249,8 @@ def run(args, workdir) -> dict:
             "mb_s": round(mbps(label), 1),
             "seconds": round(statistics.median(times[label]), 2),
             "ratio": round(mbps(label) / mbps(reference(label)), 3),
+            "client_cpu_s": round(statistics.median(client_cpu[label]), 2),
+            "server_cpu_s": round(statistics.median(server_cpu[label]), 2),
             "runs": len(times[label]),
         }
         for label, _, _ in variants
@@ -228,6 +259,9 @@ def run(args, workdir) -> dict:
         "ftp_up_ratio": round(mbps("kind, FTPS") / mbps("curl -T, FTPS"), 3),
         "ftp_up_mbps": round(mbps("kind, FTPS"), 1),
         "curl_up_mbps": round(mbps("curl -T, FTPS"), 1),
+        "ftp_up_client_cpu_ratio": round(
+            statistics.median(client_cpu["kind, FTPS"]) / statistics.median(client_cpu["curl -T, FTPS"]), 3
+        ),
         "ftp_size_mb": size_mb,
         "rows": rows,
     }
@@ -237,9 +271,11 @@ def run(args, workdir) -> dict:
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'variant':<28} {'MB/s':>8} {'seconds':>8} {'vs curl':>8} {'runs':>5}"]
+    header = ("variant", "MB/s", "seconds", "vs curl", "client CPU", "server CPU", "runs")
+    lines = ["{:<28} {:>8} {:>8} {:>8} {:>11} {:>11} {:>5}".format(*header)]
     lines += [
-        f"{r['variant']:<28} {r['mb_s']:>8.1f} {r['seconds']:>8.2f} {r['ratio'] * 100:>7.0f}% {r['runs']:>5}"
+        f"{r['variant']:<28} {r['mb_s']:>8.1f} {r['seconds']:>8.2f} {r['ratio'] * 100:>7.0f}% "
+        f"{r['client_cpu_s']:>10.2f}s {r['server_cpu_s']:>10.2f}s {r['runs']:>5}"
         for r in rows
     ]
     return "\n".join(lines)
