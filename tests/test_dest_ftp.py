@@ -227,6 +227,19 @@ def test_a_download_closed_early_leaves_the_session_usable(ftp_server, tmp_path,
             assert fh.read(100) == path.read_bytes()[-10:]
 
 
+def test_a_stream_opened_on_the_backend_owns_its_session(ftp_server, tmp_path, folder):
+    """Downloads and verify read through ``Backend.open``: one session per stream."""
+    path = tmp_path / "o.bin"
+    sha = make_file(path, 5 * MB + 7)
+    ftps = backend(ftp_server)
+    ftps.upload(path, folder, "o.bin", expected_size=5 * MB + 7, expected_sha256=sha)
+    with ftps.open(folder, "o.bin", offset=MB) as stream:
+        data = b"".join(iter(lambda: stream.read(MB), b""))
+    assert data == path.read_bytes()[MB:]
+    with pytest.raises(NotFoundError):
+        ftps.open(folder, "nothing.bin")
+
+
 # --- failure modes, each with its own message ------------------------------------------------
 def test_a_wrong_password_says_so(ftp_server):
     wrong = "wrong-" + secrets.token_hex(4)
