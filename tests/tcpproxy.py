@@ -6,7 +6,9 @@ it accept connections and never answer (a server that never sends its banner).
         settings = {"host": "127.0.0.1", "port": proxy.port, ...}
         ... start an upload in a thread, wait for proxy.bytes_up > N, proxy.cut() ...
 
-``TcpProxy(None)`` is a black hole: it accepts and then stays silent.
+``TcpProxy(None)`` is a black hole: it accepts and then stays silent. ``freeze()`` stops
+forwarding without closing anything (a network that went silent mid-transfer); ``port=``
+listens on a given port (FTP data connections go to the port the server announced).
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ import time
 
 
 class TcpProxy:
-    def __init__(self, target: tuple[str, int] | None, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, target: tuple[str, int] | None, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.target = target
-        self._listener = socket.create_server((host, 0))
+        self._listener = socket.create_server((host, port))
         self._listener.settimeout(0.2)
         self.host = host
         self.port = self._listener.getsockname()[1]
         self._stop = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self.bytes_up = 0  # client → server
@@ -64,6 +68,9 @@ class TcpProxy:
         src.settimeout(None)
         try:
             while True:
+                while not self._flowing.wait(0.1):
+                    if self._stop.is_set():
+                        return
                 data = src.recv(65536)
                 if not data:
                     break
@@ -86,13 +93,18 @@ class TcpProxy:
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            # close() alone does not end a connection whose socket another thread is
-            # blocked in recv() on (the kernel keeps it until that call returns):
-            # shutdown() wakes that thread and ends the connection at once.
+            # Wake a pump thread blocked in recv() on it: Linux keeps a socket that a
+            # blocked call still uses open after close(), so an idle connection (an FTP
+            # control connection during an upload) would never see its reset.
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RD)
             with contextlib.suppress(OSError):
                 sock.close()
+
+    def freeze(self) -> None:
+        """Stop forwarding in both directions, closing nothing: the peers' buffers fill
+        and only their timeouts can end the transfer."""
+        self._flowing.clear()
 
     def wait_for_upload(self, at_least: int, timeout: float = 30) -> None:
         """Block until *at_least* bytes went from client to server."""

@@ -1,6 +1,6 @@
 """The e-mail kind: one message per backup with every file attached byte-identical, the
 attachment limit checked before anything is sent, the test message, header injection,
-the panel's SMTP errors. Against aiosmtpd (``tests/kinds/email.py``)."""
+the panel's SMTP errors. Against aiosmtpd (``tests/kinds/mail.py``)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from jobs.engine.agekeys import KEY_FILE_NAME
 from jobs.models import Job, Run
 from tests.tcpproxy import TcpProxy
 
-pytest_plugins = ["tests.kinds.email"]
+pytest_plugins = ["tests.kinds.mail"]
 pytestmark = [
     pytest.mark.django_db,
     # smtp_auth_server accepts a login without TLS on loopback, on purpose.

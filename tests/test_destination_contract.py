@@ -36,8 +36,9 @@ pytest_plugins = [
     "tests.kinds.usb",
     "tests.kinds.smb",
     "tests.kinds.sftp",
+    "tests.kinds.ftp",
     "tests.kinds.s3",
-    "tests.kinds.email",
+    "tests.kinds.mail",
     "tests.kinds.dropbox",
 ]
 KIND_FIXTURES = [
@@ -46,6 +47,9 @@ KIND_FIXTURES = [
     "smb_kind",
     "sftp_kind",
     "sftp_key_kind",
+    "ftps_kind",
+    "ftp_plain_kind",
+    "ftp_legacy_kind",
     "s3_kind",
     "email_kind",
     "dropbox_kind",

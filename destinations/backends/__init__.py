@@ -19,6 +19,7 @@ from destinations.backends.base import (
 )
 from destinations.backends.dropbox import DropboxBackend
 from destinations.backends.email import EmailBackend
+from destinations.backends.ftp import FtpBackend
 from destinations.backends.local import LocalBackend
 from destinations.backends.s3 import S3Backend
 from destinations.backends.sftp import SftpBackend
@@ -30,6 +31,7 @@ REGISTRY: dict[str, type[Backend]] = {
     UsbBackend.kind: UsbBackend,
     SmbBackend.kind: SmbBackend,
     SftpBackend.kind: SftpBackend,
+    FtpBackend.kind: FtpBackend,
     S3Backend.kind: S3Backend,
     DropboxBackend.kind: DropboxBackend,
     EmailBackend.kind: EmailBackend,
