@@ -411,10 +411,17 @@ class JobWizard(SessionWizardView):
 
     def _destination_context(self, form, estimate: int | None) -> dict:
         result = getattr(form, "result", None)
-        chosen = [d for d in form.saved if str(d.pk) == form.chosen_target()]
-        if form.chosen_target() == steps.KEEP:
-            chosen = form.keep_destinations
-        warnings = size_warnings(estimate or 0, chosen, free_bytes=result.free_bytes if result else None)
+        chosen = form.chosen_target()
+        targets = []
+        for row in form.folders():
+            free = result.free_bytes if result is not None and row["value"] == steps.NEW else None
+            targets.append(
+                {
+                    **row,
+                    "chosen": row["value"] == chosen,
+                    "warnings": size_warnings(estimate or 0, row["destinations"], free_bytes=free),
+                }
+            )
         return {
             "kind_forms": [
                 {
@@ -432,9 +439,8 @@ class JobWizard(SessionWizardView):
             and result.needs_confirmation
             and bool(self.storage.extra_data.get("fingerprint"))
             and self.request.user.has_perm("destinations.add_destination"),
-            "folder": form.remote_folder(),
+            "targets": targets,
             "estimate": estimate,
-            "warnings": warnings,
         }
 
     def _summary_context(self) -> dict:

@@ -629,16 +629,33 @@ class DestinationForm(StepForm):
         return result
 
     # --- what the page shows ------------------------------------------------------------------
-    def remote_folder(self) -> str:
+    def folders(self) -> list[dict]:
+        """Per choice of *target*: where the backups will go (``describe_folder`` of the
+        destination, e.g. ``/srv/nas → backupsite/office``) and the destinations it means
+        (for the size warnings). The page shows the chosen one's."""
         folder = job_folder(self.job_slug) if self.job_slug else "backupsite/…"
-        target = self.chosen_target()
-        destination = next((d for d in self.saved if str(d.pk) == target), None)
-        if destination is not None:
+
+        def where(destination: Destination) -> str:
             try:
                 return destination.backend().describe_folder(folder)
             except DestinationError:
-                return folder
-        return folder
+                return f"{destination.name} → {folder}"
+
+        rows = []
+        for value, _label in self.fields["target"].choices:
+            if value == KEEP:
+                chosen = self.keep_destinations
+            elif value == NEW:
+                chosen = []
+            else:
+                chosen = [d for d in self.saved if str(d.pk) == value]
+            text = (
+                "; ".join(where(d) for d in chosen)
+                if chosen
+                else _("%(folder)s in the new destination") % {"folder": folder}
+            )
+            rows.append({"value": value, "folder": text, "destinations": chosen})
+        return rows
 
 
 # --- step 4 --------------------------------------------------------------------------

@@ -44,6 +44,11 @@
       });
       var target = fieldValue(form, "target");
       toggle(form, "[data-show-for-target='new']", target === "new");
+      if (target) {
+        form.querySelectorAll("[data-for-target]").forEach(function (el) {
+          el.hidden = el.getAttribute("data-for-target") !== target;
+        });
+      }
       var chooser = form.querySelector("[data-kind-chooser]");
       if (chooser) {
         var kind = (chooser.querySelector("input[type='radio']:checked") || {}).value;
