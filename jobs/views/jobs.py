@@ -7,7 +7,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, Prefetch, Subquery
 from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -34,7 +34,7 @@ def job_rows(queryset=None):
             last_run_state=Subquery(last.values("state")[:1]),
             last_run_at=Subquery(last.values("created_at")[:1]),
         )
-        .prefetch_related("destinations")
+        .prefetch_related(Prefetch("destinations", queryset=Destination.objects.defer("secrets")))
         .order_by("name", "pk")
     )
 
@@ -52,14 +52,18 @@ def destination_rows(job: Job):
     verification there, in one query."""
     uploads = Upload.objects.filter(run__job=job, destination=OuterRef("pk")).order_by("-pk")
     verified = uploads.filter(verified_at__isnull=False).order_by("-verified_at", "-pk")
-    return job.destinations.annotate(
-        last_upload_state=Subquery(uploads.values("state")[:1]),
-        last_upload_at=Subquery(uploads.values("finished_at")[:1]),
-        last_upload_run=Subquery(uploads.values("run_id")[:1]),
-        last_verified_at=Subquery(verified.values("verified_at")[:1]),
-        last_verify_ok=Subquery(verified.values("verify_ok")[:1]),
-        last_verify_message=Subquery(verified.values("verify_message")[:1]),
-    ).order_by("name")
+    return (
+        job.destinations.defer("secrets")
+        .annotate(
+            last_upload_state=Subquery(uploads.values("state")[:1]),
+            last_upload_at=Subquery(uploads.values("finished_at")[:1]),
+            last_upload_run=Subquery(uploads.values("run_id")[:1]),
+            last_verified_at=Subquery(verified.values("verified_at")[:1]),
+            last_verify_ok=Subquery(verified.values("verify_ok")[:1]),
+            last_verify_message=Subquery(verified.values("verify_message")[:1]),
+        )
+        .order_by("name")
+    )
 
 
 @permission_required("jobs.view_job", raise_exception=True)

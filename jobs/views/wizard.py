@@ -553,9 +553,10 @@ def size_warnings(estimate: int, destinations, *, free_bytes: int | None = None)
     if not estimate:
         return warnings
     for destination in destinations:
-        try:
-            backend = destination.backend()
-        except DestinationError:
+        try:  # settings only: the limits need no credentials (and no query for them)
+            kind = destination.kind_class
+            backend = kind(kind.conf_class(**destination.settings))
+        except (DestinationError, TypeError, ValueError):
             continue
         limit = backend.size_limit()
         if limit is not None and estimate > limit:
