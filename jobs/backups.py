@@ -19,6 +19,7 @@ from django.db import models
 from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from destinations.backends import DestinationError, NotFoundError
 from destinations.backends.base import DELETE, job_folder
@@ -44,15 +45,14 @@ class Place:
 def places(run: Run) -> list[Place]:
     found = []
     if run.can_download:
-        found.append(Place("This server (local copy)", True))
+        found.append(Place(_("This server (local copy)"), True))
     for upload in run.uploads.filter(state=Upload.State.SUCCEEDED).select_related("destination"):
         destination = upload.destination
         if destination is None:
-            found.append(Place(upload.destination_name, False, "the destination was deleted", upload))
+            found.append(Place(upload.destination_name, False, _("the destination was deleted"), upload))
         elif not destination.can(DELETE):
-            found.append(
-                Place(destination.name, False, f"{destination.kind_label} destinations cannot delete files", upload)
-            )
+            why = _("%(kind)s destinations cannot delete files") % {"kind": destination.kind_label}
+            found.append(Place(destination.name, False, why, upload))
         else:
             found.append(Place(destination.name, True, upload=upload))
     return found
@@ -86,21 +86,21 @@ def delete_backup(run: Run, *, user=None) -> list[str]:
     one readable line per place (also written to the run log). Never raises for a
     destination problem (that copy stays and the line says why)."""
     if run.keep_forever:
-        raise BackupProtected("This backup is marked “keep forever”; remove the mark first.")
+        raise BackupProtected(_("This backup is marked “keep forever”; remove the mark first."))
     if run.is_active:
-        raise BackupProtected("This run is still active; cancel it or let it finish first.")
+        raise BackupProtected(_("This run is still active; cancel it or let it finish first."))
     lines: list[str] = []
     path = run.local_file
     if path is not None and path.exists():
         for name in _names(run, path.name):
             (path.parent / name).unlink(missing_ok=True)
-        lines.append("This server: deleted the local copy.")
+        lines.append(_("This server: deleted the local copy."))
     for place in places(run):
         upload = place.upload
         if upload is None:
             continue
         if not place.can_delete:
-            lines.append(f"{place.label}: kept ({place.why_not}).")
+            lines.append(_("%(place)s: kept (%(why)s).") % {"place": place.label, "why": place.why_not})
             continue
         try:
             with upload.destination.backend().session() as session:
@@ -111,10 +111,11 @@ def delete_backup(run: Run, *, user=None) -> list[str]:
                     except NotFoundError:
                         pass
         except DestinationError as exc:
-            lines.append(f"{place.label}: could not delete ({exc}); the copy is still there.")
+            text = _("%(place)s: could not delete (%(error)s); the copy is still there.")
+            lines.append(text % {"place": place.label, "error": exc})
             continue
         Upload.objects.filter(pk=upload.pk).update(state=Upload.State.DELETED, error="")
-        lines.append(f"{place.label}: deleted.")
+        lines.append(_("%(place)s: deleted.") % {"place": place.label})
     now = timezone.now()
     run.local_path, run.deleted_at = "", now
     Run.objects.filter(pk=run.pk).update(
