@@ -444,6 +444,15 @@ def test_an_expired_wizard_is_dropped_by_the_next_request_of_its_session(admin_c
     assert f"wizard_job_wizard_{wizard.id}" not in admin_client.session
 
 
+def test_a_session_keeps_a_bounded_number_of_wizards(admin_client):
+    first = Wizard(admin_client)
+    for _ in range(wizard_storage.MAX_PER_SESSION + 5):
+        Wizard(admin_client)
+    keys = [k for k in admin_client.session.keys() if k.startswith("wizard_")]  # noqa: SIM118 - no __iter__
+    assert len(keys) == wizard_storage.MAX_PER_SESSION
+    assert f"wizard_job_wizard_{first.id}" not in keys  # the least recently used went first
+
+
 # --- edit ---------------------------------------------------------------------------------
 @pytest.fixture
 def encrypted(job):

@@ -79,7 +79,7 @@ class JobWizard(SessionWizardView):
         if not request.user.has_perm(PERMISSIONS[self.mode]):
             raise PermissionDenied
         self.job = get_object_or_404(Job, pk=kwargs["pk"]) if "pk" in kwargs else None
-        wizard_storage.drop_expired(request.session)
+        wizard_storage.drop_expired(request.session, starting=request.method == "GET")
         return super().dispatch(request, *args, **kwargs)
 
     def get_prefix(self, request, *args, **kwargs):
@@ -298,6 +298,8 @@ class JobWizard(SessionWizardView):
         when the settings have errors (shown next to their fields), 429 when throttled."""
         target = form.chosen_target()
         if target == steps.NEW:
+            if not form.may_create:
+                raise PermissionDenied
             form.skip_connection = True
             form.is_valid()
             if "new_settings" not in form.cleaned_data:
@@ -309,6 +311,8 @@ class JobWizard(SessionWizardView):
                 if exc.code == "throttled":
                     return 429
             return 200
+        if not self.request.user.has_perm("destinations.change_destination"):
+            raise PermissionDenied  # as the destination pages' own Test button
         destination = Destination.objects.filter(pk=_int(target), enabled=True).first()
         if destination is None:
             form.test_error = _("Choose a destination to test.")

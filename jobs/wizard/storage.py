@@ -101,11 +101,21 @@ def _expired(value, now: float, ttl: int) -> bool:
     return not isinstance(touched, int | float) or now - touched > ttl
 
 
-def drop_expired(session, *, now: float | None = None) -> int:
-    """Remove this session's wizards that were not used for the TTL; returns how many."""
+#: At most this many wizards per session (each page load of the wizard starts one): the
+#: least recently used go first.
+MAX_PER_SESSION = 20
+
+
+def drop_expired(session, *, now: float | None = None, starting: bool = False) -> int:
+    """Remove this session's wizards that were not used for the TTL, and the least
+    recently used beyond :data:`MAX_PER_SESSION` (one less when *starting* a new one);
+    returns how many."""
     now = time.time() if now is None else now
     ttl = ttl_seconds()
-    stale = [key for key in list(session.keys()) if key.startswith(SESSION_PREFIX) and _expired(session[key], now, ttl)]
+    wizards = [key for key in list(session.keys()) if key.startswith(SESSION_PREFIX)]
+    stale = [key for key in wizards if _expired(session[key], now, ttl)]
+    fresh = sorted((k for k in wizards if k not in stale), key=lambda k: session[k][WizardStorage.touched_key])
+    stale += fresh[: max(0, len(fresh) - MAX_PER_SESSION + (1 if starting else 0))]
     for key in stale:
         del session[key]
     return len(stale)
