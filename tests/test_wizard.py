@@ -69,9 +69,12 @@ def test_step_one_shows_the_folder_the_next_runs_and_defaults(admin_client, sett
     # the first start defaults to the next full hour
     assert re.search(r'name="general-first_time" value="\d\d:00"', html)
     wizard.post("general", general(name="Büro & Lager"), wizard_preview="1", fetch=True)
-    assert "backupsite/buro-lager/" in wizard.html
+    assert "backupsite/buro-lager/" in wizard.html and "<form" not in wizard.html  # a fragment
     assert wizard.html.count("<li><time") == 3
     assert "Every day at 02:30 (Europe/Berlin)" in wizard.html
+    wizard.post("general", general(name="Büro & Lager", interval="weekly"), wizard_preview="1")  # no JavaScript
+    assert wizard.current_step() == "general" and "backupsite/buro-lager/" in wizard.html
+    assert re.search(r"Every \w+day at 02:30 \(Europe/Berlin\)", wizard.html)
 
 
 @pytest.mark.parametrize(
@@ -245,6 +248,10 @@ def test_the_test_button_tests_before_going_on_and_keeps_the_password(admin_clie
     assert "Test passed" in wizard.html and "free" in wizard.html.lower()
     wizard.post("destination", {"target": str(job.destinations.get().pk)}, wizard_test="1", fetch=True)
     assert "Test passed" in wizard.html
+    # Without JavaScript the button sends the step and shows it again, with the result.
+    wizard.post("destination", new_destination(folders), wizard_test="1")
+    assert wizard.current_step() == "destination" and "Test passed" in wizard.html
+    assert 'value="NAS"' in wizard.html and 'id="new-destination"' in wizard.html
     assert Destination.objects.get(pk=job.destinations.get().pk).last_test_ok is True
 
 
@@ -360,6 +367,7 @@ def test_tampered_posts_are_refused(admin_client, job, alice):
     stranger = {"wizard_id": "A" * 22, "job_wizard_" + "A" * 22 + "-current_step": "general"}
     response = admin_client.post(wizard.url, stranger)
     assert response.status_code == 410 and b"The wizard has ended" in response.content
+    assert "wizard_job_wizard_" + "A" * 22 not in admin_client.session  # and leaves nothing behind
     # a create wizard posted to an edit page
     edit = {"wizard_id": wizard.id, f"{wizard.prefix}-current_step": "general"}
     assert admin_client.post(reverse("jobs:job_edit", args=[job.pk]), edit).status_code == 400

@@ -105,7 +105,10 @@ class JobWizard(SessionWizardView):
 
     def post(self, *args, **kwargs):
         request = self.request
-        if not self.storage.exists or self.storage.extra_data.get("owner") is None:
+        if self.storage.extra_data.get("owner") is None:
+            # Not started by this session, finished, cancelled or expired (formtools has
+            # just made an empty storage for it: drop that too).
+            self.storage.discard()
             return self.render_expired()
         if self.storage.extra_data.get("owner") != self.owner:
             raise SuspiciousOperation("This wizard belongs to another page.")

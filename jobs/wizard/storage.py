@@ -61,10 +61,6 @@ class WizardStorage(SessionStorage):
         data[self.touched_key] = time.time()
         self.data = data
 
-    @property
-    def exists(self) -> bool:
-        return self.prefix in self.request.session
-
     def touch(self) -> None:
         data = self.data
         data[self.touched_key] = time.time()
