@@ -187,10 +187,9 @@ class Job(models.Model):
     def _slug_taken(cls, slug: str, pk) -> bool:
         if cls.objects.filter(slug=slug).exclude(pk=pk).exists():
             return True
-        runs = Run.objects.filter(config__job__slug=slug)
-        if pk is not None:
-            runs = runs.exclude(job_id=pk)
-        return runs.exists()
+        # A job's slug never changes, so only runs without a job (a deleted job's, the
+        # one-offs') can name a folder no job has: few rows, found through the job index.
+        return Run.objects.filter(job__isnull=True, config__job__slug=slug).exists()
 
     def clean(self) -> None:
         from jobs.naming import validate_template
@@ -438,6 +437,10 @@ class Run(models.Model):
             # Runs whose archive holds the panel's own database (password hashes), or any
             # other sensitive source: download, verify and restore (administrators).
             ("access_sensitive_run", "Can download, verify and restore backups of the panel's own database"),
+        ]
+        indexes = [
+            # Retention looks up the kept-forever runs of a job after every run: few rows.
+            models.Index(fields=["keep_forever"], condition=Q(keep_forever=True), name="run_kept_forever"),
         ]
         constraints = [
             # The per-job lock, enforced by the database: at most one active run per job.
