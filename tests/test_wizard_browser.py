@@ -390,6 +390,15 @@ def test_two_tabs_only_keep_settings_one_with_a_new_destination(stack, context):
             user.fill("#id_content-password1", BACKUP_PASSWORD)
             user.fill("#id_content-password2", BACKUP_PASSWORD)
         else:
+            # Measure now, in the background: the ticked box and the choices stay.
+            page = user.page
+            page.evaluate("window.__same_page = true")
+            demo = page.get_attribute("label:text-is('Demo files')", "for")
+            pk = page.get_attribute(f"#{demo}", "value")
+            user.click(f"button[name=wizard_measure][value='{pk}']")
+            page.wait_for_selector("text=Measured “Demo files”")
+            assert page.is_checked(f"#{demo}") and page.evaluate("window.__same_page === true")
+            assert "measured now" in page.inner_text("[data-source-row]:has(#" + demo + ")")
             user.click("#id_content-encryption_2")
             assert user.page.is_visible("#no-encryption-note")
         user.click("#wizard-next")
