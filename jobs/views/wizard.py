@@ -22,7 +22,7 @@ from collections import OrderedDict
 from datetime import datetime
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied, SuspiciousOperation
+from django.core.exceptions import PermissionDenied, SuspiciousOperation, ValidationError
 from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.response import TemplateResponse
@@ -309,7 +309,7 @@ class JobWizard(SessionWizardView):
                 return 422
             try:
                 form.check_connection(form.cleaned_data["kind"], form.cleaned_data, force=True)
-            except steps.ValidationError as exc:
+            except ValidationError as exc:
                 form.test_error = exc.messages[0]
                 if exc.code == "throttled":
                     return 429
@@ -360,7 +360,7 @@ class JobWizard(SessionWizardView):
             chosen = [row for row in rows if row.checked]
             context["total"] = sum(row.size or 0 for row in chosen)
             context["unmeasured"] = [row.source.name for row in chosen if row.size is None]
-            context["warnings"] = size_warnings(context["total"], self._likely_destinations(form))
+            context["warnings"] = size_warnings(context["total"], self._likely_destinations())
             context["sensitive_chosen"] = any(row.source.is_sensitive for row in chosen)
         elif current == "destination":
             context.update(self._destination_context(form, estimate))
@@ -403,7 +403,7 @@ class JobWizard(SessionWizardView):
         sizes = Source.objects.filter(pk__in=[i for i in ids if i is not None]).values_list("size_bytes", flat=True)
         return sum(size or 0 for size in sizes)
 
-    def _likely_destinations(self, form) -> list[Destination]:
+    def _likely_destinations(self) -> list[Destination]:
         """Step 2's warnings: the destination chosen in step 3, else the job's, else every
         saved one (the likely choice)."""
         data = self.storage.get_step_data("destination")
