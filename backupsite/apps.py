@@ -16,8 +16,11 @@ class BackupsiteConfig(AppConfig):
 
 def create_cache_table(sender=None, using="default", **kwargs) -> None:
     """The database cache (rate limits on the embedded default) needs its table: made
-    after every ``migrate`` (tests included), a no-op when it exists or with Redis."""
-    if sender is None or sender.label != "backupsite":
+    after every ``migrate`` (tests included), a no-op when it exists or with Redis.
+
+    ``post_migrate`` is sent only for apps with models, so this app (which has none)
+    never receives it: act on the jobs app, as ``ensure_roles`` does."""
+    if sender is None or sender.label != "jobs":
         return
     from django.core.management import call_command
 

@@ -76,6 +76,13 @@ def configure(app: Celery) -> None:
                 "schedule": float(settings.BACKUPSITE_REAPER_SECONDS),
                 "options": {"expires": float(settings.BACKUPSITE_REAPER_SECONDS)},
             },
+            # Wizards left unfinished (a closed tab): their steps and encrypted secrets
+            # leave the session table within the TTL plus this interval.
+            "purge-abandoned-wizards": {
+                "task": "jobs.tasks.purge_abandoned_wizards",
+                "schedule": 600.0,
+                "options": {"expires": 600.0},
+            },
         },
     )
 

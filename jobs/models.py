@@ -23,6 +23,16 @@ from backupsite.validators import (
     validate_no_control_chars,
 )
 
+#: The folder of a one-off run ("only execute backup" in the wizard): ``oneoff-<run id>``.
+ONEOFF_PREFIX = "oneoff-"
+
+
+def oneoff_folder(run_id: int) -> str:
+    """The folder slug of a one-off run, here and at every destination
+    (``backupsite/oneoff-<run id>/``): never a job's (see :meth:`Job.slug_for`), so no
+    job's retention ever touches it."""
+    return f"{ONEOFF_PREFIX}{int(run_id)}"
+
 
 def default_timezone() -> str:
     """New jobs follow the site's time zone (TIME_ZONE) unless changed."""
@@ -147,7 +157,7 @@ class Job(models.Model):
 
     def save(self, *args, **kwargs):
         if not self.slug:
-            self.slug = unique_slug(Job, self.name, self.pk, "job")
+            self.slug = self.slug_for(self.name, self.pk)
         # Also without full_clean() (the shell, scripts). Fixtures and update() bypass save():
         # every place that builds a path checks again (safe_folder_name).
         validate_folder_slug(self.slug)
@@ -155,6 +165,31 @@ class Job(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("jobs:job_detail", args=[self.pk])
+
+    @classmethod
+    def slug_for(cls, name: str, pk=None) -> str:
+        """The slug (and so the folder ``backupsite/<slug>/``) a job named *name* gets:
+        ``office``, ``office-2``, … Never the folder of another job, of a deleted job
+        whose backups are still there (its runs' snapshots name it), or of a one-off run
+        (``oneoff-<run id>``, see :func:`oneoff_folder`: a job named "Oneoff 5" gets
+        ``job-oneoff-5``): so no job's retention ever lists backups that are not its own."""
+        from django.utils.text import slugify
+
+        base = slugify(name)[:90].strip("-_") or "job"
+        if base.startswith(ONEOFF_PREFIX.rstrip("-")):
+            base = f"job-{base}"[:90]
+        slug, n = base, 2
+        while cls._slug_taken(slug, pk):
+            slug, n = f"{base}-{n}", n + 1
+        return slug
+
+    @classmethod
+    def _slug_taken(cls, slug: str, pk) -> bool:
+        if cls.objects.filter(slug=slug).exclude(pk=pk).exists():
+            return True
+        # A job's slug never changes, so only runs without a job (a deleted job's, the
+        # one-offs') can name a folder no job has: few rows, found through the job index.
+        return Run.objects.filter(job__isnull=True, config__job__slug=slug).exists()
 
     def clean(self) -> None:
         from jobs.naming import validate_template
@@ -377,6 +412,14 @@ class Run(models.Model):
     verified_at = models.DateTimeField(null=True, blank=True)
     verify_ok = models.BooleanField(null=True, blank=True)
     verify_message = models.TextField(blank=True)
+    #: Retention never removes this run's archive (here or at a destination).
+    keep_forever = models.BooleanField(default=False)
+    #: A one-off run's own key file (``backupsite-key.age``, base64), as a job keeps its
+    #: own in ``Job.age_identity_wrapped``: the run's identity wrapped with the password
+    #: typed in the wizard. Empty for job runs (they use their job's).
+    age_identity_wrapped = models.TextField(blank=True)
+    #: When "delete this backup" removed the archive (the run stays in the history).
+    deleted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -394,6 +437,10 @@ class Run(models.Model):
             # Runs whose archive holds the panel's own database (password hashes), or any
             # other sensitive source: download, verify and restore (administrators).
             ("access_sensitive_run", "Can download, verify and restore backups of the panel's own database"),
+        ]
+        indexes = [
+            # Retention looks up the kept-forever runs of a job after every run: few rows.
+            models.Index(fields=["keep_forever"], condition=Q(keep_forever=True), name="run_kept_forever"),
         ]
         constraints = [
             # The per-job lock, enforced by the database: at most one active run per job.
@@ -491,7 +538,26 @@ class Run(models.Model):
 
     @property
     def job_slug(self) -> str:
+        """The folder of this run's backups, in the archive dir and at every destination
+        (``backupsite/<slug>/``): its job's slug when the run was made, or
+        ``oneoff-<run id>`` for a one-off run. Everything that builds a path from a run
+        takes it from here (the snapshot), never from the job row."""
         return self.config.get("job", {}).get("slug", "")
+
+    @property
+    def is_oneoff(self) -> bool:
+        """Made by "only execute backup": no job, its own folder, never touched by retention."""
+        return bool((self.config or {}).get("job", {}).get("oneoff"))
+
+    @property
+    def key_file(self) -> bytes | None:
+        """The content of ``backupsite-key.age`` for this run: a one-off run's own, else
+        its job's current one (None: not encrypted with a password, or the job is gone)."""
+        from jobs.engine import agekeys
+
+        if self.age_identity_wrapped:
+            return agekeys.from_text(self.age_identity_wrapped)
+        return self.job.key_file if self.job_id is not None and self.job is not None else None
 
     # --- sensitive content ----------------------------------------------------------
     SENSITIVE_PERMISSION = "jobs.access_sensitive_run"
@@ -580,6 +646,7 @@ class Upload(models.Model):
         UPLOADING = "uploading", "Uploading"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
+        DELETED = "deleted", "Deleted"  # "delete this backup" removed it there
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="uploads")
     destination = models.ForeignKey(

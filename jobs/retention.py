@@ -389,6 +389,27 @@ def apply(
     return result
 
 
+def kept_forever(job_snapshot: dict) -> set[str]:
+    """Archive names of this job's runs marked "keep forever" (``Run.keep_forever``):
+    :func:`after_run` and :func:`apply_to_destination` add them to ``protect``, so
+    retention never removes them (also those of a deleted job whose slug a new job took:
+    they are found by the folder their snapshot names). Callers of :func:`apply` and
+    :func:`apply_local` outside these two pass them in ``protect`` themselves."""
+    from django.db.models import Q
+
+    from jobs.models import Run
+
+    job = _job_config(job_snapshot)
+    slug, job_id = job.get("slug") or "", job.get("id")
+    if not slug and job_id is None:
+        return set()
+    match = Q(config__job__slug=slug) if slug else Q()
+    if job_id is not None:
+        match |= Q(job_id=job_id)
+    names = Run.objects.filter(match, keep_forever=True).exclude(archive_name="").values_list("archive_name", flat=True)
+    return set(names)
+
+
 # --- the local copies folder ------------------------------------------------------------
 def apply_local(
     job_snapshot: dict, *, now: datetime | None = None, protect: Collection[str] = (), root: Path | None = None
@@ -426,6 +447,7 @@ def apply_to_destination(
         backend = destination.backend()
         if not (backend.can(LIST) and backend.can(DELETE)):
             return Result(skipped=f"{backend.label} destinations cannot list or delete old backups; skipped.")
+        protect = set(protect) | kept_forever(job_snapshot)
         with backend.session() as session:
             return apply(session, job_snapshot, now=now, protect=protect)
     except Destination.DoesNotExist:
@@ -448,6 +470,7 @@ def after_run(
     from django.utils import timezone
 
     now = now or timezone.now()
+    protect = set(protect) | kept_forever(job_snapshot)
     places: list[tuple[str, Callable[[], Result]]] = [
         ("this server", lambda: apply_local(job_snapshot, now=now, protect=protect))
     ]

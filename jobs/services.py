@@ -63,8 +63,11 @@ class LostRun(Exception):
 
 
 # --- creating runs ------------------------------------------------------------------
-def snapshot(job: Job) -> dict:
-    """The configuration a run works with, frozen when the run is created."""
+def snapshot(job: Job, *, sources=None, destinations=None) -> dict:
+    """The configuration a run works with, frozen when the run is created. *sources* and
+    *destinations* default to the job's own (a one-off run passes the wizard's)."""
+    sources = job.sources.all() if sources is None else sources
+    destinations = job.destinations.filter(enabled=True) if destinations is None else destinations
     return {
         "job": {
             "id": job.pk,
@@ -79,10 +82,9 @@ def snapshot(job: Job) -> dict:
             "max_age_days": job.max_age_days,
         },
         "sources": [
-            {"id": s.pk, "name": s.name, "slug": s.slug, "kind": s.kind, "settings": s.settings}
-            for s in job.sources.all()
+            {"id": s.pk, "name": s.name, "slug": s.slug, "kind": s.kind, "settings": s.settings} for s in sources
         ],
-        "destinations": [{"id": d.pk, "name": d.name, "kind": d.kind} for d in job.destinations.filter(enabled=True)],
+        "destinations": [{"id": d.pk, "name": d.name, "kind": d.kind} for d in destinations if d.enabled],
     }
 
 
@@ -105,6 +107,37 @@ def create_run(job: Job, *, trigger: str = Run.Trigger.MANUAL, user=None) -> Run
 
 def enqueue_run(job: Job, *, trigger: str = Run.Trigger.MANUAL, user=None) -> Run:
     run = create_run(job, trigger=trigger, user=user)
+    hand_over([run.pk])
+    return run
+
+
+def enqueue_oneoff(settings_of: Job, *, sources, destinations, password: str = "", user=None) -> Run:
+    """ "Only execute backup": a run of the unsaved job *settings_of* (the wizard's
+    choices), without a job (``Run.job`` is None). Its folder, here and at every
+    destination, is ``oneoff-<run id>`` (:func:`jobs.models.oneoff_folder`, written into
+    the snapshot as the job slug, so every path is built as for a job run) and it has no
+    retention, so no job's retention ever touches it. With a backup *password* a new
+    identity is made and its key file kept on the run (``Run.age_identity_wrapped``) and
+    uploaded beside the archive, as for a job."""
+    from jobs.models import oneoff_folder
+
+    if settings_of.pk is not None:
+        raise ValueError("A one-off run is made from unsaved settings.")
+    if password:
+        settings_of.set_backup_password(password)
+    with transaction.atomic():
+        run = Run.objects.create(
+            job=None,
+            job_name=settings_of.name,
+            trigger=Run.Trigger.WIZARD,
+            created_by=user if user is not None and user.is_authenticated else None,
+            enqueued_at=timezone.now(),
+            age_identity_wrapped=settings_of.age_identity_wrapped if password else "",
+        )
+        config = snapshot(settings_of, sources=list(sources), destinations=list(destinations))
+        config["job"].update(slug=oneoff_folder(run.pk), oneoff=True, keep_last=None, max_age_days=None)
+        run.config = config
+        run.save(update_fields=["config"])
     hand_over([run.pk])
     return run
 
@@ -402,8 +435,7 @@ def _execute(run: Run, progress: Progress) -> None:
     job = config["job"]
     staging = private_dir(archive_dir_for(job["slug"]))
     if job.get("encryption") == "password":
-        stored = Job.objects.filter(pk=job["id"]).first()
-        write_key_file(job["slug"], stored.key_file if stored else None)
+        write_key_file(job["slug"], run.key_file)  # a one-off run's own, else its job's
     for leftover in remove_partials(staging):
         run.append_log(f"Removed a temporary file left by an interrupted run: {leftover.name}")
 

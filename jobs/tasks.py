@@ -24,3 +24,10 @@ def verify_ticket(ticket_id: int) -> None:
 @app.task(ignore_result=True)
 def reap_stale_runs() -> int:
     return services.reap_stale_runs()
+
+
+@app.task(ignore_result=True)
+def purge_abandoned_wizards() -> int:
+    from jobs.wizard.storage import purge_abandoned
+
+    return purge_abandoned()

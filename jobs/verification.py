@@ -146,9 +146,9 @@ def _load_manifest(location: Location) -> dict:
 
 
 def _key_file(run: Run, location: Location) -> bytes | None:
-    job = run.job
-    if job is not None and job.age_identity_wrapped:
-        return agekeys.from_text(job.age_identity_wrapped)
+    key_file = run.key_file  # a one-off run's own, else its job's current one
+    if key_file is not None:
+        return key_file
     if not location.is_local:
         with contextlib.suppress(DestinationError, OSError), location.open(agekeys.KEY_FILE_NAME) as fh:
             return fh.read(KEY_FILE_LIMIT)

@@ -226,3 +226,11 @@ def test_a_connection_cut_mid_message_is_transient_and_delivers_nothing(smtp_ser
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], TransientError), errors
     assert smtp_server.to(mailbox) == []
+
+
+def test_the_attachment_limit_is_the_size_limit_the_wizard_warns_about(settings):
+    from destinations.backends.email import EmailBackend, EmailConf
+
+    settings.BACKUPSITE_EMAIL_ATTACHMENT_LIMIT_MB = 20
+    assert EmailBackend(EmailConf(recipients="a@example.com")).size_limit() == 20 * 1024 * 1024
+    assert EmailBackend(EmailConf(recipients="a@example.com", attachment_limit_mb=5)).size_limit() == 5 * 1024 * 1024

@@ -531,6 +531,12 @@ class Backend:
                 facts.append(_("%(free)s free") % {"free": filesizeformat(free)})
         return facts
 
+    def size_limit(self) -> int | None:
+        """The largest archive, in bytes, this destination takes (an e-mail kind's
+        attachment limit), or None when it has no such limit. The wizard warns before a
+        job is saved whose content measures more; uploads still refuse by themselves."""
+        return None
+
     @property
     def timeout(self) -> float:
         """Seconds for every network step (connect, banner, auth, each read/write)."""

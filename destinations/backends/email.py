@@ -308,6 +308,10 @@ class EmailBackend(Backend):
     def describe_folder(self, folder: str) -> str:
         return f"e-mail to {', '.join(self.conf.recipients)}"
 
+    def size_limit(self) -> int | None:
+        """The attachment limit: the wizard warns before a job whose content is larger."""
+        return self.conf.limit_bytes
+
     def session(self) -> EmailSession:
         return EmailSession(self)
 

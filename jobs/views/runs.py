@@ -4,7 +4,7 @@ from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext_lazy as _
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from destinations.backends.base import ROOT_FOLDER
 from jobs import downloads
@@ -108,3 +108,40 @@ def run_cancel(request, pk: int):
     level, text = CANCEL_MESSAGES[cancel_run(run.pk, user=request.user)]
     messages.add_message(request, level, text)
     return redirect(run)
+
+
+@require_POST
+@permission_required("jobs.change_job", raise_exception=True)
+def run_keep_forever(request, pk: int):
+    """Mark a run's backup "keep forever" (retention never removes it), or unmark it."""
+    from jobs.backups import set_keep_forever
+
+    run = get_object_or_404(Run, pk=pk)
+    keep = request.POST.get("keep") == "1"
+    set_keep_forever(run, keep, user=request.user)
+    messages.success(
+        request,
+        _("This backup is kept forever: retention never removes it.")
+        if keep
+        else _("“Keep forever” removed: the job's retention rules apply to this backup again."),
+    )
+    return redirect(run)
+
+
+@require_http_methods(["GET", "POST"])
+@permission_required("jobs.delete_run", raise_exception=True)
+def run_delete_backup(request, pk: int):
+    """Delete one run's backup here and at every destination that can delete (after a
+    confirmation page that lists them); the run stays in the history."""
+    from jobs.backups import BackupProtected, delete_backup, places
+
+    run = get_object_or_404(Run.objects.select_related("job"), pk=pk)
+    if request.method == "POST":
+        try:
+            lines = delete_backup(run, user=request.user)
+        except BackupProtected as exc:
+            messages.error(request, str(exc))
+            return redirect(run)
+        messages.success(request, _("Backup deleted. %(details)s") % {"details": " ".join(lines)})
+        return redirect(run)
+    return render(request, "jobs/run_confirm_delete.html", {"run": run, "places": places(run)})

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from backupsite import configwrite
 from backupsite.private import private_dir, write_private
 from destinations.models import Destination
 from jobs.models import Job, Source
@@ -65,15 +66,13 @@ class Command(BaseCommand):
         local, _ = Destination.objects.get_or_create(
             name="Server hard drive", defaults={"kind": "local", "settings": {"path": str(backups)}}
         )
-        job, created = Job.objects.get_or_create(
-            name="Demo backup",
-            defaults={"report_to": "admin@example.com", "interval": Job.Interval.MANUAL, "keep_last": 7},
-        )
-        if created:
-            job.sources.set([files])
-            job.destinations.set([local])
+        # Jobs are written through configwrite, as by the wizard (audit, admin e-mails).
+        job = Job.objects.filter(name="Demo backup").first()
+        if job is None:
+            job = Job(name="Demo backup", report_to="admin@example.com", interval=Job.Interval.MANUAL, keep_last=7)
+            configwrite.save(job, m2m={"sources": [files], "destinations": [local]})
         elif not job.encrypts and job.sources.filter(pk=panel_db.pk).exists():
-            job.sources.remove(panel_db)
+            configwrite.save(job, m2m={"sources": job.sources.exclude(pk=panel_db.pk)})
             self.stdout.write(
                 f"Removed the panel database from “{job.name}”: unencrypted, its archive would carry every "
                 "password hash in clear."
