@@ -559,6 +559,13 @@ class Run(models.Model):
             return agekeys.from_text(self.age_identity_wrapped)
         return self.job.key_file if self.job_id is not None and self.job is not None else None
 
+    @property
+    def encrypted_with_key_file(self) -> bool:
+        """Encrypted to a key the panel keeps wrapped (``backupsite-key.age`` exists)."""
+        from jobs.engine.agekeys import AGE_SUFFIX
+
+        return self.archive_name.endswith(AGE_SUFFIX) and self.key_file is not None
+
     # --- sensitive content ----------------------------------------------------------
     SENSITIVE_PERMISSION = "jobs.access_sensitive_run"
 

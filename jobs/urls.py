@@ -19,6 +19,7 @@ urlpatterns = [
     path("runs/<int:pk>/progress/", runs.run_progress, name="run_progress"),
     path("runs/<int:pk>/download/", runs.run_download, name="run_download"),
     path("runs/<int:pk>/manifest/", runs.run_download, {"what": "manifest"}, name="run_manifest"),
+    path("runs/<int:pk>/key/", runs.run_key_file, name="run_key_file"),
     path("runs/<int:pk>/cancel/", runs.run_cancel, name="run_cancel"),
     path("runs/<int:pk>/keep/", runs.run_keep_forever, name="run_keep_forever"),
     path("runs/<int:pk>/delete/", runs.run_delete_backup, name="run_delete_backup"),

@@ -9,6 +9,7 @@ import subprocess
 
 import pyrage
 import pytest
+from django.urls import reverse
 
 from jobs import services
 from jobs.engine import agekeys
@@ -171,3 +172,36 @@ def test_disk_full_at_the_local_destination_fails_without_a_partial_file(job, se
 def test_job_model_encryption_choices_are_consistent(db):
     job = Job(name="x")
     assert not job.encrypts and job.key_file is None
+
+
+def test_the_key_file_downloads_from_the_run_page_and_opens_the_downloaded_archive(
+    client, bob, charlie, encrypted_job, tmp_path
+):
+    """A user who only has the browser: the archive and backupsite-key.age from the run
+    page, the password, and the stock age CLI are enough."""
+    run = services.execute_run(services.create_run(encrypted_job).pk)
+    client.force_login(bob)
+    html = client.get(run.get_absolute_url()).content.decode()
+    assert reverse("jobs:run_key_file", args=[run.pk]) in html
+    response = client.get(reverse("jobs:run_key_file", args=[run.pk]))
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == 'attachment; filename="backupsite-key.age"'
+    key = tmp_path / "backupsite-key.age"
+    key.write_bytes(response.content)
+    archive = tmp_path / run.archive_name
+    archive.write_bytes(b"".join(client.get(reverse("jobs:run_download", args=[run.pk])).streaming_content))
+    plain = tmp_path / "plain.tar.zst"
+    age_decrypt_with_password(key, archive, plain, "correct horse battery staple")
+    target = tmp_path / "restore"
+    restore_with_stock_tools(plain, target)
+    assert (target / "office-files").is_dir()
+    # Viewers may not download; a run without a key file has none to offer.
+    client.force_login(charlie)
+    assert client.get(reverse("jobs:run_key_file", args=[run.pk])).status_code == 403
+
+
+def test_an_unencrypted_run_has_no_key_file(client, bob, job):
+    run = services.execute_run(services.create_run(job).pk)
+    client.force_login(bob)
+    assert reverse("jobs:run_key_file", args=[run.pk]) not in client.get(run.get_absolute_url()).content.decode()
+    assert client.get(reverse("jobs:run_key_file", args=[run.pk])).status_code == 404

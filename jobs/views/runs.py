@@ -1,13 +1,14 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods, require_POST
 
 from destinations.backends.base import ROOT_FOLDER
 from jobs import downloads
+from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
 from jobs.models import Run, Upload
 from jobs.services import CancelOutcome, cancel_run
 
@@ -82,6 +83,24 @@ def run_download(request, pk: int, what: str = "archive"):
         if run.archive_gone:  # say where copies still are (a write-only kind, say)
             return archive_gone(request, run)
         raise
+
+
+@permission_required("jobs.download_run", raise_exception=True)
+def run_key_file(request, pk: int):
+    """``backupsite-key.age`` of an encrypted run: the job's age identity, itself
+    encrypted with the backup password, so a downloaded archive restores with the stock
+    ``age -d -i backupsite-key.age`` (which asks for that password) without a visit to
+    the destination."""
+    run = get_object_or_404(Run.objects.select_related("job"), pk=pk)
+    refused = refuse_sensitive(request, run)
+    if refused is not None:
+        return refused
+    key_file = run.key_file if run.archive_name.endswith(AGE_SUFFIX) else None
+    if key_file is None:
+        raise Http404("This backup has no key file here.")
+    response = HttpResponse(key_file, content_type="application/octet-stream")
+    response["Content-Disposition"] = f'attachment; filename="{KEY_FILE_NAME}"'
+    return response
 
 
 CANCEL_MESSAGES = {
