@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs.views import dashboard, jobs, restore, runs, sources
+from jobs.views import dashboard, jobs, restore, runs, sources, triggers
 
 app_name = "jobs"
 
@@ -8,6 +8,11 @@ urlpatterns = [
     path("jobs/", jobs.job_list, name="job_list"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job_detail"),
     path("jobs/<int:pk>/run/", jobs.job_run_now, name="job_run_now"),
+    path("jobs/<int:pk>/trigger/regenerate/", triggers.job_trigger_regenerate, name="job_trigger_regenerate"),
+    path("jobs/<int:pk>/trigger/remove/", triggers.job_trigger_remove, name="job_trigger_remove"),
+    path("jobs/<int:pk>/test-email/", triggers.job_test_email, name="job_test_email"),
+    path("hooks/jobs/<int:pk>/", triggers.job_trigger, name="job_trigger"),
+    path("hooks/jobs/<int:pk>/<str:token>/", triggers.job_trigger, name="job_trigger_token"),
     path("runs/", runs.run_list, name="run_list"),
     path("runs/<int:pk>/", runs.run_detail, name="run_detail"),
     path("runs/<int:pk>/progress/", runs.run_progress, name="run_progress"),

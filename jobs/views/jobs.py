@@ -15,9 +15,21 @@ def job_list(request):
 
 @permission_required("jobs.view_job", raise_exception=True)
 def job_detail(request, pk: int):
+    from jobs.views.triggers import trigger_url
+
     job = get_object_or_404(Job.objects.prefetch_related("sources", "destinations"), pk=pk)
     runs = job.runs.order_by("-created_at")[:10]
-    return render(request, "jobs/job_detail.html", {"job": job, "runs": runs, "active_run": job.active_run()})
+    context = {
+        "job": job,
+        "runs": runs,
+        "active_run": job.active_run(),
+        "last_proven": job.last_proven(),
+        # The secret is shown to administrators only (the template checks the same).
+        "trigger_url": trigger_url(request, job)
+        if job.has_trigger and request.user.has_perm("jobs.change_job")
+        else "",
+    }
+    return render(request, "jobs/job_detail.html", context)
 
 
 @require_POST
