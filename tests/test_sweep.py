@@ -119,14 +119,14 @@ def test_the_sweep_fails_an_upload_whose_worker_died_on_its_last_attempt_and_ale
 
 
 def test_the_sweep_closes_a_run_whose_close_was_lost(job, sent):
-    run, up = uploading_run(job, state=Upload.State.SUCCEEDED)
+    run, _ = uploading_run(job, state=Upload.State.SUCCEEDED)
     assert [d.action for d in sweep.sweep()] == [FINALIZE]
     run.refresh_from_db()
     assert run.state == Run.State.SUCCEEDED and "Sweep: every upload settled but the run was not closed" in run.log
 
 
 def test_a_run_closed_on_another_host_goes_to_that_hosts_queue(job, sent, django_capture_on_commit_callbacks):
-    run, up = uploading_run(job, state=Upload.State.SUCCEEDED)
+    run, _ = uploading_run(job, state=Upload.State.SUCCEEDED)
     Run.objects.filter(pk=run.pk).update(host="other-machine")
     with django_capture_on_commit_callbacks(execute=True):
         sweep.sweep()
