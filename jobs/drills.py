@@ -44,11 +44,17 @@ def queue_due(now: datetime | None = None) -> int:
     from jobs.models import Job, Upload
 
     now = now or timezone.now()
-    jobs = list(
-        Job.objects.filter(enabled=True, drill_interval_days__gt=0).annotate(
-            first_upload=Min("runs__uploads__finished_at", filter=_succeeded_upload())
-        )
+    # The first successful upload of each job, from the uploads (most jobs of a fresh
+    # installation have none), then only those jobs.
+    first = dict(
+        Upload.objects.filter(state=Upload.State.SUCCEEDED, run__job__isnull=False)
+        .values("run__job_id")
+        .annotate(first=Min("finished_at"))
+        .values_list("run__job_id", "first")
     )
+    jobs = list(Job.objects.filter(enabled=True, drill_interval_days__gt=0, pk__in=list(first)))
+    for job in jobs:
+        job.first_upload = first[job.pk]
     rows = [(j.pk, j.drill_interval_days, j.last_drill_at, j.first_upload) for j in jobs]
     by_pk = {j.pk: j for j in jobs}
     queued = 0
@@ -63,12 +69,6 @@ def queue_due(now: datetime | None = None) -> int:
                 enqueue.drill(job.pk, destination.pk)
                 queued += 1
     return queued
-
-
-def _succeeded_upload():
-    from django.db.models import Q
-
-    return Q(runs__uploads__state="succeeded")
 
 
 def newest_upload(job_id: int, destination_id: int):

@@ -260,14 +260,19 @@ def stale_plan(jobs, now):
 def check_stale(now=None) -> int:
     """The dispatcher tick's part: stale alerts. Returns how many were queued."""
     from django.db.models import Max
+    from django.db.models.functions import Coalesce
 
     from jobs.models import Job, Run
 
     now = now or timezone.now()
+    # Twice the shortest possible interval (a cron job every minute): nothing younger can
+    # be stale, so a tick right after 10,000 jobs were made looks at none of them.
     jobs = list(
         Job.objects.filter(enabled=True)
         .exclude(interval=Job.Interval.MANUAL)
         .annotate(last_success_at=Max("runs__finished_at", filter=Q(runs__state=Run.State.SUCCEEDED)))
+        .annotate(since=Coalesce("last_success_at", "created_at"))
+        .filter(since__lt=now - timedelta(minutes=2))
     )
     rows = [(j.pk, j.typical_interval, j.last_success_at, j.created_at, j.stale_alerted_at) for j in jobs]
     by_pk = {j.pk: j for j in jobs}

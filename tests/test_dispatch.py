@@ -14,6 +14,7 @@ import pytest
 from django.utils import timezone
 
 from jobs import dispatch, heartbeats, services
+from jobs import enqueue as dispatch_enqueue
 from jobs.dispatch import DISABLED, SKIP, START, JobInfo, plan
 from jobs.models import Job, Run, ServiceHeartbeat
 
@@ -100,6 +101,49 @@ def test_a_slot_that_finds_the_previous_run_archiving_is_recorded_as_skipped(due
     client.force_login(charlie)
     page = client.get(skipped.get_absolute_url()).content.decode()
     assert ">Skipped</span>" in page and "is still archiving" in page
+
+
+def test_a_run_now_between_the_plan_and_the_insert_turns_the_slot_into_a_skipped_run(due_job, monkeypatch):
+    other = Job.objects.create(name="Other", interval="daily", first_run_at=due_job.first_run_at, timezone="UTC")
+    Job.objects.filter(pk=other.pk).update(next_run_at=due_job.next_run_at)
+    real = dispatch._infos
+
+    def planned_then_run_now(jobs, now):
+        infos = real(jobs, now)  # planned without an active run...
+        services.create_run(due_job)  # ...then someone clicked "Run now"
+        return infos
+
+    monkeypatch.setattr(dispatch, "_infos", planned_then_run_now)
+    result = dispatch.tick(housekeeping=False)
+    assert len(result.started) == 1 and Run.objects.get(pk=result.started[0]).job_id == other.pk
+    [skipped] = Run.objects.filter(pk__in=result.skipped)
+    assert skipped.job_id == due_job.pk and "the job was started by hand a moment before" in skipped.error
+    assert Run.objects.filter(job=due_job, state=Run.State.QUEUED).count() == 1
+
+
+def test_only_runs_with_a_free_slot_are_handed_to_the_broker_the_others_wait(
+    job, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    settings.BACKUPSITE_MAX_CONCURRENT_RUNS = 2
+    sent = []
+    monkeypatch.setattr(
+        dispatch_enqueue, "_send", lambda name, args, *, queue, countdown=None: sent.append((name, args[0]))
+    )
+    past = timezone.now() - timedelta(minutes=1)
+    for n in range(5):
+        extra = Job.objects.create(name=f"Extra {n}", interval="daily", first_run_at=past, timezone="UTC")
+        extra.sources.set(job.sources.all())
+    Job.objects.update(next_run_at=past)
+    with django_capture_on_commit_callbacks(execute=True):
+        result = dispatch.tick(housekeeping=False)
+    assert len(result.started) == 6
+    states = dict(Run.objects.values_list("pk", "state"))
+    queued = [pk for pk in result.started if states[pk] == Run.State.QUEUED]
+    assert len(queued) == 2 and sorted(pk for _, pk in sent) == sorted(queued)
+    assert sum(1 for pk in result.started if states[pk] == Run.State.WAITING) == 4
+    waiting = Run.objects.filter(state=Run.State.WAITING).first()
+    assert "Waiting for a free slot for heavy work" in waiting.log
+    assert all(Run.objects.get(pk=pk).config["sources"][0]["name"] == "Office files" for pk in result.started)
 
 
 def test_a_run_that_is_only_uploading_does_not_block_the_next_scheduled_run(
