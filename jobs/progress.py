@@ -123,7 +123,9 @@ class RunProgress:
         if not self._throttle.due(force):
             return
         run.heartbeat_at = timezone.now()
-        written = Run.objects.filter(pk=run.pk, state__in=Run.HELD_STATES).update(
+        # One statement in the usual case: written only while the run is this worker's
+        # and nobody asked to cancel it; when nothing was written, find out which.
+        written = Run.objects.filter(pk=run.pk, state__in=Run.HELD_STATES, cancel_requested=False).update(
             phase=run.phase,
             phase_started_at=run.phase_started_at,
             bytes_done=run.bytes_done,
@@ -132,11 +134,12 @@ class RunProgress:
             heartbeat_at=run.heartbeat_at,
         )
         if not written:
-            raise LostRun(run.pk)
+            row = Run.objects.filter(pk=run.pk).values("state", "cancel_requested").first()
+            if row is None or row["state"] not in Run.HELD_STATES:
+                raise LostRun(run.pk)
+            raise Cancelled()
         if self.listener:
             self.listener(run)
-        if Run.objects.filter(pk=run.pk, cancel_requested=True).exists():
-            raise Cancelled()
 
 
 class RowProgress:

@@ -338,8 +338,6 @@ def perform_upload(upload: Upload, archive_path: Path, *, progress=None, cancel=
             manifest_path, (upload.remote_name or archive_path.name) + MANIFEST_SUFFIX, manifest_path.stat().st_size
         ),
     ]
-    if progress is not None:
-        progress(0, size, force=True)
     with backend.session() as session:
         # Leftovers of killed uploads, unless another upload of this job to the same
         # destination is under way right now (its temporary file is not a leftover).
@@ -362,8 +360,6 @@ def perform_upload(upload: Upload, archive_path: Path, *, progress=None, cancel=
             cancel=cancel,
             replace=True,
         )
-    if progress is not None:
-        progress(size, size, force=True)
 
 
 def _ensure_key_file(session, folder: str, key_file: Path) -> None:
