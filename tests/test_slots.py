@@ -37,7 +37,7 @@ class FakeExports(slots.HeavyKind):
                 heartbeat_at=timezone.now(),
                 kind=self.name,
                 ref=f"export #{pk}",
-            )  # fmt: skip
+            )
             for pk, row in self.rows.items()
             if row["state"] in ("queued", "waiting", "running")
         ]
