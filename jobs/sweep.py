@@ -67,10 +67,19 @@ def _seconds(delta: timedelta) -> int:
 
 
 def plan(
-    uploads: Iterable[UploadInfo], unclosed: Iterable[tuple[int, str]], *, now: datetime, limits: Limits
+    uploads: Iterable[UploadInfo],
+    unclosed: Iterable[tuple[int, str]],
+    *,
+    now: datetime,
+    limits: Limits,
+    hosts: dict[str, bool] | None = None,
 ) -> list[Decision]:
     """Decisions for the open uploads and for the uploading runs in *unclosed*
-    (``(run id, host)``: every upload of them settled)."""
+    (``(run id, host)``: every upload of them settled). *hosts* says which worker hosts
+    are alive (from their heartbeat rows): an upload is not handed over again, sweep after
+    sweep, to the queue of a host whose workers are known to be down (the message waits
+    there already, or the next sweep after a worker is back sends one)."""
+    hosts = hosts or {}
     decisions: list[Decision] = []
     grace = timedelta(seconds=limits.grace_seconds)
     for upload in uploads:
@@ -101,6 +110,9 @@ def plan(
         if due is None or now - due <= grace:
             what = "waiting for its next attempt" if upload.state == RETRYING else "just handed to the workers"
             decisions.append(Decision(KEEP, what, upload))
+            continue
+        if hosts.get(upload.host) is False:
+            decisions.append(Decision(KEEP, f"no worker on {upload.host} is running: it waits for one", upload))
             continue
         late = _seconds(now - due)
         what = (
@@ -202,7 +214,12 @@ def sweep(now: datetime | None = None) -> list[Decision]:
         .filter(~Q(pk__in=Upload.objects.filter(state__in=Upload.OPEN_STATES).values("run_id")))
         .values_list("pk", "host")
     )
-    decisions = plan(infos, list(unclosed), now=now, limits=limits())
+    from jobs import heartbeats
+
+    alive: dict[str, bool] = {}
+    for worker in heartbeats.status(now).workers:
+        alive[worker["host"]] = alive.get(worker["host"], False) or worker["alive"]
+    decisions = plan(infos, list(unclosed), now=now, limits=limits(), hosts=alive)
     applied = []
     for decision in decisions:
         if decision.action == KEEP:

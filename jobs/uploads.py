@@ -415,8 +415,16 @@ def settle(run_id: int) -> bool:
             Upload.objects.filter(run_id=run_id, state=Upload.State.SUCCEEDED).values_list("destination_id", flat=True)
         )
         destinations = [dest for dest in run.config.get("destinations") or [] if dest["id"] in arrived]
+        # Local copies whose uploads are still open (a destination being retried) stay.
+        protect = {run.archive_name}
+        if run.job_id:
+            protect |= set(
+                Upload.objects.filter(run__job_id=run.job_id, run__host=run.host, state__in=Upload.OPEN_STATES)
+                .exclude(run_id=run_id)
+                .values_list("run__archive_name", flat=True)
+            )
         try:
-            lines = retention.after_run(run.config, protect={run.archive_name}, destinations=destinations)
+            lines = retention.after_run(run.config, protect=protect, destinations=destinations)
         except Exception:  # retention never turns a made backup into a failure
             log.exception("Retention after run %s failed", run_id)
             lines = ["Retention: internal error; see the worker log."]

@@ -37,6 +37,7 @@ def _notifications_at_once(monkeypatch):
     from jobs import notifications
 
     monkeypatch.setattr(notifications, "DELIVER_AFTER_COMMIT", False)
+    monkeypatch.setattr(notifications, "DELIVER_HERE", False)
 
 
 @pytest.fixture

@@ -276,3 +276,35 @@ def test_the_run_page_shows_each_upload_with_its_progress_rate_and_time_left(cli
     assert 'data-poll-active="true"' in html and "on nas-host" in html
     assert '<progress max="100" value="25"' in html
     assert re.search(r"[45]\.\d MB/s, less than a minute left", html)  # 50 MB in 10 s, 150 MB to go
+
+
+def test_runbackup_exits_4_when_an_upload_is_left_to_the_workers_retries(
+    job, sent, monkeypatch, django_capture_on_commit_callbacks
+):
+    from django.core.management import call_command
+
+    monkeypatch.setattr(
+        local.LocalSession, "upload_files", lambda *a, **k: (_ for _ in ()).throw(TransientError("Timed out."))
+    )
+    with pytest.raises(SystemExit) as exited, django_capture_on_commit_callbacks(execute=True):
+        call_command("runbackup", job.name, "--quiet")
+    assert exited.value.code == 4
+    run = Run.objects.get(job=job)
+    assert run.state == Run.State.UPLOADING and run.uploads.get().state == Upload.State.RETRYING
+    assert ("upload_archive", [run.uploads.get().pk]) in [(name, args) for name, args, _, _ in sent]
+
+
+def test_local_retention_keeps_a_local_copy_whose_upload_is_still_being_retried(job, sent, monkeypatch):
+    Job.objects.filter(pk=job.pk).update(keep_last=1)
+    job.refresh_from_db()
+    first = services.create_run(job)
+    Run.objects.filter(pk=first.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    monkeypatch.setattr(
+        local.LocalSession, "upload_files", lambda *a, **k: (_ for _ in ()).throw(TransientError("No route."))
+    )
+    first = services.execute_run(first.pk)
+    assert first.state == Run.State.UPLOADING
+    monkeypatch.undo()
+    second = services.execute_run(services.create_run(job).pk)
+    assert second.state == Run.State.SUCCEEDED
+    assert first.local_file.is_file()  # keep_last=1, but its upload is still open

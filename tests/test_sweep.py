@@ -65,6 +65,13 @@ def test_lost_hand_overs_and_lost_countdowns_are_enqueued_again_and_unclosed_run
     ]
 
 
+def test_an_upload_for_a_host_whose_workers_are_down_is_not_sent_again_and_again():
+    lost = upload(since=ago(300))
+    assert plan([lost], (), now=NOW, limits=LIMITS, hosts={"a": False})[0].action == KEEP
+    assert plan([lost], (), now=NOW, limits=LIMITS, hosts={"a": True})[0].action == ENQUEUE
+    assert plan([lost], (), now=NOW, limits=LIMITS, hosts={"b": True})[0].action == ENQUEUE  # never seen: send
+
+
 def test_the_substitute_is_the_latest_good_local_backup():
     candidates = [
         Candidate(3, ago(3 * 86400), True),

@@ -54,7 +54,7 @@ class Command(BaseCommand):
 
         tty = not quiet and sys.stdout.isatty()
         # No worker may be running: this process sends the run's e-mails and pings itself.
-        notifications.DELIVER_HERE = True
+        delivered_here, notifications.DELIVER_HERE = notifications.DELIVER_HERE, True
 
         def show(current: Run) -> None:
             if tty:
@@ -77,6 +77,8 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             services.cancel_run(run.pk)
             raise CommandError(f"Run #{run.pk} cancelled (Ctrl-C).") from None
+        finally:
+            notifications.DELIVER_HERE = delivered_here
         if tty:
             self.stdout.write("")
 
