@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import email
 import email.policy
+import socket
 import threading
 import time
 from dataclasses import dataclass
 
 import pytest
 
-from tests.servers import free_port
+
+def free_port() -> int:
+    # Not imported from tests.servers: a module that imports it before it is registered as
+    # a plugin makes pytest warn that it cannot rewrite its asserts.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @dataclass
