@@ -72,15 +72,15 @@ class RunFailed(Exception):
 
 
 # --- creating runs ------------------------------------------------------------------
-def snapshot(job: Job) -> dict:
-    """The configuration a run works with, frozen when the run is created."""
+def snapshot(job: Job, *, sources=None, destinations=None) -> dict:
+    """The configuration a run works with, frozen when the run is created. *sources* and
+    *destinations* default to the job's own."""
+    sources = job.sources.all() if sources is None else sources
+    destinations = job.destinations.all() if destinations is None else destinations
     return snapshot_of(
         {field: getattr(job, field) for field in SNAPSHOT_JOB_FIELDS if field != "pk"} | {"pk": job.pk},
-        [
-            {"pk": s.pk, "name": s.name, "slug": s.slug, "kind": s.kind, "settings": s.settings}
-            for s in job.sources.all()
-        ],
-        [{"pk": d.pk, "name": d.name, "kind": d.kind, "enabled": d.enabled} for d in job.destinations.all()],
+        [{"pk": s.pk, "name": s.name, "slug": s.slug, "kind": s.kind, "settings": s.settings} for s in sources],
+        [{"pk": d.pk, "name": d.name, "kind": d.kind, "enabled": d.enabled} for d in destinations],
     )
 
 
