@@ -11,6 +11,7 @@ urlpatterns = [
     path("jobs/<int:pk>/trigger/regenerate/", triggers.job_trigger_regenerate, name="job_trigger_regenerate"),
     path("jobs/<int:pk>/trigger/remove/", triggers.job_trigger_remove, name="job_trigger_remove"),
     path("jobs/<int:pk>/test-email/", triggers.job_test_email, name="job_test_email"),
+    path("jobs/<int:pk>/alerts/", triggers.job_alert_settings, name="job_alert_settings"),
     path("hooks/jobs/<int:pk>/", triggers.job_trigger, name="job_trigger"),
     path("hooks/jobs/<int:pk>/<str:token>/", triggers.job_trigger, name="job_trigger_token"),
     path("runs/", runs.run_list, name="run_list"),

@@ -122,3 +122,24 @@ def test_a_disabled_job_cannot_be_triggered(client, triggered):
     Job.objects.filter(pk=job.pk).update(enabled=False)
     response = client.post(f"/hooks/jobs/{job.pk}/{token}/")
     assert response.status_code == 409 and "disabled" in response.json()["error"]
+
+
+def test_administrators_set_the_alert_settings_and_the_ping_url_is_never_shown_again(client, alice, bob, job):
+    url = reverse("jobs:job_alert_settings", args=[job.pk])
+    secret = "https://hc-ping.com/0f3c7c57-secret-uuid"
+    client.force_login(bob)
+    assert client.post(url, {"ping_url": secret}).status_code == 403
+    client.force_login(alice)
+    client.post(url, {"notify_success": "on", "drill_interval_days": "3", "ping_url": secret})
+    job.refresh_from_db()
+    assert job.notify_success and job.drill_interval_days == 3 and job.ping_url == secret
+    page = client.get(job.get_absolute_url()).content.decode()
+    assert 'id="alert-settings"' in page and "0f3c7c57" not in page
+    client.post(url, {"notify_success": "on", "drill_interval_days": "3", "ping_url": ""})  # blank keeps it
+    job.refresh_from_db()
+    assert job.ping_url == secret
+    page = client.post(url, {"drill_interval_days": "3", "ping_url": "ftp://x"}, follow=True).content.decode()
+    assert "The alert settings were not saved" in page
+    client.post(url, {"drill_interval_days": "7", "remove_ping_url": "on"})
+    job.refresh_from_db()
+    assert job.ping_url == "" and not job.notify_success and job.drill_interval_days == 7

@@ -15,7 +15,7 @@ def job_list(request):
 
 @permission_required("jobs.view_job", raise_exception=True)
 def job_detail(request, pk: int):
-    from jobs.views.triggers import trigger_url
+    from jobs.views.triggers import AlertSettingsForm, trigger_url
 
     job = get_object_or_404(Job.objects.prefetch_related("sources", "destinations"), pk=pk)
     runs = job.runs.order_by("-created_at")[:10]
@@ -24,6 +24,7 @@ def job_detail(request, pk: int):
         "runs": runs,
         "active_run": job.active_run(),
         "last_proven": job.last_proven(),
+        "alert_form": AlertSettingsForm(instance=job) if request.user.has_perm("jobs.change_job") else None,
         # The secret is shown to administrators only (the template checks the same).
         "trigger_url": trigger_url(request, job)
         if job.has_trigger and request.user.has_perm("jobs.change_job")

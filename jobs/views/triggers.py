@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hmac
 
+from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required, permission_required
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -119,4 +121,57 @@ def job_test_email(request, pk: int):
         messages.success(request, f"A test e-mail to {', '.join(job.report_to_list)} is on its way.")
     else:
         messages.error(request, "The test e-mail could not be queued; see the log.")
+    return redirect(reverse("jobs:job_detail", args=[job.pk]) + "#alerts")
+
+
+class AlertSettingsForm(forms.ModelForm):
+    """The job's alert and drill settings (administrators, on the job page). The ping URL
+    is a credential of the monitoring service: never rendered back; left blank it stays."""
+
+    ping_url = forms.URLField(
+        label=_("Ping URL"),
+        required=False,
+        assume_scheme="https",
+        widget=forms.URLInput(attrs={"autocomplete": "off", "placeholder": "https://hc-ping.com/…"}),
+        help_text=_(
+            "Requested at the start (…/start), on success, and on failure (…/fail) with the error. Leave it "
+            "blank to keep the current one."
+        ),
+    )
+    remove_ping_url = forms.BooleanField(label=_("Remove the ping URL"), required=False)
+
+    class Meta:
+        model = Job
+        fields = ["notify_success", "drill_interval_days"]
+        labels = {
+            "notify_success": _("E-mail after every successful run too"),
+            "drill_interval_days": _("Integrity drill every … days (0: never)"),
+        }
+
+    def clean_ping_url(self):
+        value = self.cleaned_data["ping_url"]
+        if value and not value.lower().startswith(("http://", "https://")):
+            raise forms.ValidationError(_("The ping URL must start with http:// or https://."))
+        return value
+
+    def save(self, commit=True):
+        job = super().save(commit=False)
+        if self.cleaned_data.get("remove_ping_url"):
+            job.ping_url = ""
+        elif self.cleaned_data.get("ping_url"):
+            job.ping_url = self.cleaned_data["ping_url"]
+        return job
+
+
+@require_POST
+@permission_required("jobs.change_job", raise_exception=True)
+def job_alert_settings(request, pk: int):
+    job = get_object_or_404(Job, pk=pk)
+    form = AlertSettingsForm(request.POST, instance=job)
+    if form.is_valid():
+        configwrite.save(form.save(), request=request)
+        messages.success(request, "The alert settings were saved.")
+    else:
+        errors = "; ".join(str(error) for errors in form.errors.values() for error in errors)
+        messages.error(request, f"The alert settings were not saved: {errors}")
     return redirect(reverse("jobs:job_detail", args=[job.pk]) + "#alerts")
