@@ -308,3 +308,37 @@ def test_local_retention_keeps_a_local_copy_whose_upload_is_still_being_retried(
     second = services.execute_run(services.create_run(job).pk)
     assert second.state == Run.State.SUCCEEDED
     assert first.local_file.is_file()  # keep_last=1, but its upload is still open
+
+
+def test_the_redis_visibility_timeout_exceeds_the_hard_limit_and_the_longest_retry_delay(tmp_path):
+    """RELIABILITY 11: a long task (or a retry waiting for its countdown) is never handed
+    out a second time by Redis; and a second delivery would find its row taken anyway."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; from backupsite.celery import app; "
+        "print(app.conf.broker_transport_options['visibility_timeout'], s.CELERY_HARD_TIME_LIMIT, "
+        "s.BACKUPSITE_UPLOAD_RETRY_MAX_SECONDS, app.conf.task_acks_late, app.conf.worker_prefetch_multiplier, "
+        "app.conf.beat_schedule['dispatch-tick']['options']['expires'], "
+        "app.conf.beat_schedule['sweep-uploads']['schedule'], sorted(q.name for q in app.conf.task_queues))"
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "DJANGO_SETTINGS_MODULE": "backupsite.settings",
+        "BACKUPSITE_ENV_FILE": "",
+        "BACKUPSITE_DATA_DIR": str(tmp_path / "data"),
+        "DEBUG": "1",
+        "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",  # only configured, never connected
+        "CELERY_SOFT_TIME_LIMIT": "30000",
+        "BACKUPSITE_UPLOAD_RETRY_MAX_SECONDS": "40000",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    visibility, hard, retry, rest = out.stdout.split(maxsplit=3)
+    assert int(visibility) > int(hard) == 30600 and int(visibility) > int(retry) == 40000
+    assert rest.strip() == "True 1 60.0 300.0 ['archives', 'celery', 'exports']"
