@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 
-from celery import Celery
+from celery import Celery, bootsteps
+from celery.signals import celeryd_after_setup
+from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backupsite.settings")
 
@@ -42,8 +44,11 @@ def configure(app: Celery) -> None:
         }
     else:
         # Redis re-delivers an unacknowledged message after the visibility timeout:
-        # keep it above the hard time limit so a long run is never executed twice.
-        broker_options = {"visibility_timeout": settings.CELERY_HARD_TIME_LIMIT + 3600}
+        # keep it above the hard time limit, so a long run is never executed twice, and
+        # above the longest countdown (an upload's retry, an e-mail's), so a message
+        # waiting for its time is never delivered a second time meanwhile.
+        longest = max(settings.CELERY_HARD_TIME_LIMIT, settings.BACKUPSITE_UPLOAD_RETRY_MAX_SECONDS, 3600)
+        broker_options = {"visibility_timeout": longest + 3600}
 
     app.conf.update(
         broker_url=settings.CELERY_BROKER_URL,
@@ -55,7 +60,16 @@ def configure(app: Celery) -> None:
         task_ignore_result=True,
         result_backend=None,
         task_acks_late=True,
+        # A task whose pool process died (SIGKILL, out of memory) is not handed back by
+        # Celery (it would come back at once, and again): the database rows say what to
+        # do (the reconcile restarts the run at most BACKUPSITE_RUN_RESTARTS times, the
+        # sweep takes the upload back).
         task_reject_on_worker_lost=False,
+        # Queues (jobs/enqueue.py): every worker consumes these, plus its own host.<name>
+        # (added below); `celery worker -Q …` narrows them.
+        task_default_queue="celery",
+        task_queues=[Queue("celery"), Queue("archives"), Queue("exports")],
+        task_create_missing_queues=True,
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.CELERY_SOFT_TIME_LIMIT,
         task_time_limit=settings.CELERY_HARD_TIME_LIMIT,
@@ -83,8 +97,54 @@ def configure(app: Celery) -> None:
                 "schedule": 600.0,
                 "options": {"expires": 600.0},
             },
+            # Start the jobs whose time has come (two beats never start one twice:
+            # jobs/dispatch.py claims each with a conditional update).
+            "dispatch-tick": {
+                "task": "jobs.tasks.dispatch_tick",
+                "schedule": float(settings.BACKUPSITE_DISPATCH_SECONDS),
+                "options": {"expires": float(settings.BACKUPSITE_DISPATCH_SECONDS)},
+            },
+            # Uploads whose task was lost, or whose worker died, are handed over again.
+            "sweep-uploads": {
+                "task": "jobs.tasks.sweep_uploads",
+                "schedule": float(settings.BACKUPSITE_SWEEP_SECONDS),
+                "options": {"expires": float(settings.BACKUPSITE_SWEEP_SECONDS)},
+            },
         },
     )
+
+
+@celeryd_after_setup.connect
+def _consume_own_host_queue(sender, instance, **kwargs) -> None:
+    """Every worker also consumes the queue of its own host (``host.<BACKUPSITE_HOST>``):
+    the uploads and local checks of the archives this machine wrote."""
+    from django.conf import settings
+
+    instance.app.amqp.queues.select_add(f"host.{settings.BACKUPSITE_HOST}")
+
+
+class WorkerHeartbeat(bootsteps.StartStopStep):
+    """Writes this worker's heartbeat row (jobs/heartbeats.py) while it runs."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker, **kwargs) -> None:
+        self.thread = None
+
+    def start(self, worker) -> None:
+        from jobs.heartbeats import WorkerHeartbeatThread
+
+        queues = sorted(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
+        self.thread = WorkerHeartbeatThread(worker.hostname, queues)
+        self.thread.start()
+
+    def stop(self, worker) -> None:
+        if self.thread is not None:
+            self.thread.stop()
+            self.thread = None
+
+
+app.steps["worker"].add(WorkerHeartbeat)
 
 
 configure(app)

@@ -24,6 +24,8 @@ from django.core.cache import cache
 LIMITS: dict[str, tuple[int, int]] = {
     "destination-test": (10, 60),  # per administrator
     "destination-test-ip": (30, 60),  # per client address
+    "job-trigger": (6, 60),  # trigger URL calls per job (a POS at day close calls once)
+    "job-trigger-ip": (30, 60),  # trigger URL calls per client address (wrong tokens too)
 }
 
 

@@ -8,6 +8,8 @@ real environment variables win over it.
 from __future__ import annotations
 
 import os
+import re
+import socket
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -252,6 +254,35 @@ if BACKUPSITE_STALE_RUN_SECONDS < 3 * BACKUPSITE_HEARTBEAT_SECONDS:
     )
 BACKUPSITE_REAPER_SECONDS = env_int("BACKUPSITE_REAPER_SECONDS", 15, minimum=1)
 BACKUPSITE_QUEUE_GRACE_SECONDS = env_int("BACKUPSITE_QUEUE_GRACE_SECONDS", 60, minimum=1)
+# A run whose worker died while archiving (killed, out of memory, machine restarted) is
+# started again this many times at most, then it ends "interrupted" with a message.
+BACKUPSITE_RUN_RESTARTS = env_int("BACKUPSITE_RUN_RESTARTS", 1, minimum=0)
+
+# --- Scheduling and workers (README, "Scheduling" and "Several worker machines") ------
+# This machine's name among the workers: the local copies it writes are uploaded by the
+# tasks on its own queue "host.<name>". Letters, digits, ".", "_" and "-".
+BACKUPSITE_HOST = env_str("BACKUPSITE_HOST", socket.gethostname() or "localhost")
+if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", BACKUPSITE_HOST):
+    raise ImproperlyConfigured(
+        f"BACKUPSITE_HOST must be letters, digits, '.', '_' and '-' (it names a queue), not {BACKUPSITE_HOST!r}."
+    )
+# The dispatcher tick (due jobs, waiting runs, stale alerts, drills) and the upload sweep.
+BACKUPSITE_DISPATCH_SECONDS = env_int("BACKUPSITE_DISPATCH_SECONDS", 60, minimum=1)
+BACKUPSITE_SWEEP_SECONDS = env_int("BACKUPSITE_SWEEP_SECONDS", 300, minimum=1)
+# Uploads failing with a transient error (timeouts, resets) are tried again after
+# BACKUPSITE_UPLOAD_RETRY_SECONDS, doubling each time up to ..._RETRY_MAX_SECONDS (with
+# jitter), at most BACKUPSITE_UPLOAD_MAX_ATTEMPTS attempts and no new attempt later than
+# BACKUPSITE_UPLOAD_MAX_AGE_SECONDS after the first. Permanent errors are never retried.
+BACKUPSITE_UPLOAD_MAX_ATTEMPTS = env_int("BACKUPSITE_UPLOAD_MAX_ATTEMPTS", 10, minimum=1)
+BACKUPSITE_UPLOAD_MAX_AGE_SECONDS = env_int("BACKUPSITE_UPLOAD_MAX_AGE_SECONDS", 24 * 3600, minimum=1)
+BACKUPSITE_UPLOAD_RETRY_SECONDS = env_int("BACKUPSITE_UPLOAD_RETRY_SECONDS", 60, minimum=1)
+BACKUPSITE_UPLOAD_RETRY_MAX_SECONDS = env_int("BACKUPSITE_UPLOAD_RETRY_MAX_SECONDS", 3600, minimum=1)
+if BACKUPSITE_UPLOAD_RETRY_MAX_SECONDS < BACKUPSITE_UPLOAD_RETRY_SECONDS:
+    raise ImproperlyConfigured("BACKUPSITE_UPLOAD_RETRY_MAX_SECONDS must be at least BACKUPSITE_UPLOAD_RETRY_SECONDS.")
+# E-mails and pings are tried this many times (backoff from 30 s up to an hour).
+BACKUPSITE_NOTIFICATION_ATTEMPTS = env_int("BACKUPSITE_NOTIFICATION_ATTEMPTS", 8, minimum=1)
+# Seconds a ping URL may take for each step (connect, TLS, answer).
+BACKUPSITE_PING_TIMEOUT = env_int("BACKUPSITE_PING_TIMEOUT", 10, minimum=1)
 BACKUPSITE_ZSTD_LEVEL = env_int("BACKUPSITE_ZSTD_LEVEL", 3, minimum=1)
 # Free space kept on the staging disk beyond the archive's estimated size.
 BACKUPSITE_STAGING_MARGIN_BYTES = env_int("BACKUPSITE_STAGING_MARGIN_MB", 64, minimum=0) * 1024 * 1024

@@ -11,9 +11,13 @@ class JobsConfig(AppConfig):
 
         configwrite.register(
             Job,
-            exclude=["next_run_at"],
-            secret_fields=["age_identity_wrapped"],
-            labels={"age_identity_wrapped": "backup password (wrapped key)"},
+            exclude=["next_run_at", "alert_open", "stale_alerted_at", "last_drill_at"],
+            secret_fields=["age_identity_wrapped", "trigger_token_encrypted", "ping_url"],
+            labels={
+                "age_identity_wrapped": "backup password (wrapped key)",
+                "trigger_token_encrypted": "trigger URL",
+                "ping_url": "ping URL",
+            },
         )
         configwrite.register(
             Source,

@@ -145,6 +145,27 @@ class Job(models.Model):
     max_age_days = models.PositiveIntegerField(null=True, blank=True)
     enabled = models.BooleanField(default=True)
     next_run_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # --- alerts (jobs/notifications.py) ------------------------------------------------
+    notify_success = models.BooleanField(
+        default=False, help_text="Also e-mail the report-to addresses after every successful run."
+    )
+    ping_url = models.URLField(
+        max_length=500,
+        blank=True,
+        help_text="Optional dead man's switch (healthchecks.io, Uptime Kuma): requested at the start, on "
+        "success, and at <url>/fail with the error.",
+    )
+    #: A failure was e-mailed and no run succeeded since: the next success sends the recovery e-mail.
+    alert_open = models.BooleanField(default=False)
+    #: When the stale alert ("no successful run for twice the interval") was last sent.
+    stale_alerted_at = models.DateTimeField(null=True, blank=True)
+    # --- integrity drill (jobs/drills.py) ------------------------------------------------
+    drill_interval_days = models.PositiveSmallIntegerField(
+        default=7, help_text="Read the newest backup back from each destination every this many days (0: never)."
+    )
+    last_drill_at = models.DateTimeField(null=True, blank=True)
+    # --- event trigger (jobs/triggers.py): the secret of the trigger URL, encrypted ------
+    trigger_token_encrypted = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -259,6 +280,74 @@ class Job(models.Model):
         return split_addresses(self.report_to)
 
     @property
+    def typical_interval(self) -> timedelta | None:
+        """The time between two scheduled runs (the gap after the next one: cron
+        expressions and months vary), or None for manual jobs."""
+        from jobs.schedule import ScheduleError
+
+        try:
+            times = self.upcoming_runs(2)
+        except ScheduleError:
+            return None
+        if len(times) < 2:
+            return None
+        return times[1] - times[0]
+
+    # --- event trigger ------------------------------------------------------------------
+    @property
+    def has_trigger(self) -> bool:
+        return bool(self.trigger_token_encrypted)
+
+    @property
+    def trigger_token(self) -> str:
+        """The trigger URL's secret, decrypted (administrators see it again on the job
+        page); empty when the job has no trigger URL."""
+        from backupsite.crypto import decrypt_text
+
+        return decrypt_text(self.trigger_token_encrypted) if self.trigger_token_encrypted else ""
+
+    def trigger_token_matches(self, candidate: str) -> bool:
+        """Constant-time comparison of *candidate* with the stored secret."""
+        import hmac
+
+        stored = self.trigger_token
+        return bool(stored) and hmac.compare_digest(stored.encode(), (candidate or "").encode())
+
+    def new_trigger_token(self) -> str:
+        """Make (or replace) the trigger URL's secret; returns it (not saved)."""
+        import secrets
+
+        from backupsite.crypto import encrypt_text
+
+        token = secrets.token_urlsafe(32)
+        self.trigger_token_encrypted = encrypt_text(token)
+        return token
+
+    # --- integrity drill ------------------------------------------------------------------
+    def last_proven(self) -> list[dict]:
+        """Per destination of the job, the newest upload read back and found intact
+        ("last proven at the destination")."""
+        proven = []
+        for destination in self.destinations.all():
+            upload = (
+                Upload.objects.filter(run__job=self, destination=destination, verify_ok=True)
+                .order_by("-verified_at")
+                .first()
+            )
+            failed = (
+                Upload.objects.filter(run__job=self, destination=destination, verify_ok=False)
+                .order_by("-verified_at")
+                .first()
+            )
+            if failed is not None and upload is not None and failed.verified_at < upload.verified_at:
+                failed = None
+            from destinations.backends.base import READ
+
+            destination.readable = destination.can(READ)
+            proven.append({"destination": destination, "upload": upload, "failed": failed})
+        return proven
+
+    @property
     def last_run(self):
         return self.runs.order_by("-created_at").first()
 
@@ -359,6 +448,7 @@ class Run(models.Model):
         CANCELLED = "cancelled", "Cancelled"
         INTERRUPTED = "interrupted", "Interrupted"  # the worker stopped (killed, crashed, restarted)
         TIMED_OUT = "timed_out", "Timed out"  # the soft time limit stopped it
+        SKIPPED = "skipped", "Skipped"  # its scheduled slot came while the previous run was still archiving
 
     class Phase(models.TextChoices):
         PENDING = "", "Not started"
@@ -374,10 +464,17 @@ class Run(models.Model):
         SCHEDULE = "schedule", "Schedule"
         CLI = "cli", "Command line"
         WIZARD = "wizard", "Wizard"
+        EVENT = "event", "Event (trigger URL)"
 
-    ACTIVE_STATES = (State.QUEUED, State.WAITING, State.RUNNING, State.UPLOADING)
-    #: A worker is working on the run (it holds a heavy slot and sends heartbeats).
-    HELD_STATES = (State.RUNNING, State.UPLOADING)
+    #: The archive stage: the job's one active run (database-enforced) and, while
+    #: running, a heavy slot. Once the archive is written the run is ``uploading``: not
+    #: active any more (its uploads are tracked on their Upload rows, so a destination
+    #: retried for hours blocks neither this job's next backup nor anyone else's).
+    ACTIVE_STATES = (State.QUEUED, State.WAITING, State.RUNNING)
+    #: A worker is archiving the run (it holds a heavy slot and sends heartbeats).
+    HELD_STATES = (State.RUNNING,)
+    #: Not finished yet: archiving or uploading (pages poll, the dashboard lists them).
+    LIVE_STATES = (State.QUEUED, State.WAITING, State.RUNNING, State.UPLOADING)
     FINAL_STATES = (
         State.SUCCEEDED,
         State.PARTIAL,
@@ -385,6 +482,7 @@ class Run(models.Model):
         State.CANCELLED,
         State.INTERRUPTED,
         State.TIMED_OUT,
+        State.SKIPPED,
     )
     #: Final states that e-mail the job's report-to addresses.
     ALERT_STATES = (State.FAILED, State.INTERRUPTED, State.TIMED_OUT)
@@ -429,6 +527,18 @@ class Run(models.Model):
     # again because nobody took it (once at most, then it fails): see jobs/reconcile.py.
     enqueued_at = models.DateTimeField(null=True, blank=True)
     requeues = models.PositiveSmallIntegerField(default=0)
+    #: How often the archive stage was started again after its worker died
+    #: (``BACKUPSITE_RUN_RESTARTS`` at most, then the run ends interrupted).
+    restarts = models.PositiveSmallIntegerField(default=0)
+    #: The worker host that wrote the local copy: every task that reads it (uploads, local
+    #: verify, local retention) goes to that host's queue ``host.<name>``.
+    host = models.CharField(max_length=255, blank=True)
+    #: Items the archive could not include (unreadable files): the run ends "partial".
+    warning_count = models.PositiveIntegerField(default=0)
+    #: When the current phase began (rate and time left on the run page).
+    phase_started_at = models.DateTimeField(null=True, blank=True)
+    #: When the archive stage gave its heavy slot back (archive written, failed, ended).
+    released_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -446,7 +556,7 @@ class Run(models.Model):
             # The per-job lock, enforced by the database: at most one active run per job.
             models.UniqueConstraint(
                 fields=["job"],
-                condition=Q(state__in=["queued", "waiting", "running", "uploading"]),
+                condition=Q(state__in=["queued", "waiting", "running"]),
                 name="one_active_run_per_job",
             ),
         ]
@@ -459,7 +569,17 @@ class Run(models.Model):
 
     @property
     def is_active(self) -> bool:
+        """Archiving (or about to): the job's one active run."""
         return self.state in self.ACTIVE_STATES
+
+    @property
+    def is_live(self) -> bool:
+        """Not finished: archiving or uploading (the page keeps polling)."""
+        return self.state in self.LIVE_STATES
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.state in self.LIVE_STATES
 
     @property
     def is_alert(self) -> bool:
@@ -481,6 +601,20 @@ class Run(models.Model):
         if not self.bytes_total:
             return None
         return max(0, min(100, int(self.bytes_done * 100 / self.bytes_total)))
+
+    @property
+    def speed(self):
+        """Rate and time left of the current phase (jobs.progress.Speed), or None."""
+        from jobs.progress import speed
+
+        return speed(self.bytes_done, self.bytes_total, self.phase_started_at)
+
+    @property
+    def waiting_for(self) -> str:
+        """What a waiting run waits for, in words (the heavy slot's holders)."""
+        from jobs import slots
+
+        return slots.waiting_for() if self.state == self.State.WAITING else ""
 
     @property
     def duration(self) -> timedelta | None:
@@ -590,6 +724,22 @@ class Run(models.Model):
     def append_log(self, line: str) -> None:
         self.log = f"{self.log}{self.log_line(line)}"
 
+    @staticmethod
+    def log_expression(*lines: str):
+        """An update expression appending time-stamped lines to the run log (other
+        workers write to the same row: never a read-modify-write of the whole log)."""
+        from django.db.models import F, Value
+        from django.db.models.functions import Concat
+
+        text = "".join(Run.log_line(line) for line in lines)
+        return Concat(F("log"), Value(text), output_field=models.TextField())
+
+    @classmethod
+    def add_log(cls, run_id: int, *lines: str) -> None:
+        """Append lines to a run's log without touching anything else on the row."""
+        if lines:
+            cls.objects.filter(pk=run_id).update(log=cls.log_expression(*lines))
+
 
 def time_limit_text() -> str:
     """The soft time limit in words ("6 hours")."""
@@ -648,12 +798,18 @@ class SlotLock(models.Model):
 
 
 class Upload(models.Model):
+    """One archive going to one destination: the upload stage of a run (jobs/uploads.py)."""
+
     class State(models.TextChoices):
         PENDING = "pending", "Pending"
         UPLOADING = "uploading", "Uploading"
+        RETRYING = "retrying", "Waiting to retry"  # a transient error; next_attempt_at says when
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
         DELETED = "deleted", "Deleted"  # "delete this backup" removed it there
+
+    #: Not settled: the run stays "uploading" while any of its uploads is in one of these.
+    OPEN_STATES = (State.PENDING, State.UPLOADING, State.RETRYING)
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="uploads")
     destination = models.ForeignKey(
@@ -665,9 +821,14 @@ class Upload(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     remote_name = models.CharField(max_length=255, blank=True)
     bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
     error = models.TextField(blank=True)
+    #: The first attempt began (the retry age limit counts from here).
+    first_attempt_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    #: Written by the worker uploading it; a stale one means that worker is gone (swept).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     verified_at = models.DateTimeField(null=True, blank=True)
     verify_ok = models.BooleanField(null=True, blank=True)
     verify_message = models.TextField(blank=True)
@@ -675,6 +836,7 @@ class Upload(models.Model):
     class Meta:
         ordering = ["pk"]
         constraints = [models.UniqueConstraint(fields=["run", "destination"], name="one_upload_per_destination")]
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="upload_state_next_attempt")]
 
     def __str__(self) -> str:
         return f"{self.run} → {self.destination_name}"
@@ -685,3 +847,142 @@ class Upload(models.Model):
         from destinations.backends.base import READ
 
         return self.state == self.State.SUCCEEDED and self.destination is not None and self.destination.can(READ)
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in self.OPEN_STATES
+
+    @property
+    def is_invalid(self) -> bool:
+        """Read back from the destination and found missing or damaged."""
+        return self.verify_ok is False
+
+    @property
+    def progress_percent(self) -> int | None:
+        if self.state == self.State.SUCCEEDED:
+            return 100
+        if not self.bytes_total:
+            return None
+        return max(0, min(100, int(self.bytes_done * 100 / self.bytes_total)))
+
+    @property
+    def speed(self):
+        from jobs.progress import speed
+
+        if self.state != self.State.UPLOADING:
+            return None
+        return speed(self.bytes_done, self.bytes_total, self.started_at)
+
+
+class ServiceHeartbeat(models.Model):
+    """One row per dispatcher and per worker, written while it runs: whoever reads it
+    (``/healthz``, the dashboard) knows which parts of the installation are alive."""
+
+    class Role(models.TextChoices):
+        DISPATCHER = "dispatcher", "Scheduler (dispatcher tick)"
+        WORKER = "worker", "Worker"
+
+    name = models.CharField(max_length=255, primary_key=True)  # "dispatcher", "worker:celery@host1"
+    role = models.CharField(max_length=20, choices=Role.choices)
+    host = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    beat_at = models.DateTimeField(db_index=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["role", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def alive(cls, role: str, within_seconds: float, now=None):
+        """The rows of *role* that beat within the last *within_seconds*."""
+        now = now or timezone.now()
+        return cls.objects.filter(role=role, beat_at__gte=now - timedelta(seconds=within_seconds))
+
+
+class Notification(models.Model):
+    """An outgoing e-mail or ping (the outbox): made inside the transaction that decided
+    to send it, delivered after commit by a task, retried by the sweep until sent or out
+    of attempts. A run never waits for a mail server."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "E-mail"
+        PING = "ping", "Ping URL"
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    kind = models.CharField(max_length=30)  # "run_failed", "recovered", "stale", "start", ...
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING, db_index=True)
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    recipients = models.JSONField(default=list, blank=True)
+    subject = models.CharField(max_length=255, blank=True)
+    body = models.TextField(blank=True)
+    #: The ping's URL (kept encrypted: a ping URL is a credential of the monitoring service).
+    url_encrypted = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.get_channel_display()} {self.kind} #{self.pk}"
+
+
+class Activity(models.Model):
+    """Work a worker does on a run besides the backup itself: verify, restore, the
+    integrity drill. Progress is written here, throttled, for the run page."""
+
+    class Kind(models.TextChoices):
+        VERIFY = "verify", "Verification"
+        RESTORE = "restore", "Restore"
+        DRILL = "drill", "Integrity drill"
+
+    class State(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="activities")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    where = models.CharField(max_length=200, blank=True)  # "the local copy", "destination “NAS”"
+    state = models.CharField(max_length=10, choices=State.choices, default=State.RUNNING)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    message = models.TextField(blank=True)
+    host = models.CharField(max_length=255, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+        verbose_name_plural = "activities"
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of run #{self.run_id}"
+
+    @property
+    def progress_percent(self) -> int | None:
+        if not self.bytes_total:
+            return None
+        return max(0, min(100, int(self.bytes_done * 100 / self.bytes_total)))
+
+    @property
+    def speed(self):
+        from jobs.progress import speed
+
+        if self.state != self.State.RUNNING:
+            return None
+        return speed(self.bytes_done, self.bytes_total, self.started_at)

@@ -11,9 +11,13 @@ dispatcher can call it from its tick.
 The rules, with ``stale`` = ``BACKUPSITE_STALE_RUN_SECONDS`` and ``grace`` =
 ``BACKUPSITE_QUEUE_GRACE_SECONDS``:
 
-* A **running/uploading** run whose last heartbeat is older than ``stale`` has lost its
-  worker (killed, crashed, machine restarted): ``interrupt`` it, or ``cancel`` it when a
-  user had asked to cancel. Its slot is free from now on. A fresh heartbeat: ``keep``.
+* A **running** run whose last heartbeat is older than ``stale`` has lost its worker
+  (killed, OOM-killed, crashed, machine restarted): ``cancel`` it when a user had asked
+  to cancel; else ``restart`` it (back to queued, its temporary files removed) while it
+  was restarted fewer than ``restarts`` times (``BACKUPSITE_RUN_RESTARTS``): it goes
+  first in the line for the slot it held; else ``interrupt`` it (final, with a message
+  that says how often it was tried). Its slot is free from now on. A fresh heartbeat:
+  ``keep``.
 * A **queued/waiting** run whose cancel was requested: ``cancel`` (nobody holds it).
 * The other queued/waiting runs form a line, oldest first. While live runs hold every
   slot, the whole line legitimately waits (``keep``): a six-hour backup must not fail the
@@ -42,11 +46,12 @@ HELD = (RUNNING, UPLOADING)
 PENDING = (QUEUED, WAITING)
 
 KEEP, INTERRUPT, CANCEL, WAKE, REQUEUE, FAIL = "keep", "interrupt", "cancel", "wake", "requeue", "fail"
+RESTART = "restart"
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What the plan needs to know about one active run."""
+    """What the plan needs to know about one active row of heavy work (a run, an export)."""
 
     pk: int
     state: str
@@ -56,6 +61,13 @@ class RunInfo:
     enqueued_at: datetime | None = None
     requeues: int = 0
     cancel_requested: bool = False
+    restarts: int = 0
+    kind: str = "backup"  # the jobs.slots registry entry whose row this is
+    ref: str = ""  # how reasons name it: "#12" (runs), "export #3"
+
+    @property
+    def label(self) -> str:
+        return self.ref or f"#{self.pk}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ class Limits:
     stale_seconds: float
     grace_seconds: float
     slots: int
+    restarts: int = 0  # how often a row whose worker died is started again
 
 
 @dataclass(frozen=True)
@@ -100,11 +113,20 @@ def plan(
     runs = list(runs)
     decisions: list[Decision] = []
     live: list[RunInfo] = []
+    ahead: list[RunInfo] = []  # the due runs, in front of the rest of the line
     for run in (r for r in runs if r.state in HELD):
         age = _seconds(now - last_sign_of_life(run))
         if worker_gone(run, now, limits.stale_seconds):
-            action = CANCEL if run.cancel_requested else INTERRUPT
-            decisions.append(Decision(run, action, f"no heartbeat for {age} s (limit {int(limits.stale_seconds)} s)"))
+            silent = f"no heartbeat for {age} s (limit {int(limits.stale_seconds)} s)"
+            if run.cancel_requested:
+                decisions.append(Decision(run, CANCEL, silent))
+            elif run.restarts < limits.restarts:
+                tries = f"restart {run.restarts + 1} of {limits.restarts}"
+                decisions.append(Decision(run, RESTART, f"{silent}: starting it again ({tries})"))
+                ahead.append(run)  # first in line for the slot it held
+            else:
+                tried = f"; it was started again {run.restarts} time(s) already" if run.restarts else ""
+                decisions.append(Decision(run, INTERRUPT, silent + tried))
             last_release = now
         else:
             live.append(run)
@@ -113,17 +135,16 @@ def plan(
     line = sorted((r for r in runs if r.state in PENDING), key=lambda r: (r.created_at, r.pk))
     free = max(0, limits.slots - len(live))
     grace = timedelta(seconds=limits.grace_seconds)
-    ahead: list[RunInfo] = []  # the due runs, in front of the rest of the line
     for run in line:
         if run.cancel_requested:
             decisions.append(Decision(run, CANCEL, "cancel requested before it started"))
             continue
         if len(ahead) >= free:
             if not free:
-                holders = ", ".join(f"#{r.pk}" for r in live)
+                holders = ", ".join(r.label for r in live)
                 reason = f"waiting: every slot is held by a live run ({holders})"
             else:
-                reason = f"waiting behind run #{ahead[-1].pk}, which is next"
+                reason = f"waiting behind run {ahead[-1].label}, which is next"
             decisions.append(Decision(run, KEEP, reason))
             continue
         ahead.append(run)

@@ -1,16 +1,27 @@
-"""What a run does, called by the Celery task, the CLI and the views alike.
+"""What a run does, called by the Celery tasks, the CLI and the views alike.
+
+A run goes through stages (see ``jobs/tasks.py`` and ARCHITECTURE.md, "Stages and
+hosts"): the **archive stage** (this module) claims a heavy slot (``jobs.slots``),
+collects the sources, writes the archive and its manifest to this host's local copies
+folder, records the host on the run and creates one Upload row per destination; from
+then on the run is ``uploading`` and no longer the job's active run (the slot and the
+job's lock are free). The **upload stage** (``jobs.uploads``) sends the archive to each
+destination in its own task on this host's queue, retried on transient errors; a
+conditional update closes the run when its last upload settled, then retention and
+notification run.
 
 The Run row is the truth: state, phase, progress and errors are written to it as the
 run goes, Celery only carries its primary key, and every step can be repeated by another
 worker after a crash (claims are conditional, temporary files are cleaned up).
 
-Crash recovery (see ``jobs/reconcile.py`` for the rules): a worker working on a run
-writes a heartbeat every ``BACKUPSITE_HEARTBEAT_SECONDS``; :func:`reconcile_runs` marks
-a run whose heartbeat is older than ``BACKUPSITE_STALE_RUN_SECONDS`` *interrupted* and
-removes its temporary files, hands the freed slot to the next waiting run, and hands a
-queued run nobody took over again once, then fails it. A worker only writes to a run
-while the run is still its own (running or uploading), so a worker that comes back after
-its run was ended elsewhere cannot bring the run back to life.
+Crash recovery (see ``jobs/reconcile.py`` for the rules): a worker archiving a run
+writes a heartbeat every ``BACKUPSITE_HEARTBEAT_SECONDS``; :func:`reconcile_runs` starts
+a run whose heartbeat is older than ``BACKUPSITE_STALE_RUN_SECONDS`` again (at most
+``BACKUPSITE_RUN_RESTARTS`` times) or marks it *interrupted*, removes its temporary
+files, hands the freed slot to the next waiting run, and hands a queued run nobody took
+over again once, then fails it. A worker only writes to a run while the run is still its
+own, so a worker that comes back after its run was ended elsewhere cannot bring the run
+back to life. Uploads whose worker died are taken back by the sweep (``jobs.sweep``).
 """
 
 from __future__ import annotations
@@ -18,35 +29,38 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, connection, models, transaction
-from django.db.models import F, Max, Value
-from django.db.models.functions import Concat
+from django.db import IntegrityError, close_old_connections, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from backupsite import __version__
 from backupsite.private import private_dir
 from backupsite.slugs import safe_folder_name
-from destinations.backends import DestinationError, NotFoundError
-from destinations.backends.base import READ, UploadItem, job_folder
+from destinations.backends import DestinationError
+from destinations.backends.base import job_folder
 from destinations.models import Destination
-from jobs import reconcile, retention
+from jobs import enqueue, notifications, reconcile, slots, uploads
 from jobs.engine import ArchiveError, Cancelled, Entry, atomic_path, write_archive, write_manifest
 from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
 from jobs.engine.atomic import remove_partials
-from jobs.models import Job, Run, SlotLock, Source, Upload
+from jobs.models import Job, Run, Source, Upload
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, render
+from jobs.progress import LostRun, RunHeartbeat, RunProgress
 from jobs.sources import SourceError
 from jobs.sources import get_kind as get_source_kind
 from jobs.sources.base import cancel_check
 
 log = logging.getLogger(__name__)
-HEAVY_SLOT = "heavy-runs"
+HEAVY_SLOT = slots.LOCK_NAME
+BACKUP = "backup"  # this module's kind of heavy work in jobs.slots
+
+# The names the rest of the code (and the tests) know these by.
+Progress = RunProgress
+Heartbeat = RunHeartbeat
 
 
 class AlreadyRunning(Exception):
@@ -57,40 +71,65 @@ class RunFailed(Exception):
     """A run ended badly; the message is the one stored on the run."""
 
 
-class LostRun(Exception):
-    """This worker no longer owns the run: it was ended elsewhere (the reconcile found
-    its heartbeat stale, or a user cancelled it as abandoned). Stop working on it."""
-
-
 # --- creating runs ------------------------------------------------------------------
 def snapshot(job: Job, *, sources=None, destinations=None) -> dict:
     """The configuration a run works with, frozen when the run is created. *sources* and
-    *destinations* default to the job's own (a one-off run passes the wizard's)."""
+    *destinations* default to the job's own."""
     sources = job.sources.all() if sources is None else sources
-    destinations = job.destinations.filter(enabled=True) if destinations is None else destinations
+    destinations = job.destinations.all() if destinations is None else destinations
+    return snapshot_of(
+        {field: getattr(job, field) for field in SNAPSHOT_JOB_FIELDS if field != "pk"} | {"pk": job.pk},
+        [{"pk": s.pk, "name": s.name, "slug": s.slug, "kind": s.kind, "settings": s.settings} for s in sources],
+        [{"pk": d.pk, "name": d.name, "kind": d.kind, "enabled": d.enabled} for d in destinations],
+    )
+
+
+#: The job's fields a snapshot is made of (the dispatcher reads only these for 10,000 jobs).
+SNAPSHOT_JOB_FIELDS = (
+    "pk",
+    "name",
+    "slug",
+    "archive_name_template",
+    "encryption",
+    "age_recipient",
+    "compression_level",
+    "report_to",
+    "keep_last",
+    "max_age_days",
+)
+
+
+def snapshot_of(job: dict, sources: list[dict], destinations: list[dict]) -> dict:
+    """:func:`snapshot` from plain values: *job* has :data:`SNAPSHOT_JOB_FIELDS`,
+    *sources* and *destinations* their rows (in name order)."""
+    from backupsite.validators import split_addresses
+
+    encrypts = job["encryption"] != Job.Encryption.NONE
     return {
         "job": {
-            "id": job.pk,
-            "name": job.name,
-            "slug": job.slug,
-            "archive_name_template": job.archive_name_template,
-            "encryption": job.encryption,
-            "age_recipient": job.age_recipient if job.encrypts else "",
-            "compression_level": job.compression_level,
-            "report_to": job.report_to_list,
-            "keep_last": job.keep_last,
-            "max_age_days": job.max_age_days,
+            "id": job["pk"],
+            "name": job["name"],
+            "slug": job["slug"],
+            "archive_name_template": job["archive_name_template"],
+            "encryption": job["encryption"],
+            "age_recipient": job["age_recipient"] if encrypts else "",
+            "compression_level": job["compression_level"],
+            "report_to": split_addresses(job["report_to"]),
+            "keep_last": job["keep_last"],
+            "max_age_days": job["max_age_days"],
         },
         "sources": [
-            {"id": s.pk, "name": s.name, "slug": s.slug, "kind": s.kind, "settings": s.settings} for s in sources
+            {"id": s["pk"], "name": s["name"], "slug": s["slug"], "kind": s["kind"], "settings": s["settings"]}
+            for s in sources
         ],
-        "destinations": [{"id": d.pk, "name": d.name, "kind": d.kind} for d in destinations if d.enabled],
+        "destinations": [{"id": d["pk"], "name": d["name"], "kind": d["kind"]} for d in destinations if d["enabled"]],
     }
 
 
-def create_run(job: Job, *, trigger: str = Run.Trigger.MANUAL, user=None) -> Run:
+def create_run(job: Job, *, trigger: str = Run.Trigger.MANUAL, user=None, log_lines=()) -> Run:
     """Create a queued run, or raise AlreadyRunning (the database refuses a second
     active run of the same job, whoever asks: double click, two beats, a retry)."""
+    now = timezone.now()
     try:
         with transaction.atomic():
             return Run.objects.create(
@@ -99,15 +138,21 @@ def create_run(job: Job, *, trigger: str = Run.Trigger.MANUAL, user=None) -> Run
                 config=snapshot(job),
                 trigger=trigger,
                 created_by=user if user is not None and user.is_authenticated else None,
-                enqueued_at=timezone.now(),
+                created_at=now,
+                enqueued_at=now,
+                log="".join(Run.log_line(line) for line in log_lines),
             )
     except IntegrityError:
         raise AlreadyRunning(f"“{job.name}” is already running.") from None
 
 
-def enqueue_run(job: Job, *, trigger: str = Run.Trigger.MANUAL, user=None) -> Run:
-    run = create_run(job, trigger=trigger, user=user)
+def enqueue_run(job: Job, *, trigger: str = Run.Trigger.MANUAL, user=None, log_lines=()) -> Run:
+    """Create a run and hand it to the workers once the transaction commits (Run now,
+    the trigger URL, the dispatcher, the wizard)."""
+    run = create_run(job, trigger=trigger, user=user, log_lines=log_lines)
     hand_over([run.pk])
+    if job.ping_url:
+        notifications.ping(job, "start", run=run)
     return run
 
 
@@ -143,146 +188,90 @@ def enqueue_oneoff(settings_of: Job, *, sources, destinations, password: str = "
 
 
 def hand_over(run_ids: list[int]) -> None:
-    """Send runs to the workers once the current transaction commits (the one place
-    that enqueues ``execute_run``). A broker that cannot be reached is logged, never
-    raised: the reconcile hands a run nobody took over again."""
-    from jobs import tasks
-
-    def send() -> None:
-        for run_id in run_ids:
-            try:
-                tasks.execute_run.delay(run_id)
-            except Exception:
-                log.exception("Could not hand run %s to the workers", run_id)
-
-    if run_ids:
-        transaction.on_commit(send)
+    """Send runs to the workers once the current transaction commits. A broker that
+    cannot be reached is logged, never raised: the reconcile hands a run nobody took
+    over again."""
+    enqueue.archive(run_ids)
 
 
 # --- claiming -----------------------------------------------------------------------
 def claim(run_id: int) -> str:
-    """Move a queued/waiting run to running if a heavy slot is free.
+    """Move a queued/waiting run to running if a heavy slot is free (``jobs.slots``).
 
     Returns "claimed", "busy" (parked as waiting: a run that frees a slot, or the
     reconcile, hands it to the workers again; nothing polls the broker meanwhile) or
     "gone" (someone else took it, or it was cancelled): so a duplicate delivery never
     runs twice.
     """
-    with transaction.atomic():
-        SlotLock.objects.get_or_create(name=HEAVY_SLOT)
-        SlotLock.objects.select_for_update().get(name=HEAVY_SLOT)
-        run = Run.objects.filter(pk=run_id).first()
-        if run is None or run.state not in (Run.State.QUEUED, Run.State.WAITING):
-            return "gone"
-        if run.cancel_requested:
-            now = timezone.now()
-            Run.objects.filter(pk=run_id).update(
+    return slots.claim(BACKUP, run_id)
+
+
+class BackupWork(slots.HeavyKind):
+    """Backups as heavy work: a run holds a slot while it archives (state running)."""
+
+    name = BACKUP
+
+    def held_count(self) -> int:
+        return Run.objects.filter(state=Run.State.RUNNING).count()
+
+    def holders(self) -> list[str]:
+        texts = []
+        for run in Run.objects.filter(state=Run.State.RUNNING).only("pk", "job_name", "phase", "started_at"):
+            since = timezone.localtime(run.started_at).strftime("%H:%M") if run.started_at else "?"
+            texts.append(
+                f"the backup of “{run.job_name}” (run #{run.pk}, {run.get_phase_display().lower()}, since {since})"
+            )
+        return texts
+
+    def active(self) -> list[reconcile.RunInfo]:
+        fields = (
+            "pk",
+            "state",
+            "created_at",
+            "heartbeat_at",
+            "started_at",
+            "enqueued_at",
+            "requeues",
+            "cancel_requested",
+            "restarts",
+        )
+        return [
+            reconcile.RunInfo(**row, kind=BACKUP)
+            for row in Run.objects.filter(state__in=Run.ACTIVE_STATES).values(*fields)
+        ]
+
+    def last_release(self):
+        return Run.objects.aggregate(at=Max("released_at"))["at"]
+
+    def prepare(self, pk: int, now) -> bool:
+        row = Run.objects.filter(pk=pk).values("state", "cancel_requested").first()
+        if row is None or row["state"] not in (Run.State.QUEUED, Run.State.WAITING):
+            return False
+        if row["cancel_requested"]:
+            Run.objects.filter(pk=pk, state__in=reconcile.PENDING).update(
                 state=Run.State.CANCELLED, finished_at=now, error="Cancelled before it started."
             )
-            return "gone"
-        busy = Run.objects.filter(state__in=[Run.State.RUNNING, Run.State.UPLOADING]).count()
-        if busy >= settings.BACKUPSITE_MAX_CONCURRENT_RUNS:
-            Run.objects.filter(pk=run_id, state=Run.State.QUEUED).update(state=Run.State.WAITING)
-            return "busy"
-        now = timezone.now()
-        Run.objects.filter(pk=run_id).update(
-            state=Run.State.RUNNING, phase=Run.Phase.COLLECT, started_at=now, heartbeat_at=now
+            return False
+        return True
+
+    def start(self, pk: int, now) -> None:
+        Run.objects.filter(pk=pk).update(
+            state=Run.State.RUNNING,
+            phase=Run.Phase.COLLECT,
+            phase_started_at=now,
+            started_at=now,
+            heartbeat_at=now,
+            host=enqueue.this_host(),
         )
-        return "claimed"
+
+    def park(self, pk: int) -> None:
+        Run.objects.filter(pk=pk, state=Run.State.QUEUED).update(state=Run.State.WAITING)
+
+    def apply(self, decision: reconcile.Decision, now) -> bool:
+        return _APPLY[decision.action](decision, now)
 
 
-# --- progress -----------------------------------------------------------------------
-class Progress:
-    """Writes phase and progress to the run row, throttled, and checks for cancellation."""
-
-    def __init__(self, run: Run, interval: float = 1.0, listener: Callable[[Run], None] | None = None) -> None:
-        self.run = run
-        self.interval = interval
-        self.listener = listener
-        self._last = 0.0
-
-    def __call__(
-        self,
-        *,
-        phase: str | None = None,
-        done: int | None = None,
-        total: int | None = None,
-        files: int | None = None,
-        force: bool = False,
-    ) -> None:
-        run = self.run
-        if phase is not None:
-            run.phase = phase
-        if done is not None:
-            run.bytes_done = done
-        if total is not None:
-            run.bytes_total = total
-        if files is not None:
-            run.files_done = files
-        now = time.monotonic()
-        if not force and now - self._last < self.interval:
-            return
-        self._last = now
-        run.heartbeat_at = timezone.now()
-        written = Run.objects.filter(pk=run.pk, state__in=Run.HELD_STATES).update(
-            phase=run.phase,
-            bytes_done=run.bytes_done,
-            bytes_total=run.bytes_total,
-            files_done=run.files_done,
-            heartbeat_at=run.heartbeat_at,
-        )
-        if not written:
-            raise LostRun(run.pk)
-        if self.listener:
-            self.listener(run)
-        if Run.objects.filter(pk=run.pk, cancel_requested=True).exists():
-            raise Cancelled()
-
-
-class Heartbeat(threading.Thread):
-    """Keeps ``heartbeat_at`` fresh while this process works on the run, including
-    stretches without progress (a long database dump, a slow upload), so the reconcile
-    only ever takes runs whose worker is really gone. Writes every *interval* seconds
-    (``BACKUPSITE_HEARTBEAT_SECONDS``) and looks at the cancel flag every
-    ``CANCEL_POLL`` seconds."""
-
-    CANCEL_POLL = 2.0  # seconds between looks at the run's cancel flag
-
-    def __init__(self, run_id: int, interval: float | None = None) -> None:
-        super().__init__(name=f"heartbeat-run-{run_id}", daemon=True)
-        self.run_id = run_id
-        self.interval = float(interval if interval is not None else settings.BACKUPSITE_HEARTBEAT_SECONDS)
-        self._stopped = threading.Event()
-        #: Set once a user asked to cancel, or the run was ended elsewhere; long client
-        #: programs poll it (cancel_check) and stop.
-        self.cancelled = threading.Event()
-        #: Set when the run is no longer this worker's (ended by the reconcile or a cancel).
-        self.lost = threading.Event()
-
-    def run(self) -> None:
-        last_beat = time.monotonic()
-        try:
-            while not self._stopped.wait(min(self.interval, self.CANCEL_POLL)):
-                try:
-                    if time.monotonic() - last_beat >= self.interval:
-                        beat = Run.objects.filter(pk=self.run_id, state__in=Run.HELD_STATES).update(
-                            heartbeat_at=timezone.now()
-                        )
-                        last_beat = time.monotonic()
-                        if not beat and not self._stopped.is_set():
-                            self.lost.set()
-                            self.cancelled.set()
-                    if Run.objects.filter(pk=self.run_id, cancel_requested=True).exists():
-                        self.cancelled.set()
-                except Exception:  # a database blip must not kill the thread
-                    log.warning("Heartbeat of run %s failed; retrying", self.run_id, exc_info=True)
-                    close_old_connections()
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self.join(timeout=10)
+slots.register(BackupWork())
 
 
 # --- executing ----------------------------------------------------------------------
@@ -293,29 +282,46 @@ def archive_dir_for(job_slug: str) -> Path:
     return settings.BACKUPSITE_ARCHIVE_DIR / safe_folder_name(job_slug, "job folder name")
 
 
-def execute_run(run_id: int, *, listener: Callable[[Run], None] | None = None) -> Run:
-    """Claim and execute a run; returns the run in its final (or waiting) state.
+def archive_stage(run_id: int, *, listener: Callable[[Run], None] | None = None, hand_on: bool = True) -> Run:
+    """The archive task: claim a heavy slot and write the archive; returns the run
+    (uploading, final, or waiting when every slot was taken).
 
-    When the run ends, its slot is handed to the next waiting run (oldest first) through
-    :func:`reconcile_runs`, so nothing has to poll the broker while a run waits."""
+    With *hand_on* the run's uploads go to this host's queue once the archive is
+    written (a run without destinations is closed here). When the stage ends, its slot is
+    handed to the next waiting run through :func:`reconcile_runs`, so nothing has to poll
+    the broker while a run waits."""
     close_old_connections()
     outcome = claim(run_id)
     run = Run.objects.get(pk=run_id)
-    if outcome != "claimed":
+    if outcome != slots.CLAIMED:
         return run
     try:
         ended_here = _work_on(run, listener)
     finally:
         _release_slot()
-    if ended_here and run.is_alert:
-        from jobs.notifications import notify_run_failed
+    if not ended_here:
+        return run
+    if run.is_alert:
+        notifications.notify_run_failed(run)
+    elif run.state == Run.State.UPLOADING and hand_on:
+        uploads.hand_on(run)
+    return run
 
-        notify_run_failed(run)
+
+def execute_run(run_id: int, *, listener: Callable[[Run], None] | None = None) -> Run:
+    """The whole run in this process (``runbackup``, tests): the archive stage, then one
+    attempt per upload here, then the close. Uploads that failed with a transient error
+    are handed to the workers for their retries (the run stays "uploading")."""
+    run = archive_stage(run_id, listener=listener, hand_on=False)
+    if run.state != Run.State.UPLOADING:
+        return run
+    uploads.run_inline(run, listener=listener)
+    run.refresh_from_db()
     return run
 
 
 def _work_on(run: Run, listener: Callable[[Run], None] | None) -> bool:
-    """Execute a claimed run and store how it ended. Returns False when the run was
+    """Archive a claimed run and store how it ended. Returns False when the run was
     ended elsewhere meanwhile (then *run* is reloaded with what the row says)."""
     progress = Progress(run, listener=listener)
     heartbeat = Heartbeat(run.pk)
@@ -323,7 +329,7 @@ def _work_on(run: Run, listener: Callable[[Run], None] | None) -> bool:
     token = cancel_check.set(heartbeat.cancelled.is_set)
     ended: bool | None = None
     try:
-        _execute(run, progress)
+        _archive(run, progress)
         ended = True
     except LostRun:
         ended = False
@@ -389,6 +395,7 @@ def _describe_oserror(exc: OSError) -> str:
 WORKER_FIELDS = (
     "state",
     "phase",
+    "phase_started_at",
     "bytes_done",
     "bytes_total",
     "files_done",
@@ -397,15 +404,17 @@ WORKER_FIELDS = (
     "archive_sha256",
     "file_count",
     "local_path",
+    "warning_count",
     "log",
     "error",
     "finished_at",
+    "released_at",
 )
 
 
 def _store(run: Run) -> bool:
     """Write this worker's fields of *run*, only while the run is still its own
-    (running or uploading in the database). Returns whether it was."""
+    (running in the database). Returns whether it was."""
     fields = {name: getattr(run, name) for name in WORKER_FIELDS}
     return bool(Run.objects.filter(pk=run.pk, state__in=Run.HELD_STATES).update(**fields))
 
@@ -416,21 +425,20 @@ def _store_or_stop(run: Run) -> None:
 
 
 def _finish(run: Run, state: str, error: str = "") -> bool:
-    """Store the outcome; False (and nothing written) when the run was ended elsewhere."""
+    """Store how the archive stage ended badly (failed, cancelled, interrupted, timed
+    out); False (and nothing written) when the run was ended elsewhere."""
     run.state = state
     run.error = error
-    run.finished_at = timezone.now()
-    if state in (Run.State.SUCCEEDED, Run.State.PARTIAL):
-        run.phase = Run.Phase.DONE
+    run.finished_at = run.released_at = timezone.now()
     if error:
         run.append_log(error)
-    stored = _store(run)
-    if stored and state not in (Run.State.SUCCEEDED, Run.State.PARTIAL):
-        _settle_uploads(run.pk, f"Not finished: the run ended ({run.get_state_display().lower()}).", run.finished_at)
-    return stored
+    return _store(run)
 
 
-def _execute(run: Run, progress: Progress) -> None:
+def _archive(run: Run, progress: Progress) -> None:
+    """Collect, archive and write the manifest into this host's local copies folder;
+    then create the Upload rows and hand the run over to its upload stage (state
+    uploading: the slot and the job's lock are free from here on)."""
     config = run.config
     job = config["job"]
     staging = private_dir(archive_dir_for(job["slug"]))
@@ -516,131 +524,42 @@ def _execute(run: Run, progress: Progress) -> None:
     run.file_count = result.file_count
     run.local_path = str(archive_path.relative_to(settings.BACKUPSITE_ARCHIVE_DIR))
     run.bytes_done = result.input_bytes
+    run.warning_count = len(warnings)
     run.append_log(f"Archive written: {result.size} bytes, {result.file_count} files, sha256 {result.sha256}")
-    _store_or_stop(run)
-
-    # Upload: one Upload row per destination; the row records every attempt.
-    failed_uploads = 0
-    uploaded: list[dict] = []
-    destinations = config["destinations"]
-    if destinations:
-        if not Run.objects.filter(pk=run.pk, state=Run.State.RUNNING).update(state=Run.State.UPLOADING):
-            raise LostRun(run.pk)
-        run.state = Run.State.UPLOADING
-        progress(phase=Run.Phase.UPLOAD, done=0, total=result.size * len(destinations), force=True)
-    for index, dest in enumerate(destinations):
-        upload, _ = Upload.objects.get_or_create(
-            run=run, destination_id=dest["id"], defaults={"destination_name": dest["name"], "remote_name": archive_name}
-        )
-        base = index * result.size
-        ok = perform_upload(
-            upload,
-            archive_path,
-            manifest_path,
-            job["slug"],
-            result.size,
-            result.sha256,
-            progress=lambda done, base=base: progress(done=base + done),
-        )
-        if not ok:
-            failed_uploads += 1
-            run.append_log(f"Upload to {dest['name']} failed: {upload.error}")
-        else:
-            uploaded.append(dest)
-            run.append_log(f"Uploaded to {dest['name']}")
-
-    # Retention (principle 3): this job's older backups, on this server and wherever this
-    # archive arrived; problems are logged, never fail the run. The phase is set directly,
-    # not through progress(), so a late cancel cannot turn a made backup into "cancelled".
-    if not Run.objects.filter(pk=run.pk, state__in=Run.HELD_STATES).update(
-        phase=Run.Phase.RETENTION, heartbeat_at=timezone.now()
-    ):
-        raise LostRun(run.pk)
-    for line in retention.after_run(config, protect={archive_name}, destinations=uploaded):
-        run.append_log(line)
-
-    if destinations and failed_uploads == len(destinations):
-        state, message = Run.State.FAILED, "Every upload failed; the archive is kept on this server."
-    elif failed_uploads or warnings:
-        summary = []
-        if failed_uploads:
-            summary.append(f"{failed_uploads} of {len(destinations)} upload(s) failed")
-        if warnings:
-            summary.append(f"{len(warnings)} item(s) could not be backed up")
-        state, message = Run.State.PARTIAL, "; ".join(summary) + " (see the log)."
-    else:
-        state, message = Run.State.SUCCEEDED, ""
-    if not _finish(run, state, message):
-        raise LostRun(run.pk)
+    _archived(run, result.size)
 
 
-def perform_upload(
-    upload: Upload,
-    archive_path: Path,
-    manifest_path: Path,
-    job_slug: str,
-    size: int,
-    sha256: str,
-    progress=None,
-) -> bool:
-    """Upload the archive, then its manifest, to one destination, in one session.
-    Records the outcome on the Upload row and returns whether it succeeded."""
+def _archived(run: Run, size: int) -> None:
+    """The archive stage is done: one Upload row per destination, and the run moves to
+    "uploading" in the same transaction (conditional: only while it is still this
+    worker's). The heavy slot is given back by the caller."""
     now = timezone.now()
-    Upload.objects.filter(pk=upload.pk).update(
-        state=Upload.State.UPLOADING, started_at=now, attempts=upload.attempts + 1
-    )
-    upload.attempts += 1
-    try:
-        destination = Destination.objects.get(pk=upload.destination_id)
-        backend = destination.backend()
-        folder = job_folder(job_slug)
-        key_file = archive_path.parent / KEY_FILE_NAME
-        items = [
-            UploadItem(archive_path, archive_path.name, size, sha256),
-            UploadItem(manifest_path, manifest_path.name, manifest_path.stat().st_size),
-        ]
-        with backend.session() as session:
-            session.remove_partials(folder)
-            if archive_path.name.endswith(AGE_SUFFIX) and key_file.is_file():
-                if backend.can(READ):
-                    _ensure_key_file(session, folder, key_file)
-                else:  # write-only kinds (e-mail): the key travels with every backup
-                    items.insert(0, UploadItem(key_file, KEY_FILE_NAME, key_file.stat().st_size))
-            # replace=True: a name repeats on purpose with templates such as
-            # "{job}-{weekday}" (last Monday's backup is replaced by this Monday's).
-            session.upload_files(
-                folder,
-                items,
-                progress=(lambda done: progress(min(done, size))) if progress else None,
-                cancel=cancel_check.get(),
-                replace=True,
-            )
-    except Destination.DoesNotExist:
-        upload.state, upload.error = Upload.State.FAILED, "The destination was deleted."
-    except Cancelled:
-        upload.state, upload.error, upload.finished_at = Upload.State.FAILED, "Cancelled.", timezone.now()
-        upload.save()
-        raise
-    except DestinationError as exc:
-        upload.state, upload.error = Upload.State.FAILED, str(exc)
-    else:
-        upload.state, upload.error, upload.bytes_done = Upload.State.SUCCEEDED, "", size
-    upload.finished_at = timezone.now()
-    upload.save()
-    return upload.state == Upload.State.SUCCEEDED
-
-
-def _ensure_key_file(session, folder: str, key_file: Path) -> None:
-    """Upload ``backupsite-key.age`` beside the backups unless the same file is there
-    (a changed backup password re-wraps the key: the new file replaces the old one)."""
-    wanted = key_file.read_bytes()
-    try:
-        with session.open(folder, KEY_FILE_NAME) as fh:
-            if fh.read(len(wanted) + 1) == wanted:
-                return
-    except NotFoundError:
-        pass
-    session.upload(key_file, folder, KEY_FILE_NAME, expected_size=len(wanted), replace=True)
+    destinations = run.config.get("destinations") or []
+    run.state = Run.State.UPLOADING
+    run.phase = Run.Phase.UPLOAD
+    run.phase_started_at = run.released_at = now
+    if destinations:  # from here on the run's figures are its uploads' (each on its Upload row)
+        run.bytes_total, run.bytes_done = size * len(destinations), 0
+    if destinations:
+        names = ", ".join(dest["name"] for dest in destinations)
+        run.append_log(f"Uploading to {len(destinations)} destination(s) from {run.host or 'this host'}: {names}")
+    with transaction.atomic():
+        Upload.objects.bulk_create(
+            [
+                Upload(
+                    run=run,
+                    destination_id=dest["id"],
+                    destination_name=dest["name"],
+                    remote_name=run.archive_name,
+                    bytes_total=size,
+                )
+                for dest in destinations
+            ],
+            ignore_conflicts=True,
+        )
+        fields = {name: getattr(run, name) for name in WORKER_FIELDS}
+        if not Run.objects.filter(pk=run.pk, state=Run.State.RUNNING).update(**fields):
+            raise LostRun(run.pk)
 
 
 def write_key_file(job_slug: str, key_file: bytes | None) -> None:
@@ -689,14 +608,6 @@ def reap_stale_runs() -> int:
     return sum(1 for decision in reconcile_runs() if decision.action in ended)
 
 
-def _limits() -> reconcile.Limits:
-    return reconcile.Limits(
-        stale_seconds=settings.BACKUPSITE_STALE_RUN_SECONDS,
-        grace_seconds=settings.BACKUPSITE_QUEUE_GRACE_SECONDS,
-        slots=settings.BACKUPSITE_MAX_CONCURRENT_RUNS,
-    )
-
-
 def _info(run: Run) -> reconcile.RunInfo:
     return reconcile.RunInfo(
         pk=run.pk,
@@ -707,62 +618,34 @@ def _info(run: Run) -> reconcile.RunInfo:
         enqueued_at=run.enqueued_at,
         requeues=run.requeues,
         cancel_requested=run.cancel_requested,
+        restarts=run.restarts,
+        kind=BACKUP,
     )
 
 
 def reconcile_runs(now=None) -> list[reconcile.Decision]:
-    """Bring the active runs in line with the workers that are really there: the one
-    function the reaper, a finishing run (and later the scheduling dispatcher) call.
-
-    Plans with :func:`jobs.reconcile.plan` and applies each decision with a conditional
-    update, so a decision that lost a race (a worker claimed the run meanwhile, another
-    reconcile acted first) does nothing. Returns the decisions that were applied."""
-    now = now or timezone.now()
-    with transaction.atomic():
-        # Under the slot lock, like claim(): a run being parked as "waiting" right now is
-        # either seen parked here (and woken) or saw this slot free (and took it).
-        SlotLock.objects.get_or_create(name=HEAVY_SLOT)
-        SlotLock.objects.select_for_update().get(name=HEAVY_SLOT)
-        runs = [_info(run) for run in Run.objects.filter(state__in=Run.ACTIVE_STATES)]
-        last_release = None
-        if any(run.state in reconcile.PENDING for run in runs):
-            last_release = Run.objects.filter(started_at__isnull=False, finished_at__isnull=False).aggregate(
-                at=Max("finished_at")
-            )["at"]
-    decisions = reconcile.plan(runs, now=now, limits=_limits(), last_release=last_release)
-    applied = []
-    for decision in decisions:
-        if decision.action == reconcile.KEEP:
-            log.debug("Run %s: %s", decision.pk, decision.reason)
-            continue
-        try:
-            done = _APPLY[decision.action](decision, now)
-        except Exception:
-            log.exception("Run %s: could not %s it: %s", decision.pk, decision.action, decision.reason)
-            continue
-        if done:
-            log.info("Run %s: %s: %s", decision.pk, decision.action, decision.reason)
-            applied.append(decision)
-    return applied
+    """Bring the active heavy work (backups, and every other kind registered with
+    ``jobs.slots``) in line with the workers that are really there: the one function the
+    reaper, a finishing stage and the dispatcher tick call. Returns the decisions that
+    were applied."""
+    return slots.reconcile(now)
 
 
-def _log_append(*lines: str) -> Concat:
-    """An update expression appending time-stamped lines to the run log."""
-    text = "".join(Run.log_line(line) for line in lines)
-    return Concat(F("log"), Value(text), output_field=models.TextField())
+_log_append = Run.log_expression
+append_log = Run.add_log
 
 
 def _settle_uploads(run_id: int, message: str, now) -> None:
-    """Uploads a run left pending or half-way when it ended early fail with *message*
-    (the Upload row must not say "uploading" for ever)."""
-    Upload.objects.filter(run_id=run_id, state__in=[Upload.State.PENDING, Upload.State.UPLOADING]).update(
+    """Uploads a run left open when it ended early fail with *message* (the Upload row
+    must not say "uploading" for ever)."""
+    Upload.objects.filter(run_id=run_id, state__in=Upload.OPEN_STATES).update(
         state=Upload.State.FAILED, error=message, finished_at=now
     )
 
 
 def _apply_end_abandoned(decision: reconcile.Decision, now) -> bool:
     state = Run.State.CANCELLED if decision.action == reconcile.CANCEL else Run.State.INTERRUPTED
-    return end_abandoned(decision.run, state, now=now) is not None
+    return end_abandoned(decision.run, state, now=now, reason=decision.reason) is not None
 
 
 def _cancel_pending(run_id: int, now, who: str = "") -> bool:
@@ -817,10 +700,45 @@ def _apply_fail(decision: reconcile.Decision, now) -> bool:
         pk=run.pk, state=Run.State.QUEUED, requeues=run.requeues, enqueued_at=run.enqueued_at
     ).update(state=Run.State.FAILED, finished_at=now, error=message, log=_log_append(message))
     if failed:
-        from jobs.notifications import notify_run_failed
-
-        notify_run_failed(Run.objects.get(pk=run.pk))
+        notifications.notify_run_failed(Run.objects.get(pk=run.pk))
     return bool(failed)
+
+
+def _apply_restart(decision: reconcile.Decision, now) -> bool:
+    """A run whose worker died while archiving (killed, OOM-killed, machine restarted)
+    starts again from the beginning: back to queued, its temporary files removed,
+    first in line for a slot. Conditional on the heartbeat the plan saw."""
+    info = decision.run
+    run = Run.objects.filter(pk=info.pk).first()
+    if run is None:
+        return False
+    where, _ = _STOPPED_WHILE.get(run.phase, ("", ""))
+    message = (
+        f"The worker stopped{' ' + where if where else ''} ({decision.reason.split(':')[0]}): "
+        f"starting this backup again (restart {info.restarts + 1} of {settings.BACKUPSITE_RUN_RESTARTS}, "
+        "BACKUPSITE_RUN_RESTARTS)."
+    )
+    with transaction.atomic():
+        restarted = Run.objects.filter(pk=info.pk, state=Run.State.RUNNING, heartbeat_at=info.heartbeat_at).update(
+            state=Run.State.QUEUED,
+            phase=Run.Phase.PENDING,
+            phase_started_at=None,
+            restarts=info.restarts + 1,
+            requeues=0,
+            enqueued_at=now,
+            released_at=now,
+            bytes_done=0,
+            bytes_total=0,
+            files_done=0,
+            archive_name="",
+            log=_log_append(message),
+        )
+        if not restarted:
+            return False
+        lines = _remove_staging_partials(run)
+    append_log(run.pk, *lines)
+    hand_over([run.pk])
+    return True
 
 
 _APPLY = {
@@ -829,6 +747,7 @@ _APPLY = {
     reconcile.WAKE: _apply_wake,
     reconcile.REQUEUE: _apply_requeue,
     reconcile.FAIL: _apply_fail,
+    reconcile.RESTART: _apply_restart,
 }
 
 # Where a run was when its worker stopped, and what that means for the user.
@@ -847,7 +766,7 @@ _STOPPED_WHILE = {
 }
 
 
-def abandoned_message(state: str, phase: str, silent_seconds: int) -> str:
+def abandoned_message(state: str, phase: str, silent_seconds: int, restarts: int = 0) -> str:
     where, aftermath = _STOPPED_WHILE.get(phase, ("", ""))
     where = f" {where}" if where else ""
     if state == Run.State.CANCELLED:
@@ -855,23 +774,29 @@ def abandoned_message(state: str, phase: str, silent_seconds: int) -> str:
             f"Cancelled: the worker running this backup had stopped{where} (no heartbeat for {silent_seconds} s), "
             f"so the cancellation was completed at once.{aftermath}"
         )
-    return f"Interrupted: the worker stopped{where} (no heartbeat for {silent_seconds} s).{aftermath}"
+    tried = (
+        f" It was started again {restarts} time(s) after its worker stopped before (BACKUPSITE_RUN_RESTARTS), "
+        "so it is not tried again: look for what stops the worker (out of memory? see the system log)."
+        if restarts
+        else ""
+    )
+    return f"Interrupted: the worker stopped{where} (no heartbeat for {silent_seconds} s).{aftermath}{tried}"
 
 
-def end_abandoned(info: reconcile.RunInfo, state: str, *, now=None) -> Run | None:
-    """End a running/uploading run whose worker is gone (*state* interrupted or
-    cancelled): conditional on the heartbeat the caller saw, so a worker that is alive
-    after all keeps its run (returns None). Removes the run's temporary files, alerts
-    when interrupted, and returns the updated run. The caller hands the freed slot on."""
+def end_abandoned(info: reconcile.RunInfo, state: str, *, now=None, reason: str = "") -> Run | None:
+    """End a running run whose worker is gone (*state* interrupted or cancelled):
+    conditional on the heartbeat the caller saw, so a worker that is alive after all
+    keeps its run (returns None). Removes the run's temporary files, alerts when
+    interrupted, and returns the updated run. The caller hands the freed slot on."""
     now = now or timezone.now()
     run = Run.objects.filter(pk=info.pk).first()
     if run is None:
         return None
     silent = int((now - reconcile.last_sign_of_life(info)).total_seconds())
-    message = abandoned_message(state, run.phase, silent)
+    message = abandoned_message(state, run.phase, silent, run.restarts)
     with transaction.atomic():
         ended = Run.objects.filter(pk=info.pk, state=info.state, heartbeat_at=info.heartbeat_at).update(
-            state=state, finished_at=now, error=message, log=_log_append(message)
+            state=state, finished_at=now, released_at=now, error=message, log=_log_append(message)
         )
         if not ended:
             return None
@@ -879,20 +804,32 @@ def end_abandoned(info: reconcile.RunInfo, state: str, *, now=None) -> Run | Non
         # Still inside the transaction that ends the run: no other run of this job can
         # be created and start writing into the staging folder until it commits (the
         # one-active-run-per-job index), so every partial file here is the dead worker's.
-        lines = _remove_staging_partials(run.job_slug)
+        lines = _remove_staging_partials(run)
     lines += _remove_destination_partials(run)
-    if lines:
-        Run.objects.filter(pk=run.pk).update(log=_log_append(*lines))
+    append_log(run.pk, *lines)
     run.refresh_from_db()
     if state == Run.State.INTERRUPTED:
-        from jobs.notifications import notify_run_failed
-
-        notify_run_failed(run)
+        notifications.notify_run_failed(run)
     return run
 
 
-def _remove_staging_partials(job_slug: str) -> list[str]:
+def _remove_staging_partials(run: Run) -> list[str]:
+    """The dead worker's temporary files in the job's staging folder: removed here when
+    this is the host it ran on, else by a task on that host's queue."""
+    job_slug = run.job_slug
     if not job_slug:
+        return []
+    if run.host and run.host != enqueue.this_host():
+        enqueue.clean_staging(run.host, job_slug)
+        return [f"The temporary files on {run.host} are removed by a worker there."]
+    return clean_staging(job_slug)
+
+
+def clean_staging(job_slug: str) -> list[str]:
+    """Remove the temporary files of stopped workers from this host's staging folder of
+    a job, unless a run of the job is archiving here right now (it removed them when it
+    started, and its own are not leftovers)."""
+    if Run.objects.filter(state=Run.State.RUNNING, host=enqueue.this_host(), config__job__slug=job_slug).exists():
         return []
     try:
         removed = remove_partials(archive_dir_for(job_slug))
@@ -907,7 +844,8 @@ def _remove_staging_partials(job_slug: str) -> list[str]:
 
 def _remove_destination_partials(run: Run) -> list[str]:
     """Temporary files at the run's destinations. Skipped when a new run of the job is
-    already active (it is about to write its own; its uploads sweep leftovers first)."""
+    already active, or an upload of the job is under way (their own temporary files
+    must stay; they remove leftovers themselves)."""
     job_slug = run.job_slug
     if not job_slug or not run.config.get("destinations"):
         return []
@@ -917,6 +855,13 @@ def _remove_destination_partials(run: Run) -> list[str]:
     for dest in run.config["destinations"]:
         destination = Destination.objects.filter(pk=dest["id"]).first()
         if destination is None:
+            continue
+        if (
+            run.job_id
+            and Upload.objects.filter(
+                run__job_id=run.job_id, destination=destination, state=Upload.State.UPLOADING
+            ).exists()
+        ):
             continue
         try:
             with destination.backend().session() as session:
@@ -939,17 +884,22 @@ class CancelOutcome:
     NOT_STARTED = "not_started"  # cancelled at once: it had not started
     ABANDONED = "abandoned"  # cancelled at once: its worker is gone
     REQUESTED = "requested"  # the live worker stops at its next checkpoint
+    UPLOADS = "uploads"  # the archive is made: its open uploads are stopped
     FINISHED = "finished"  # nothing to cancel any more
 
 
 def cancel_run(run_id: int, user=None) -> str:
     """Cancel a run. One that has not started, or whose worker is gone (stale
     heartbeat), is cancelled here and now: state cancelled, temporary files removed,
-    slot handed on. A run with a live worker gets the flag that worker polls."""
+    slot handed on. A run with a live worker gets the flag that worker polls. A run
+    whose archive is made has its open uploads stopped (the archive stays)."""
     who = f" by {user.get_username()}" if user is not None and user.is_authenticated else ""
     now = timezone.now()
     if _cancel_pending(run_id, now, who):
         return CancelOutcome.NOT_STARTED
+    if Run.objects.filter(pk=run_id, state=Run.State.UPLOADING).exists():
+        uploads.cancel_uploads(run_id, who)
+        return CancelOutcome.UPLOADS
     run = Run.objects.filter(pk=run_id, state__in=Run.HELD_STATES).first()
     if run is None:
         return CancelOutcome.FINISHED

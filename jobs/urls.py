@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs.views import dashboard, jobs, restore, runs, sources, wizard
+from jobs.views import dashboard, jobs, restore, runs, sources, triggers, wizard
 
 app_name = "jobs"
 
@@ -14,6 +14,12 @@ urlpatterns = [
     path("jobs/<int:pk>/enabled/", jobs.job_set_enabled, name="job_set_enabled"),
     path("jobs/<int:pk>/destinations/", jobs.job_destinations, name="job_destinations"),
     path("jobs/<int:pk>/run/", jobs.job_run_now, name="job_run_now"),
+    path("jobs/<int:pk>/trigger/regenerate/", triggers.job_trigger_regenerate, name="job_trigger_regenerate"),
+    path("jobs/<int:pk>/trigger/remove/", triggers.job_trigger_remove, name="job_trigger_remove"),
+    path("jobs/<int:pk>/test-email/", triggers.job_test_email, name="job_test_email"),
+    path("jobs/<int:pk>/alerts/", triggers.job_alert_settings, name="job_alert_settings"),
+    path("hooks/jobs/<int:pk>/", triggers.job_trigger, name="job_trigger"),
+    path("hooks/jobs/<int:pk>/<str:token>/", triggers.job_trigger, name="job_trigger_token"),
     path("runs/", runs.run_list, name="run_list"),
     path("runs/<int:pk>/", runs.run_detail, name="run_detail"),
     path("runs/<int:pk>/progress/", runs.run_progress, name="run_progress"),

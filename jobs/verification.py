@@ -255,8 +255,9 @@ def request_verification(
 
     Everything a user can get wrong is checked here, at once (the copy exists, the
     manifest is readable, the password unwraps the job's key); the identity then travels
-    only inside an encrypted ticket row, never through the broker."""
-    from jobs import tasks
+    only inside an encrypted ticket row, never through the broker. A check of the local
+    copy goes to the queue of the host that has it."""
+    from jobs import enqueue
 
     location = archive_location(run, destination)
     try:
@@ -272,12 +273,16 @@ def request_verification(
         requested_by=user if user is not None and user.is_authenticated else None,
     )
     _set_status(run, location.upload, "Verification queued; the result appears here when it is done.")
-    transaction.on_commit(lambda: tasks.verify_ticket.delay(ticket.pk))
+    enqueue.verification(ticket.pk, run.host if location.is_local else None)
     return ticket
 
 
 def run_ticket(ticket_id: int) -> VerifyResult | None:
-    """The worker's side: take the ticket (deleting it, and the identity, first), verify."""
+    """The worker's side: take the ticket (deleting it, and the identity, first), verify,
+    with its progress on an Activity row of the run (the run page shows it)."""
+    from jobs.models import Activity
+    from jobs.progress import RowProgress
+
     with transaction.atomic():
         ticket = VerifyTicket.objects.select_for_update().filter(pk=ticket_id).first()
         if ticket is None:  # already done by another delivery, or expired
@@ -285,15 +290,53 @@ def run_ticket(ticket_id: int) -> VerifyResult | None:
         identities = list(ticket.secrets.get("identities") or []) or None
         run, destination, checksum_only = ticket.run, ticket.destination, ticket.checksum_only
         ticket.delete()
+    where = "the local copy" if destination is None else f"destination “{destination.name}”"
+    activity = Activity.objects.create(
+        run=run,
+        kind=Activity.Kind.VERIFY,
+        where=where,
+        bytes_total=run.archive_size or 0,
+        host=settings.BACKUPSITE_HOST,
+    )
+    progress = RowProgress(lambda done, total: _activity_progress(activity.pk, done, total))
     try:
-        return verify_run(run, destination, identities=identities, checksum_only=checksum_only)
+        result = verify_run(
+            run,
+            destination,
+            identities=identities,
+            checksum_only=checksum_only,
+            progress=lambda done, total: progress(done, total),
+        )
     except VerificationError as exc:
         try:
             upload = archive_location(run, destination).upload
         except VerificationError:
             upload = None
         _set_status(run, upload, f"Could not verify: {exc}")
+        _activity_done(activity.pk, False, f"Could not verify: {exc}")
         return None
+    _activity_done(activity.pk, result.ok, result.message, result.bytes)
+    return result
+
+
+def _activity_progress(activity_id: int, done: int, total: int) -> None:
+    from jobs.models import Activity
+
+    Activity.objects.filter(pk=activity_id).update(bytes_done=done, bytes_total=total, updated_at=timezone.now())
+
+
+def _activity_done(activity_id: int, ok: bool, message: str, done: int | None = None) -> None:
+    from jobs.models import Activity
+
+    values = {
+        "state": Activity.State.SUCCEEDED if ok else Activity.State.FAILED,
+        "message": message[:MESSAGE_LIMIT],
+        "finished_at": timezone.now(),
+        "updated_at": timezone.now(),
+    }
+    if done is not None:
+        values["bytes_done"] = done
+    Activity.objects.filter(pk=activity_id).update(**values)
 
 
 def record_verification(run: Run, upload: Upload | None, result: VerifyResult) -> None:
@@ -477,17 +520,41 @@ def restore_run(
     if database_url:
         plan = _database_plan(manifest, source_slug)
         _refuse_panel_database(database_url, allow_panel_database)
+    from jobs.models import Activity
+    from jobs.progress import RowProgress
+
+    activity = Activity.objects.create(
+        run=run,
+        kind=Activity.Kind.RESTORE,
+        where=location.label,
+        bytes_total=run.archive_size or 0,
+        host=settings.BACKUPSITE_HOST,
+    )
+    tracked = RowProgress(lambda done, total: _activity_progress(activity.pk, done, total))
+
+    def both(done: int, total: int) -> None:
+        tracked(done, total)
+        if progress is not None:
+            progress(done, total)
+
     try:
-        with location.open_archive() as stream:
-            result = safe_extract(stream, target, ids, manifest, progress=progress)
-    except (FileNotFoundError, NotFoundError):
-        raise VerificationError(f"The archive is missing from {location.label}.") from None
-    except DestinationError as exc:
-        raise VerificationError(f"Reading the archive from {location.label} failed: {exc}") from None
-    except SourceReadError as exc:
-        raise VerificationError(f"Reading the archive from {location.label} failed: {exc.__cause__ or exc}") from None
-    except DecryptionError as exc:
-        raise VerificationError(str(exc)) from None
+        try:
+            with location.open_archive() as stream:
+                result = safe_extract(stream, target, ids, manifest, progress=both)
+        except (FileNotFoundError, NotFoundError):
+            raise VerificationError(f"The archive is missing from {location.label}.") from None
+        except DestinationError as exc:
+            raise VerificationError(f"Reading the archive from {location.label} failed: {exc}") from None
+        except SourceReadError as exc:
+            raise VerificationError(
+                f"Reading the archive from {location.label} failed: {exc.__cause__ or exc}"
+            ) from None
+        except DecryptionError as exc:
+            raise VerificationError(str(exc)) from None
+    except Exception as exc:
+        _activity_done(activity.pk, False, f"Restore failed: {exc}")
+        raise
+    _activity_done(activity.pk, True, f"Restored into {result.target}.", result.archive_bytes)
     report = RestoreReport(result, location.label)
     log.info("Restored run %s from %s into %s", run.pk, location.label, result.target)
     if plan is not None:

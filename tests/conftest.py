@@ -28,6 +28,18 @@ def require_binary(name: str) -> str:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _notifications_at_once(monkeypatch):
+    """pytest-django runs each test in a transaction it never commits, so an e-mail
+    queued "after commit" would never be sent: here notifications are delivered at once
+    (still through the outbox and the delivery code). tests/test_notifications.py proves
+    the after-commit rule with this switched back on."""
+    from jobs import notifications
+
+    monkeypatch.setattr(notifications, "DELIVER_AFTER_COMMIT", False)
+    monkeypatch.setattr(notifications, "DELIVER_HERE", False)
+
+
 @pytest.fixture
 def alice(db) -> User:
     """Administrator."""

@@ -477,3 +477,60 @@ def mariadb_server():
     yield server
     _stop(proc, signal.SIGTERM)  # clean shutdown
     shutil.rmtree(server.directory, ignore_errors=True)
+
+
+# --- Redis ----------------------------------------------------------------------------
+@dataclass
+class RedisServer:
+    """A running ``redis-server`` on 127.0.0.1 (no persistence, its own directory)."""
+
+    port: int
+    directory: Path
+    _next_db: list = field(default_factory=lambda: [0])
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def new_db(self) -> int:
+        """A database number of its own for one installation (16 by default)."""
+        self._next_db[0] += 1
+        return self._next_db[0] % 16
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """``redis-server`` from the local binary on a free port (the Celery broker of the
+    real-process scheduling tests, and later the cache); never a Redis that happens to run."""
+    binary = require_binary("redis-server")
+    user = ServiceUser()  # redis runs as root too
+    directory = user.make_dir("backupsite-redis-")
+    log = directory / "server.log"
+    port = free_port()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(directory), "--protected-mode", "yes"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            **user.popen_kwargs(),
+        )  # fmt: skip
+    server = RedisServer(port=port, directory=directory)
+    try:
+        _wait_until(server.ping, proc, log, "redis-server")
+    except BaseException:
+        _stop(proc, signal.SIGTERM)
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    yield server
+    _stop(proc, signal.SIGTERM)
+    shutil.rmtree(directory, ignore_errors=True)

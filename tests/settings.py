@@ -11,6 +11,10 @@ os.environ["BACKUPSITE_ENV_FILE"] = ""  # never read the developer's .env
 os.environ["BACKUPSITE_DATA_DIR"] = _data
 os.environ.setdefault("DEBUG", "1")  # development secrets, generated under _data
 os.environ["CELERY_TASK_ALWAYS_EAGER"] = "1"
+# A run whose worker died ends interrupted at once here; the restarts
+# (BACKUPSITE_RUN_RESTARTS, 1 by default) have their own tests, which set it.
+os.environ.setdefault("BACKUPSITE_RUN_RESTARTS", "0")
+os.environ.setdefault("BACKUPSITE_HOST", "test-host")
 
 from backupsite.settings import *  # noqa: E402,F403
 

@@ -34,7 +34,7 @@ from jobs.engine.agekeys import KEY_FILE_NAME
 from jobs.models import Job, Run
 from tests.tcpproxy import TcpProxy
 
-pytest_plugins = ["tests.kinds.mail"]
+pytest_plugins = ["tests.mailserver", "tests.kinds.mail"]
 pytestmark = [
     pytest.mark.django_db,
     # smtp_auth_server accepts a login without TLS on loopback, on purpose.

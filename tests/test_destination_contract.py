@@ -38,6 +38,7 @@ pytest_plugins = [
     "tests.kinds.sftp",
     "tests.kinds.ftp",
     "tests.kinds.s3",
+    "tests.mailserver",
     "tests.kinds.mail",
     "tests.kinds.dropbox",
 ]

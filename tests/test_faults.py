@@ -1,6 +1,9 @@
 """Faults survived for real: a worker SIGKILLed mid-archive or mid-upload to the local
-destination leaves nothing under a final name; the reaper marks the run interrupted and
-removes the leftovers (staging folder and destination); the next run succeeds."""
+destination leaves nothing under a final name. Killed mid-archive: the reaper marks the
+run interrupted (restarts switched off here; tests/test_scheduling_e2e.py has them) and
+removes the leftovers in the staging folder and at the destination. Killed mid-upload:
+the archive is made, so the sweep takes the upload back and it is made again (the
+temporary file at the destination is replaced). The next run succeeds either way."""
 
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ def install(tmp_path_factory):
         "BACKUPSITE_DATA_DIR": str(data),
         "DEBUG": "1",
         "BACKUPSITE_STALE_RUN_SECONDS": "60",
+        "BACKUPSITE_RUN_RESTARTS": "0",
     }
 
     def manage(*args, check=True):
@@ -100,24 +104,39 @@ def test_sigkill_leaves_nothing_under_a_final_name_and_recovers(install, phase):
         assert set(staging.glob("*.tar.zst")) == before_local
     assert list(folder.glob(".*.partial")), "the killed run left its temporary file (the reaper removes it)"
 
-    # The reaper marks the run interrupted once its heartbeat is stale, and removes what
-    # the killed worker left in the staging folder and at the destination.
-    install["manage"](
-        "shell",
-        "-c",
-        "from django.utils import timezone; from jobs.models import Run; from jobs.services import reap_stale_runs; "
-        "Run.objects.filter(state__in=['running', 'uploading']).update("
-        "heartbeat_at=timezone.now() - timezone.timedelta(hours=1)); print(reap_stale_runs())",
-    )
-    killed = run_states(install)[-1]
-    assert killed["state"] == "interrupted"
-    where = "writing the archive" if phase == "archive" else "uploading"
-    assert killed["error"].startswith(f"Interrupted: the worker stopped while {where}")
-    assert not list(staging.glob(".*.partial")) and not list(remote.glob(".*.partial"))
     if phase == "archive":
+        # The reaper marks the run interrupted once its heartbeat is stale, and removes
+        # what the killed worker left in the staging folder and at the destination.
+        install["manage"](
+            "shell",
+            "-c",
+            "from django.utils import timezone; from jobs.models import Run; "
+            "from jobs.services import reap_stale_runs; Run.objects.filter(state='running').update("
+            "heartbeat_at=timezone.now() - timezone.timedelta(hours=1)); print(reap_stale_runs())",
+        )
+        killed = run_states(install)[-1]
+        assert killed["state"] == "interrupted"
+        assert killed["error"].startswith("Interrupted: the worker stopped while writing the archive")
         assert "temporary file(s) the stopped worker left on this server" in killed["log"]
     else:
-        assert "Server hard drive: removed 1 temporary file(s)" in killed["log"]
+        # The archive was made: the run is "uploading" and holds nothing. The sweep finds
+        # the upload's heartbeat stale and takes it back; a worker (here: the same code
+        # in a shell) makes the upload again, over the temporary file the kill left.
+        out = install["manage"](
+            "shell",
+            "-c",
+            "from django.utils import timezone; from jobs.models import Upload; from jobs import sweep, uploads; "
+            "Upload.objects.filter(state='uploading').update("
+            "heartbeat_at=timezone.now() - timezone.timedelta(hours=1)); "
+            "print([d.action for d in sweep.sweep()]); "
+            "print([str(uploads.upload_stage(u.pk)) for u in Upload.objects.filter(state='retrying')])",
+        ).stdout
+        assert "['retry']" in out and "['succeeded']" in out, out
+        killed = run_states(install)[-1]
+        assert killed["state"] == "succeeded", killed
+        assert "Sweep: upload to Server hard drive: the worker stopped during attempt 1" in killed["log"]
+        assert "Uploaded to Server hard drive (attempt 2)." in killed["log"]
+    assert not list(staging.glob(".*.partial")) and not list(remote.glob(".*.partial"))
 
     # The next run succeeds.
     assert install["manage"]("runbackup", "Demo backup", "--quiet").returncode == 0

@@ -160,21 +160,33 @@ def test_the_reconcile_interrupts_a_dead_run_removes_its_partials_alerts_and_wak
     assert services.create_run(job).state == Run.State.QUEUED  # the job's lock is free
 
 
-def test_a_run_interrupted_while_uploading_settles_its_upload_and_says_the_archive_is_here(job, settings):
+def test_an_uploading_run_holds_no_slot_and_its_dead_upload_is_swept_not_the_run_interrupted(job, settings):
+    """Under the stages (issue 9) the archive is made once a run is "uploading": the
+    reconcile leaves it alone (no slot, no lock); an upload whose worker died is the
+    sweep's, which takes it back and hands it to the workers again."""
+    from jobs import sweep
     from jobs.models import Upload
 
     run = make_running(job, heartbeat_age=settings.BACKUPSITE_STALE_RUN_SECONDS + 5)
-    Run.objects.filter(pk=run.pk).update(state=Run.State.UPLOADING, phase=Run.Phase.UPLOAD)
+    Run.objects.filter(pk=run.pk).update(state=Run.State.UPLOADING, phase=Run.Phase.UPLOAD, host="test-host")
     destination = job.destinations.get()
+    stale = timezone.now() - timedelta(seconds=settings.BACKUPSITE_STALE_RUN_SECONDS + 5)
     upload = Upload.objects.create(
-        run=run, destination=destination, destination_name=destination.name, state=Upload.State.UPLOADING
+        run=run,
+        destination=destination,
+        destination_name=destination.name,
+        state=Upload.State.UPLOADING,
+        attempts=1,
+        heartbeat_at=stale,
     )
-    assert services.reap_stale_runs() == 1
+    assert services.reap_stale_runs() == 0
+    assert services.create_run(job).state == Run.State.QUEUED  # the job's lock is free
+    applied = sweep.sweep()
+    assert [d.action for d in applied] == [sweep.RETRY]
     run.refresh_from_db()
     upload.refresh_from_db()
-    assert run.state == Run.State.INTERRUPTED
-    assert "while uploading" in run.error and "The archive on this server is complete" in run.error
-    assert upload.state == Upload.State.FAILED and upload.error == "The worker stopped during this upload."
+    assert run.state == Run.State.UPLOADING
+    assert "Sweep: upload to Local disk: the worker stopped during attempt 1 (no heartbeat for" in run.log
 
 
 def test_an_unreachable_destination_does_not_stop_the_interrupt_or_the_alert(job, settings, monkeypatch):
@@ -399,7 +411,8 @@ def test_the_dashboard_counts_an_interrupted_run_as_finished_not_as_a_success(cl
 def test_final_and_alert_states():
     assert {Run.State.INTERRUPTED, Run.State.TIMED_OUT} <= set(Run.FINAL_STATES)
     assert not set(Run.FINAL_STATES) & set(Run.ACTIVE_STATES)
-    assert set(Run.FINAL_STATES) | set(Run.ACTIVE_STATES) == set(Run.State.values)
+    assert set(Run.FINAL_STATES) | set(Run.LIVE_STATES) == set(Run.State.values)
+    assert set(Run.LIVE_STATES) - set(Run.ACTIVE_STATES) == {Run.State.UPLOADING}
     assert set(Run.ALERT_STATES) == {Run.State.FAILED, Run.State.INTERRUPTED, Run.State.TIMED_OUT}
 
 

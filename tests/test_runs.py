@@ -151,6 +151,10 @@ def test_a_run_waits_while_the_heavy_slot_is_taken(job, settings, folders, sourc
 
 
 def test_progress_is_written_to_the_row_and_cancel_stops_the_run(job, monkeypatch):
+    # Every progress call writes here (1 s apart in production): the write after the
+    # cancel request sees it and stops the run.
+    real_init = services.Progress.__init__
+    monkeypatch.setattr(services.Progress, "__init__", lambda self, run, **kw: real_init(self, run, **kw, interval=0))
     seen = []
 
     def listener(run):

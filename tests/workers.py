@@ -44,6 +44,8 @@ LOWERED = {
     "BACKUPSITE_STALE_RUN_SECONDS": "4",
     "BACKUPSITE_REAPER_SECONDS": "1",
     "BACKUPSITE_QUEUE_GRACE_SECONDS": "3",
+    # These tests are about a run ending interrupted; restarts are tested in test_scheduling_e2e.py.
+    "BACKUPSITE_RUN_RESTARTS": "0",
 }
 START_TIMEOUT = 60  # seconds for the panel or a worker to come up on a busy 2-core machine
 

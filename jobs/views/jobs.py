@@ -68,6 +68,8 @@ def destination_rows(job: Job):
 
 @permission_required("jobs.view_job", raise_exception=True)
 def job_detail(request, pk: int):
+    from jobs.views.triggers import AlertSettingsForm, trigger_url
+
     job = get_object_or_404(Job.objects.prefetch_related("sources"), pk=pk)
     runs = job.runs.order_by("-created_at", "-pk")[:10]
     destinations = list(destination_rows(job))
@@ -81,6 +83,12 @@ def job_detail(request, pk: int):
         "destinations": destinations,
         "addable": addable,
         "upcoming": job.upcoming_runs(3) if job.enabled else [],
+        "last_proven": job.last_proven(),
+        "alert_form": AlertSettingsForm(instance=job) if request.user.has_perm("jobs.change_job") else None,
+        # The secret is shown to administrators only (the template checks the same).
+        "trigger_url": trigger_url(request, job)
+        if job.has_trigger and request.user.has_perm("jobs.change_job")
+        else "",
     }
     return render(request, "jobs/job_detail.html", context)
 

@@ -28,7 +28,14 @@ def run_list(request):
 def _run_context(request, run: Run) -> dict:
     """What the run page and its polled fragment show; ``archive_allowed`` hides the
     download, verify and restore controls of a sensitive run from those who may not."""
-    return {"run": run, "uploads": run.uploads.all(), "archive_allowed": run.archive_allowed_for(request.user)}
+    from jobs.models import Activity
+
+    return {
+        "run": run,
+        "uploads": run.uploads.all(),
+        "archive_allowed": run.archive_allowed_for(request.user),
+        "running_activities": run.activities.filter(state=Activity.State.RUNNING),
+    }
 
 
 @permission_required("jobs.view_run", raise_exception=True)
@@ -115,6 +122,13 @@ CANCEL_MESSAGES = {
     CancelOutcome.REQUESTED: (
         messages.INFO,
         _("Cancellation requested; the worker stops the run at its next checkpoint, within seconds."),
+    ),
+    CancelOutcome.UPLOADS: (
+        messages.SUCCESS,
+        _(
+            "Cancelled: the uploads that had not finished are stopped (one under way stops at its next "
+            "checkpoint). The archive stays on the server that made it."
+        ),
     ),
     CancelOutcome.FINISHED: (messages.INFO, _("This run had already ended; there was nothing to cancel.")),
 }

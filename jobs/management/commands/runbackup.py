@@ -1,7 +1,8 @@
 """Run a backup job in the foreground: ``python manage.py runbackup JOB``.
 
-Exit codes: 0 succeeded, 3 partially succeeded, 1 failed / cancelled / interrupted /
-timed out / refused.
+Exit codes: 0 succeeded, 3 partially succeeded, 4 archived but an upload failed with a
+transient error (the workers retry it; the run page follows it), 1 failed / cancelled /
+interrupted / timed out / refused.
 
 While every heavy slot is taken the run waits and this command polls it; when a slot
 frees, a worker may take the run first (the run that freed the slot hands it on), and
@@ -16,8 +17,8 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 from django.template.defaultfilters import filesizeformat
 
-from jobs import services
-from jobs.models import Job, Run
+from jobs import notifications, services
+from jobs.models import Job, Run, Upload
 
 POLL_SECONDS = 2  # while the run waits for a slot, or a worker runs it
 
@@ -52,6 +53,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
 
         tty = not quiet and sys.stdout.isatty()
+        # No worker may be running: this process sends the run's e-mails and pings itself.
+        delivered_here, notifications.DELIVER_HERE = notifications.DELIVER_HERE, True
 
         def show(current: Run) -> None:
             if tty:
@@ -61,7 +64,7 @@ class Command(BaseCommand):
         try:
             while True:
                 run = services.execute_run(run.pk, listener=show)
-                if run.state in Run.FINAL_STATES:
+                if run.state in Run.FINAL_STATES or run.state == Run.State.UPLOADING:
                     break
                 if run.state in Run.HELD_STATES:
                     message = f"Run #{run.pk} is being run by a worker; following it…"
@@ -74,6 +77,8 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             services.cancel_run(run.pk)
             raise CommandError(f"Run #{run.pk} cancelled (Ctrl-C).") from None
+        finally:
+            notifications.DELIVER_HERE = delivered_here
         if tty:
             self.stdout.write("")
 
@@ -85,4 +90,12 @@ class Command(BaseCommand):
         if run.state == Run.State.PARTIAL:
             self.stderr.write(f"Run #{run.pk} partially succeeded: {run.error}")
             sys.exit(3)
+        if run.state == Run.State.UPLOADING:
+            retrying = ", ".join(
+                f"{u.destination_name} ({u.error})" for u in run.uploads.filter(state__in=Upload.OPEN_STATES)
+            )
+            self.stderr.write(
+                f"Run #{run.pk}: archive {run.archive_name} written; the workers retry the upload to {retrying}."
+            )
+            sys.exit(4)
         raise CommandError(f"Run #{run.pk} {run.get_state_display().lower()}: {run.error}")
