@@ -28,5 +28,4 @@ urlpatterns = [
     path("sources/<int:pk>/", sources.source_detail, name="source_detail"),
     path("sources/<int:pk>/measure/", sources.source_measure, name="source_measure"),
     path("exports/", dashboard.coming_soon, {"page": "exports"}, name="exports"),
-    path("audit/", dashboard.coming_soon, {"page": "audit"}, name="audit"),
 ]

@@ -14,7 +14,8 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
-from backupsite import configwrite
+from backupsite import audit, configwrite
+from backupsite.sudo import sudo_required
 from destinations.models import Destination
 from jobs.models import Job, Run, Upload
 from jobs.services import AlreadyRunning, enqueue_run
@@ -91,6 +92,7 @@ def job_run_now(request, pk: int):
     job = get_object_or_404(Job, pk=pk)
     try:
         run = enqueue_run(job, user=request.user)
+        audit.record(request, audit.RUN_MANUAL, run, job=job.name)
     except AlreadyRunning as exc:
         messages.warning(request, str(exc))
         active = job.active_run()
@@ -146,6 +148,7 @@ def job_destinations(request, pk: int):
 
 @require_http_methods(["GET", "POST"])
 @permission_required("jobs.delete_job", raise_exception=True)
+@sudo_required
 def job_delete(request, pk: int):
     job = get_object_or_404(Job.objects.prefetch_related("destinations"), pk=pk)
     active = job.active_run()
