@@ -47,6 +47,7 @@ def test_ten_wrong_passwords_with_a_rotating_x_forwarded_for_still_lock_out(clie
         reverse("login"), {"username": "alice", "password": "alice-password"}, HTTP_X_FORWARDED_FOR="198.51.100.99"
     )
     assert response.status_code == 429 and "Too many failed logins" in response.content.decode()
+    assert "Try again in 15 minutes." in response.content.decode()
     assert "_auth_user_id" not in client.session
     assert AuditEvent.objects.filter(action="login_failed").count() >= 10
     assert AuditEvent.objects.filter(action="locked_out").exists()
