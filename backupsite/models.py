@@ -37,7 +37,7 @@ class AuditEvent(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     #: The actor's user name when the event was recorded (kept when the user is renamed).
-    actor_name = models.CharField(max_length=150, blank=True)
+    actor_name = models.CharField(max_length=150, blank=True, db_index=True)
     ip = models.GenericIPAddressField(null=True, blank=True)
     action = models.CharField(max_length=40, db_index=True)
     object_type = models.CharField(max_length=100, blank=True, db_index=True)  # "destinations.destination"
