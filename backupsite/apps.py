@@ -7,11 +7,24 @@ class BackupsiteConfig(AppConfig):
     verbose_name = "backupsite"
 
     def ready(self) -> None:
-        from backupsite import checks  # noqa: F401  (registers the system checks)
+        from axes.signals import user_locked_out
+        from django.contrib.auth import get_user_model
+        from django.urls import reverse
+
+        from backupsite import audit, checks, configwrite  # noqa: F401  (registers the checks and receivers)
         from backupsite.roles import ensure_roles
 
         post_migrate.connect(ensure_roles, dispatch_uid="backupsite.ensure_roles")
         post_migrate.connect(create_cache_table, dispatch_uid="backupsite.create_cache_table")
+        user_locked_out.connect(audit.locked_out, dispatch_uid="backupsite.audit.locked_out")
+        # Users and their roles (group membership) change through configwrite, like any
+        # configuration: audited, and e-mailed to the other administrators.
+        configwrite.register(
+            get_user_model(),
+            exclude=["password", "last_login", "date_joined", "is_staff", "user_permissions"],
+            labels={"groups": "role", "is_active": "active", "is_superuser": "superuser", "email": "e-mail address"},
+            url=lambda user: reverse("users:edit", args=[user.pk]),
+        )
 
 
 def create_cache_table(sender=None, using="default", **kwargs) -> None:

@@ -92,6 +92,13 @@ def configure(app: Celery) -> None:
             },
             # Wizards left unfinished (a closed tab): their steps and encrypted secrets
             # leave the session table within the TTL plus this interval.
+            # Audit events past BACKUPSITE_AUDIT_RETENTION_DAYS are pruned, and
+            # "configuration changed" e-mails whose task was lost are sent again.
+            "audit-housekeeping": {
+                "task": "backupsite.tasks.audit_housekeeping",
+                "schedule": 300.0,
+                "options": {"expires": 300.0},
+            },
             "purge-abandoned-wizards": {
                 "task": "jobs.tasks.purge_abandoned_wizards",
                 "schedule": 600.0,

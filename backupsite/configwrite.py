@@ -20,7 +20,7 @@ module: a change shows only as "changed" (or "set" / "removed").
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,6 +28,7 @@ from django.db import models, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
+from backupsite.clientip import client_ip  # the client's address behind trusted proxies
 from backupsite.crypto import EncryptedJSONField
 
 #: Sent with ``sender=<model class>, change=<ConfigChange>`` inside the transaction.
@@ -79,6 +80,7 @@ class Registration:
     exclude: set[str]
     secret_fields: set[str]
     labels: dict[str, str]
+    url: Callable[[models.Model], str] | None = None
 
 
 _REGISTRY: dict[type[models.Model], Registration] = {}
@@ -92,8 +94,10 @@ def register(
     exclude: Iterable[str] = (),
     secret_fields: Iterable[str] = (),
     labels: dict[str, str] | None = None,
+    url: Callable[[models.Model], str] | None = None,
 ) -> None:
-    _REGISTRY[model] = Registration(model, set(exclude) | _ALWAYS_EXCLUDED, set(secret_fields), dict(labels or {}))
+    """*url* gives the page of an object whose model has no ``get_absolute_url``."""
+    _REGISTRY[model] = Registration(model, set(exclude) | _ALWAYS_EXCLUDED, set(secret_fields), dict(labels or {}), url)
 
 
 def registration(model: type[models.Model]) -> Registration:
@@ -179,22 +183,16 @@ def diff(
     return changes
 
 
-def client_ip(request) -> str | None:
-    """The client's address (the audit issue teaches this about trusted proxies)."""
-    if request is None:
-        return None
-    return request.META.get("REMOTE_ADDR")
-
-
 def _change(action: str, obj, before, after, actor, request) -> ConfigChange:
     opts = obj._meta
     user = actor if actor is not None else getattr(request, "user", None)
     if user is not None and not getattr(user, "is_authenticated", False):
         user = None
     url = ""
-    if action != DELETED and hasattr(obj, "get_absolute_url"):
+    link = registration(type(obj)).url or getattr(obj, "get_absolute_url", None)
+    if action != DELETED and link is not None:
         try:
-            url = obj.get_absolute_url()
+            url = link(obj) if registration(type(obj)).url else link()
         except Exception:  # noqa: BLE001 - a missing URL must not break a write
             url = ""
     return ConfigChange(

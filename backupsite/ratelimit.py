@@ -1,5 +1,5 @@
-"""One rate limiter for the whole panel: test-connection now, trigger URLs and login
-throttling later.
+"""One rate limiter for the whole panel: test-connection, password-reset e-mails, trigger
+URLs (login throttling is django-axes', with the same client address).
 
 Counts live in Django's cache (``CACHES["default"]``): the database cache on the
 embedded default, Redis in production, so every web process counts together. A fixed
@@ -26,6 +26,9 @@ LIMITS: dict[str, tuple[int, int]] = {
     "destination-test-ip": (30, 60),  # per client address
     "job-trigger": (6, 60),  # trigger URL calls per job (a POS at day close calls once)
     "job-trigger-ip": (30, 60),  # trigger URL calls per client address (wrong tokens too)
+    # "Forgot your password?" and the Users page's reset / invitation e-mails.
+    "password-reset-ip": (5, 3600),  # per client address
+    "password-reset-address": (3, 3600),  # per e-mail address (no mail bombing)
 }
 
 

@@ -29,10 +29,20 @@ _CONFIGURE = [
     f"{m.split('.')[0]}.{action}_{m.split('.')[1]}" for m in _CONFIG_MODELS for action in ("add", "change", "delete")
 ]
 
+# The Users page and the audit log (administrators only).
+_MANAGE_USERS = ["auth.view_user", "auth.add_user", "auth.change_user", "backupsite.view_auditevent"]
+
 ROLE_PERMISSIONS: dict[str, list[str]] = {
     VIEWERS: _VIEW,
     OPERATORS: [*_VIEW, *_OPERATE],
-    ADMINISTRATORS: [*_VIEW, *_OPERATE, "jobs.delete_run", "jobs.access_sensitive_run", *_CONFIGURE],
+    ADMINISTRATORS: [
+        *_VIEW,
+        *_OPERATE,
+        "jobs.delete_run",
+        "jobs.access_sensitive_run",
+        *_CONFIGURE,
+        *_MANAGE_USERS,
+    ],
 }
 ROLE_LABELS = {ADMINISTRATORS: "Administrator", OPERATORS: "Operator", VIEWERS: "Viewer"}
 
@@ -70,6 +80,41 @@ def role_of(user) -> str | None:
     return None
 
 
+def administrators_q(prefix: str = ""):
+    """A filter on users with the administrator role (a superuser, or in the group)."""
+    from django.db.models import Q
+
+    return Q(**{f"{prefix}is_superuser": True}) | Q(**{f"{prefix}groups__name": ADMINISTRATORS})
+
+
+def administrators():
+    """The active administrators (those the "configuration changed" e-mail goes to, and
+    of whom at least one must remain)."""
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()
+    ids = User.objects.filter(administrators_q(), is_active=True).values("pk")
+    return User.objects.filter(pk__in=ids)
+
+
+def role_of_many(users) -> dict[int, str | None]:
+    """:func:`role_of` for many users in one query (the Users page)."""
+    from django.contrib.auth.models import Group
+
+    names: dict[int, set[str]] = {}
+    for user_id, name in Group.user_set.through.objects.filter(user__in=users).values_list("user_id", "group__name"):
+        names.setdefault(user_id, set()).add(name)
+    roles = {}
+    for user in users:
+        held = names.get(user.pk, set())
+        roles[user.pk] = (
+            ADMINISTRATORS
+            if user.is_superuser
+            else next((role for role in (ADMINISTRATORS, OPERATORS, VIEWERS) if role in held), None)
+        )
+    return roles
+
+
 class RolePermissionMixin(PermissionRequiredMixin):
     """Login is enforced globally by LoginRequiredMiddleware; this adds the
     permission check and answers 403 (never a redirect loop) to a logged-in user."""
@@ -88,4 +133,6 @@ def roles_context(request):
         "can_configure": user.has_perm("jobs.change_job"),
         "can_run": user.has_perm("jobs.run_job"),
         "can_download": user.has_perm("jobs.download_run"),
+        "can_manage_users": user.has_perm("auth.change_user"),
+        "can_view_audit": user.has_perm("backupsite.view_auditevent"),
     }

@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 import re
 import socket
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import environ
+from csp.constants import NONE as CSP_NONE
+from csp.constants import SELF as CSP_SELF
 from django.core.exceptions import ImproperlyConfigured
 
+from backupsite.clientip import parse_proxies
 from backupsite.env import (
     env_bool,
     env_int,
@@ -64,6 +68,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "axes",
+    "csp",
     "backupsite",
     "destinations",
     "jobs",
@@ -72,15 +78,20 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     # Django's, except that a POST to a URL without its slash is redirected with 308.
     "backupsite.middleware.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # A batch per request: one "configuration changed" e-mail per administrator and request.
+    "backupsite.audit.AuditMiddleware",
     "backupsite.middleware.NoStoreForSignedInUsers",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into the lockout page (429).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "backupsite.urls"
@@ -139,6 +150,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# django-axes first: it refuses a locked-out login before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
@@ -221,6 +237,51 @@ if not DEBUG:
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
 if env_bool("USE_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Reverse proxies whose X-Forwarded-For is believed (addresses or networks, comma
+# separated). Empty (the default): the header is ignored, REMOTE_ADDR is the client
+# (backupsite/clientip.py; docs/security.md, "Behind a reverse proxy").
+BACKUPSITE_TRUSTED_PROXIES = env_list("BACKUPSITE_TRUSTED_PROXIES", [])
+try:
+    parse_proxies(BACKUPSITE_TRUSTED_PROXIES)
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"BACKUPSITE_TRUSTED_PROXIES: {_exc}") from None
+
+# Content-Security-Policy (django-csp): the panel's own static files only, no inline
+# scripts or styles, no frames, forms post only to the panel.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [CSP_SELF],
+        "script-src": [CSP_SELF],
+        "style-src": [CSP_SELF],
+        "img-src": [CSP_SELF],
+        "font-src": [CSP_SELF],
+        "connect-src": [CSP_SELF],
+        "form-action": [CSP_SELF],
+        "frame-ancestors": [CSP_NONE],
+        "base-uri": [CSP_NONE],
+        "object-src": [CSP_NONE],
+    }
+}
+
+# Login throttling (django-axes): after BACKUPSITE_LOGIN_FAILURE_LIMIT wrong passwords
+# for one user name, or from one client address (behind trusted proxies only, never a
+# raw X-Forwarded-For), logins are refused for BACKUPSITE_LOGIN_LOCKOUT_MINUTES.
+AXES_FAILURE_LIMIT = env_int("BACKUPSITE_LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("BACKUPSITE_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_CLIENT_IP_CALLABLE = "backupsite.clientip.client_ip"
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # successful logins are in the audit log
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_SENSITIVE_PARAMETERS = ["password", "new_password1", "new_password2", "old_password"]
+
+# "Sudo mode": re-entering the password unlocks trigger URLs, secret replacement,
+# deletes and restores for this many minutes.
+BACKUPSITE_SUDO_MINUTES = env_int("BACKUPSITE_SUDO_MINUTES", 10, minimum=1)
+# Audit events older than this many days are pruned (0 keeps them forever).
+BACKUPSITE_AUDIT_RETENTION_DAYS = env_int("BACKUPSITE_AUDIT_RETENTION_DAYS", 365, minimum=0)
+# A password-reset link works this long (Django's PASSWORD_RESET_TIMEOUT, in seconds).
+PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3 * 24 * 3600, minimum=600)
 
 # --- Celery (all of its configuration lives in backupsite/celery.py) -------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
@@ -301,6 +362,8 @@ LOGGING = {
         # The SMB library logs every request (with user and file names) at INFO.
         "smbprotocol": {"level": "WARNING"},
         "spnego": {"level": "WARNING"},
+        # django-axes logs every login at INFO; lockouts (WARNING) and the audit log stay.
+        "axes": {"level": "WARNING"},
     },
 }
 # Seconds every network step of a destination may take (connect, banner, login, each

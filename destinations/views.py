@@ -19,6 +19,8 @@ from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
+from backupsite import sudo
+from backupsite.sudo import sudo_required
 from destinations import services
 from destinations.backends import REGISTRY
 from destinations.backends.base import CAPABILITY_LABELS, READ
@@ -129,6 +131,7 @@ class _FormPage:
         self.post = request.POST if request.method == "POST" else None
         self.kinds = list(REGISTRY) if self.creating else [destination.kind]
         self.region: dict = {"trusted_tokens": [], "can_trust": True, "trust_in_form": True}
+        self.sudo_needed = False
         self.chosen = self._chosen()
         self.chooser = KindChoiceForm(self.post, initial={"kind": self.chosen}) if self.creating else None
         pinned, pending = self._carried()
@@ -185,7 +188,20 @@ class _FormPage:
             checks.append(self.chooser.is_valid())
         if not all(checks):
             return None
+        if self.replaces_secret() and not sudo.confirm_inline(self.request, self.post.get("sudo_password", "")):
+            # Sudo mode: replacing a stored secret needs the password typed again. The page
+            # comes back with a password field, the typed secrets carried (pending token).
+            self.sudo_needed = True
+            return None
         return services.save(self.common, self.chosen_form, request=self.request, tested=self.post.get("tested", ""))
+
+    def replaces_secret(self) -> bool:
+        """Whether this save would overwrite a stored secret with another value."""
+        if self.creating:
+            return False
+        stored = dict(self.destination.secrets or {})
+        typed = services.typed_secrets(self.chosen_form)
+        return any(stored.get(name) and value != stored[name] for name, value in typed.items())
 
     def test(self) -> int:
         """Test the unsaved settings; the HTTP status of the answer (422: the settings
@@ -238,6 +254,8 @@ class _FormPage:
             "chooser": self.chooser,
             "kind_forms": kind_forms,
             "chosen": self.chosen,
+            "sudo_needed": self.sudo_needed,
+            "sudo_error": self.sudo_needed and bool(self.post and self.post.get("sudo_password")),
             **self.region_context(),
         }
 
@@ -260,7 +278,9 @@ def _form_page(request, destination: Destination | None):
             if status == 422:  # the script then sends the form normally: errors by their fields
                 return HttpResponse(status=422)
             return render(request, REGION_TEMPLATE, page.region_context(), status=status)
-    return render(request, FORM_TEMPLATE, page.context(), status=429 if status == 429 else 200)
+    if page.sudo_needed:
+        status = 403
+    return render(request, FORM_TEMPLATE, page.context(), status=status if status in (403, 429) else 200)
 
 
 # --- test, trust, delete -----------------------------------------------------------------
@@ -306,6 +326,7 @@ def destination_trust(request, pk: int):
 
 @require_http_methods(["GET", "POST"])
 @permission_required("destinations.delete_destination", raise_exception=True)
+@sudo_required
 def destination_delete(request, pk: int):
     destination = get_object_or_404(Destination, pk=pk)
     if request.method == "POST":

@@ -32,6 +32,7 @@ from django.http import FileResponse, Http404, HttpResponse, StreamingHttpRespon
 from django.shortcuts import render
 from django.utils.http import content_disposition_header, http_date, parse_http_date_safe
 
+from backupsite import audit
 from destinations.backends.base import (
     READ,
     DestinationError,
@@ -310,6 +311,15 @@ def _response(request, run: Run, what: str, source: Source):
     if span:
         response["Content-Range"] = f"bytes {start}-{end}/{size}"
     if request.method != "HEAD":
+        audit.record(
+            request,
+            audit.DOWNLOAD,
+            run,
+            file=what,
+            copy=source.where,
+            bytes=length,
+            range=f"bytes {start}-{end}" if span else "whole file",
+        )
         log.info(
             "Run %s: %s downloaded from %s by %s (%s)",
             run.pk,

@@ -14,6 +14,7 @@ urlpatterns = [
     path("jobs/<int:pk>/enabled/", jobs.job_set_enabled, name="job_set_enabled"),
     path("jobs/<int:pk>/destinations/", jobs.job_destinations, name="job_destinations"),
     path("jobs/<int:pk>/run/", jobs.job_run_now, name="job_run_now"),
+    path("jobs/<int:pk>/trigger/", triggers.job_trigger_show, name="job_trigger_show"),
     path("jobs/<int:pk>/trigger/regenerate/", triggers.job_trigger_regenerate, name="job_trigger_regenerate"),
     path("jobs/<int:pk>/trigger/remove/", triggers.job_trigger_remove, name="job_trigger_remove"),
     path("jobs/<int:pk>/test-email/", triggers.job_test_email, name="job_test_email"),
@@ -35,5 +36,4 @@ urlpatterns = [
     path("sources/<int:pk>/", sources.source_detail, name="source_detail"),
     path("sources/<int:pk>/measure/", sources.source_measure, name="source_measure"),
     path("exports/", dashboard.coming_soon, {"page": "exports"}, name="exports"),
-    path("audit/", dashboard.coming_soon, {"page": "audit"}, name="audit"),
 ]

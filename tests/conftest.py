@@ -128,3 +128,14 @@ def restore_with_stock_tools(archive: Path, target: Path) -> None:
 def trees_identical(a: Path, b: Path) -> bool:
     """`diff -r --no-dereference`: same names, contents and symlink targets."""
     return subprocess.run(["diff", "-r", "--no-dereference", str(a), str(b)], capture_output=True).returncode == 0
+
+
+def grant_sudo(client) -> None:
+    """Put *client*'s session in sudo mode (as if the password had just been confirmed)."""
+    import time
+
+    from backupsite.sudo import SESSION_KEY
+
+    session = client.session
+    session[SESSION_KEY] = time.time() + 600
+    session.save()

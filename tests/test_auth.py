@@ -7,7 +7,7 @@ import re
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-PUBLIC = {"login"}
+PUBLIC = {"login", "password_reset", "password_reset_done", "password_reset_confirm", "password_reset_complete"}
 # Called by machines with a job's secret instead of a login (tests/test_triggers.py): an
 # anonymous call without the right secret finds nothing.
 TOKEN_AUTHENTICATED = {"jobs:job_trigger", "jobs:job_trigger_token"}
@@ -150,3 +150,140 @@ def test_post_without_csrf_token_is_refused(alice, job):
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(alice)
     assert strict.post(reverse("jobs:job_run_now", args=[job.pk])).status_code == 403
+
+
+# --- every URL, every role (issue 11: "each role is refused what it may not do, on every URL") -----
+A, B, C, D = "alice", "bob", "charlie", "dave"  # administrator, operator, viewer, no role
+READERS, OPERATORS_UP, ADMINS, SIGNED_IN = {A, B, C}, {A, B}, {A}, {A, B, C, D}
+
+#: Who may use each URL (by name): every other signed-in user is refused with 403, GET
+#: and POST alike. A new URL must be added here, or this walk fails naming it.
+ACCESS: dict[str, set[str]] = {
+    "dashboard": READERS,
+    "logout": SIGNED_IN,
+    "password_change": SIGNED_IN,
+    "password_change_done": SIGNED_IN,
+    "sudo": SIGNED_IN,
+    "audit": ADMINS,
+    "users:list": ADMINS,
+    "users:create": ADMINS,
+    "users:edit": ADMINS,
+    "users:set_active": ADMINS,
+    "users:send_reset": ADMINS,
+    "destinations:list": READERS,
+    "destinations:detail": READERS,
+    "destinations:create": ADMINS,
+    "destinations:edit": ADMINS,
+    "destinations:test": ADMINS,
+    "destinations:trust": ADMINS,
+    "destinations:delete": ADMINS,
+    "jobs:exports": READERS,
+    "jobs:job_list": READERS,
+    "jobs:job_detail": READERS,
+    "jobs:job_create": ADMINS,
+    "jobs:job_edit": ADMINS,
+    "jobs:job_duplicate": ADMINS,
+    "jobs:job_delete": ADMINS,
+    "jobs:job_set_enabled": ADMINS,
+    "jobs:job_destinations": ADMINS,
+    "jobs:job_run_now": OPERATORS_UP,
+    "jobs:job_trigger_show": ADMINS,
+    "jobs:job_trigger_regenerate": ADMINS,
+    "jobs:job_trigger_remove": ADMINS,
+    "jobs:job_test_email": OPERATORS_UP,
+    "jobs:job_alert_settings": ADMINS,
+    "jobs:run_list": READERS,
+    "jobs:run_detail": READERS,
+    "jobs:run_progress": READERS,
+    "jobs:run_download": OPERATORS_UP,
+    "jobs:run_manifest": OPERATORS_UP,
+    "jobs:run_key_file": OPERATORS_UP,
+    "jobs:run_cancel": OPERATORS_UP,
+    "jobs:run_keep_forever": ADMINS,
+    "jobs:run_delete_backup": ADMINS,
+    "jobs:run_verify": OPERATORS_UP,
+    "jobs:run_restore": ADMINS,
+    "jobs:source_list": READERS,
+    "jobs:source_detail": READERS,
+    "jobs:source_measure": ADMINS,
+}
+#: The archive of a run that holds the panel's own database: administrators only
+#: (object level: the operator may download other runs, not this one).
+SENSITIVE = {"jobs:run_download", "jobs:run_manifest", "jobs:run_key_file", "jobs:run_verify", "jobs:run_restore"}
+
+
+def test_every_url_has_an_access_rule():
+    names = {name for name, _ in all_urls()} - PUBLIC - TOKEN_AUTHENTICATED
+    missing = sorted(names - set(ACCESS))
+    assert missing == [], f"add these URL names to ACCESS in tests/test_auth.py with the roles allowed: {missing}"
+    assert sorted(set(ACCESS) - names) == []  # no rule for a URL that is gone
+
+
+def _kwargs(name: str, route: str, world: dict) -> dict:
+    """Real objects for the URL's parameters (the run, job, source, destination, user)."""
+    kwargs = {}
+    for param in re.findall(r"<(?:\w+:)?(\w+)>", route):
+        if param != "pk":
+            kwargs[param] = "x"
+        elif name.startswith(("destinations:", "users:")):
+            kwargs["pk"] = world["destination" if name.startswith("destinations:") else "user"]
+        else:  # jobs:run_…, jobs:job_…, jobs:source_…
+            kwargs["pk"] = world[name.split(":")[1].split("_")[0]]
+    return kwargs
+
+
+@pytest.fixture
+def world(job, alice, bob, charlie, dave):
+    from jobs import services
+    from jobs.models import Run
+
+    run = services.execute_run(services.create_run(job).pk)
+    assert run.state == Run.State.SUCCEEDED, run.error
+    return {
+        "job": job.pk,
+        "run": run.pk,
+        "source": job.sources.get().pk,
+        "destination": job.destinations.get().pk,
+        "user": bob.pk,
+    }
+
+
+def _status(client, method: str, url: str) -> int:
+    return getattr(client, method)(url).status_code
+
+
+@pytest.mark.parametrize(("name", "route"), sorted({(n, r) for n, r in iter_patterns() if n in ACCESS}))
+def test_each_role_is_refused_what_it_may_not_do(
+    client, request, world, name, route, django_capture_on_commit_callbacks
+):
+    from tests.conftest import grant_sudo
+
+    url = reverse(name, kwargs=_kwargs(name, route, world))
+    allowed = ACCESS[name]
+    # The refused first (they must change nothing), the administrator last.
+    for username in sorted(SIGNED_IN, key=lambda u: (u in allowed, u != A, u)):
+        client.force_login(request.getfixturevalue(username))
+        grant_sudo(client)  # sudo mode never replaces a permission
+        with django_capture_on_commit_callbacks(execute=False):
+            statuses = {method: _status(client, method, url) for method in ("get", "post")}
+        if username in allowed:
+            assert set(statuses.values()) - {403, 405}, (url, username, statuses)
+        else:
+            assert set(statuses.values()) <= {403, 405} and 403 in statuses.values(), (url, username, statuses)
+
+
+@pytest.mark.parametrize("name", sorted(SENSITIVE))
+def test_operators_are_refused_the_archive_of_a_sensitive_run(client, bob, job, name):
+    from jobs import services
+    from jobs.models import Run, Source
+
+    panel = Source.objects.create(name="Panel database", kind="panel_database", settings={})
+    job.sources.add(panel)
+    run = services.create_run(job)
+    Run.objects.filter(pk=run.pk).update(
+        state=Run.State.SUCCEEDED, archive_name="x.tar.zst", archive_size=1, archive_sha256="0" * 64
+    )
+    assert Run.objects.get(pk=run.pk).archive_allowed_for(bob) is False
+    client.force_login(bob)
+    url = reverse(name, args=[run.pk])
+    assert {client.get(url).status_code, client.post(url).status_code} <= {403, 405}

@@ -18,6 +18,7 @@ from django.urls import reverse
 from backupsite import configwrite
 from destinations import services
 from destinations.models import Destination
+from tests.conftest import grant_sudo
 from tests.kinds import pinned
 
 pytestmark = pytest.mark.django_db
@@ -395,6 +396,7 @@ def test_secrets_are_never_rendered_and_blank_keeps_them(client, alice, folders,
     assert pinned.PASSWORD not in caplog.text
     assert "Password: stored encrypted, never shown" in pages[1].content.decode()
 
+    grant_sudo(client)  # replacing a stored secret needs sudo mode (tests/test_sudo.py)
     client.post(
         reverse("destinations:edit", args=[destination.pk]),
         {
@@ -484,6 +486,7 @@ def test_operators_and_viewers_see_but_cannot_change(client, request, user, job)
 def test_delete_is_refused_while_jobs_use_it_naming_them(client, alice, job):
     destination = job.destinations.get()
     client.force_login(alice)
+    grant_sudo(client)
     page = client.get(reverse("destinations:delete", args=[destination.pk])).content.decode()
     assert "cannot be deleted while jobs use it" in page and job.name in page
     assert "Delete the destination" not in page
@@ -495,6 +498,7 @@ def test_delete_is_refused_while_jobs_use_it_naming_them(client, alice, job):
 def test_delete_after_confirmation_through_configwrite(client, alice, folders, changes):
     destination = Destination.objects.create(name="Old disk", kind="local", settings={"path": str(folders["backups"])})
     client.force_login(alice)
+    grant_sudo(client)
     page = client.get(reverse("destinations:delete", args=[destination.pk])).content.decode()
     assert "not</strong> deleted" in page and "Delete the destination" in page
     response = client.post(reverse("destinations:delete", args=[destination.pk]), follow=True)

@@ -19,6 +19,7 @@ from destinations.backends.local import LocalBackend
 from destinations.models import Destination
 from jobs import services
 from jobs.models import Job, Run, Source, Upload
+from tests.conftest import grant_sudo
 
 pytestmark = pytest.mark.django_db
 
@@ -42,6 +43,7 @@ def changes():
 @pytest.fixture
 def admin(client, alice):
     client.force_login(alice)
+    grant_sudo(client)  # deleting a job asks for the password again (tests/test_sudo.py)
     return client
 
 

@@ -23,7 +23,7 @@ from jobs import services
 from jobs.engine.restore import RestoreError, safe_extract
 from jobs.models import Run
 from jobs.verification import VerificationError, restore_run
-from tests.conftest import make_tree, trees_identical
+from tests.conftest import grant_sudo, make_tree, trees_identical
 from tests.test_verify import PASSWORD, build_archive, encrypt_archive, flip_byte, make_encrypted, truncate
 
 FILE, DIR, SYM, LNK = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
@@ -396,6 +396,7 @@ def roots(settings, tmp_path):
 
 def test_administrators_restore_from_the_page(client, alice, finished_run, source_tree, roots):
     client.force_login(alice)
+    grant_sudo(client)
     page = client.get(finished_run.get_absolute_url()).content.decode()
     url = reverse("jobs:run_restore", args=[finished_run.pk])
     assert url in page
@@ -421,6 +422,7 @@ def test_only_administrators_may_restore(client, request, user, finished_run, ro
 )
 def test_the_page_only_restores_inside_the_restore_folders(client, alice, finished_run, roots, tmp_path, target):
     client.force_login(alice)
+    grant_sudo(client)
     target = target.format(root=roots, tmp=tmp_path)
     response = client.post(reverse("jobs:run_restore", args=[finished_run.pk]), {"location": "local", "target": target})
     assert response.status_code == 200
@@ -432,6 +434,7 @@ def test_the_page_only_restores_inside_the_restore_folders(client, alice, finish
 def test_restore_needs_csrf(alice, finished_run, roots):
     client = Client(enforce_csrf_checks=True)
     client.force_login(alice)
+    grant_sudo(client)
     url = reverse("jobs:run_restore", args=[finished_run.pk])
     assert client.post(url, {"location": "local", "target": str(roots / "x")}).status_code == 403
     assert list(roots.iterdir()) == []
@@ -440,6 +443,7 @@ def test_restore_needs_csrf(alice, finished_run, roots):
 def test_restore_password_is_not_kept(client, alice, finished_run, folders, roots):
     run = make_encrypted(finished_run, folders)
     client.force_login(alice)
+    grant_sudo(client)
     url = reverse("jobs:run_restore", args=[run.pk])
     response = client.post(url, {"location": "local", "target": str(roots / "x"), "password": PASSWORD + "!"})
     page = response.content.decode()

@@ -16,7 +16,7 @@ from django.urls import reverse
 from jobs import services
 from jobs.models import Job, Run, Source
 from jobs.sources import dbtools
-from tests.conftest import restore_with_stock_tools
+from tests.conftest import grant_sudo, restore_with_stock_tools
 
 MESSAGE = (
     "This backup contains the panel's own database (password hashes); only administrators can download, "
@@ -112,6 +112,7 @@ def test_administrators_download_verify_and_restore_it(
     client, alice, sensitive_run, roots, tmp_path, django_capture_on_commit_callbacks
 ):
     client.force_login(alice)
+    grant_sudo(client)  # restoring asks for the password again
     expected = {"get": 200, "post": 302}
     for method, url, data in archive_urls(sensitive_run, roots):
         with django_capture_on_commit_callbacks(execute=True):

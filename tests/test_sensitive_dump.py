@@ -67,9 +67,15 @@ def session_key() -> str:
 def test_the_default_entries_name_the_real_tables(settings):
     names = sensitive.excluded_table_names()
     assert names[:2] == [Session._meta.db_table, VerifyTicket._meta.db_table] == ["django_session", "jobs_verifyticket"]
-    assert names[2:] == ["backupsite_cache"]  # the default, until the cache exists
+    from axes.models import AccessAttempt, AccessAttemptExpiration, AccessFailureLog, AccessLog
+
+    axes_tables = sorted(
+        m._meta.db_table for m in (AccessAttempt, AccessAttemptExpiration, AccessFailureLog, AccessLog)
+    )
+    assert names[2:6] == axes_tables  # login throttling (django-axes)
+    assert names[6:] == ["backupsite_cache"]  # the default, until the cache exists
     settings.BACKUPSITE_CACHE_TABLE = "ratelimit_cache"
-    assert sensitive.excluded_table_names() == ["django_session", "jobs_verifyticket", "ratelimit_cache"]
+    assert sensitive.excluded_table_names() == ["django_session", "jobs_verifyticket", *axes_tables, "ratelimit_cache"]
 
 
 def test_a_later_feature_adds_one_line(monkeypatch):
@@ -189,13 +195,14 @@ def test_panel_database_on_sqlite_leaves_out_sessions_and_tickets(client, alice,
     finally:
         conn.close()
     entry = manifest_of(run)["sources"][0]
+    axes = ["axes_accessattempt", "axes_accessattemptexpiration", "axes_accessfailurelog", "axes_accesslog"]
     assert entry == {
-        "excluded_table_data": ["django_session", "jobs_verifyticket", "backupsite_cache"],
+        "excluded_table_data": ["django_session", "jobs_verifyticket", *axes, "backupsite_cache"],
         "name": "Panel database",
         "slug": "panel-database",
         "kind": "panel_database",
     }
-    assert "the rows of django_session, jobs_verifyticket, backupsite_cache are left out" in run.log
+    assert f"the rows of django_session, jobs_verifyticket, {', '.join(axes)}, backupsite_cache are left out" in run.log
     live_conn = sqlite3.connect(live)
     assert live_conn.execute("SELECT COUNT(*) FROM django_session").fetchone() == (2,)
     live_conn.close()
@@ -245,6 +252,10 @@ def test_panel_database_on_postgresql_leaves_out_the_rows(postgres_server, folde
     assert manifest_of(run)["sources"][0]["excluded_table_data"] == [
         "django_session",
         "jobs_verifyticket",
+        "axes_accessattempt",  # registered but absent from this database: listed all the same
+        "axes_accessattemptexpiration",
+        "axes_accessfailurelog",
+        "axes_accesslog",
         "MixedCase",
         "star*",
         "backupsite_cache",

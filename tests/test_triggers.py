@@ -12,6 +12,7 @@ from django.core.cache import cache
 from django.urls import reverse
 
 from jobs.models import Job, Run
+from tests.conftest import grant_sudo
 
 
 @pytest.fixture(autouse=True)
@@ -86,8 +87,19 @@ def test_the_token_is_stored_encrypted_and_shown_to_administrators_only(client, 
     stored = Job.objects.filter(pk=job.pk).values_list("trigger_token_encrypted", flat=True).get()
     assert token not in stored and Job.objects.get(pk=job.pk).trigger_token == token
     client.force_login(alice)
+    # Without a fresh password confirmation (sudo mode) the secret is not on the page...
     page = client.get(job.get_absolute_url()).content.decode()
-    assert f"/hooks/jobs/{job.pk}/{token}/" in page and 'id="trigger"' in page
+    assert token not in page and 'id="trigger"' in page and "Show the trigger URL" in page
+    shown = client.get(reverse("jobs:job_trigger_show", args=[job.pk]))
+    assert shown.status_code == 302 and reverse("sudo") in shown["Location"]
+    # ...after it, it is, and revealing it is audited.
+    grant_sudo(client)
+    assert client.get(reverse("jobs:job_trigger_show", args=[job.pk])).status_code == 302
+    page = client.get(job.get_absolute_url()).content.decode()
+    assert f"/hooks/jobs/{job.pk}/{token}/" in page
+    from backupsite.models import AuditEvent
+
+    assert AuditEvent.objects.filter(action="trigger_revealed", actor=alice).count() == 1
     client.force_login(bob)
     page = client.get(job.get_absolute_url()).content.decode()
     assert token not in page and 'id="trigger"' not in page
@@ -101,12 +113,16 @@ def test_regenerate_replaces_the_token_and_remove_refuses_every_call(client, ali
     configwrite.config_changed.connect(lambda sender, change, **kw: changes.append(change), weak=False)
     job, old = triggered
     client.force_login(alice)
+    grant_sudo(client)
     client.post(reverse("jobs:job_trigger_regenerate", args=[job.pk]))
     new = Job.objects.get(pk=job.pk).trigger_token
     assert new and new != old
     client.logout()
     assert client.post(f"/hooks/jobs/{job.pk}/{old}/").status_code == 404
     assert client.post(f"/hooks/jobs/{job.pk}/{new}/").status_code == 202
+    from backupsite.models import AuditEvent
+
+    assert AuditEvent.objects.filter(action="run_triggered").count() == 1
     client.force_login(alice)
     client.post(reverse("jobs:job_trigger_remove", args=[job.pk]))
     assert not Job.objects.get(pk=job.pk).has_trigger

@@ -14,7 +14,8 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
-from backupsite import configwrite
+from backupsite import audit, configwrite
+from backupsite.sudo import sudo_required
 from destinations.models import Destination
 from jobs.models import Job, Run, Upload
 from jobs.services import AlreadyRunning, enqueue_run
@@ -68,7 +69,7 @@ def destination_rows(job: Job):
 
 @permission_required("jobs.view_job", raise_exception=True)
 def job_detail(request, pk: int):
-    from jobs.views.triggers import AlertSettingsForm, trigger_url
+    from jobs.views.triggers import AlertSettingsForm, show_trigger, trigger_url
 
     job = get_object_or_404(Job.objects.prefetch_related("sources"), pk=pk)
     runs = job.runs.order_by("-created_at", "-pk")[:10]
@@ -85,10 +86,8 @@ def job_detail(request, pk: int):
         "upcoming": job.upcoming_runs(3) if job.enabled else [],
         "last_proven": job.last_proven(),
         "alert_form": AlertSettingsForm(instance=job) if request.user.has_perm("jobs.change_job") else None,
-        # The secret is shown to administrators only (the template checks the same).
-        "trigger_url": trigger_url(request, job)
-        if job.has_trigger and request.user.has_perm("jobs.change_job")
-        else "",
+        # The secret is shown to administrators in sudo mode only ("Show the trigger URL").
+        "trigger_url": trigger_url(request, job) if show_trigger(request, job) else "",
     }
     return render(request, "jobs/job_detail.html", context)
 
@@ -99,6 +98,7 @@ def job_run_now(request, pk: int):
     job = get_object_or_404(Job, pk=pk)
     try:
         run = enqueue_run(job, user=request.user)
+        audit.record(request, audit.RUN_MANUAL, run, job=job.name)
     except AlreadyRunning as exc:
         messages.warning(request, str(exc))
         active = job.active_run()
@@ -154,6 +154,7 @@ def job_destinations(request, pk: int):
 
 @require_http_methods(["GET", "POST"])
 @permission_required("jobs.delete_job", raise_exception=True)
+@sudo_required
 def job_delete(request, pk: int):
     job = get_object_or_404(Job.objects.prefetch_related("destinations"), pk=pk)
     active = job.active_run()

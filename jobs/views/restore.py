@@ -17,6 +17,7 @@ from django.template.defaultfilters import filesizeformat
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods
 
+from backupsite import audit, sudo
 from destinations.models import Destination
 from jobs.downloads import readable_uploads
 from jobs.engine.restore import RestoreError
@@ -122,8 +123,17 @@ def _verify(request, run: Run, data: dict) -> bool:
             user=request.user,
         )
     except VerificationError as exc:
+        audit.record(request, audit.VERIFY, run, outcome="refused", message=str(exc))
         messages.error(request, f"Could not verify: {exc}")
         return False
+    audit.record(
+        request,
+        audit.VERIFY,
+        run,
+        where=dict(location_choices(run)).get(data["location"], data["location"]),
+        checksum_only=bool(data.get("checksum_only")),
+        outcome="queued",
+    )
     messages.info(
         request,
         "Verification started in the background: the result appears under “Verification” when it is done "
@@ -140,6 +150,8 @@ def run_restore(request, pk: int):
     refused = refuse_sensitive(request, run)
     if refused is not None:
         return refused
+    if not sudo.active(request):  # restoring overwrites files: the password again (after the refusals)
+        return sudo.refusal(request)
     roots = restore_roots()
     initial = {"target": str(roots[0] / f"run-{run.pk}")}
     form = RestoreForm(request.POST if request.method == "POST" else None, run=run, initial=initial)
@@ -159,9 +171,19 @@ def _restore(request, run: Run, data: dict) -> bool:
             web=True,
         )
     except (VerificationError, RestoreError) as exc:
+        audit.record(request, audit.RESTORE, run, target=data["target"], outcome="failed", message=str(exc))
         messages.error(request, f"Nothing was restored: {exc}")
         return False
     result = report.result
+    audit.record(
+        request,
+        audit.RESTORE,
+        run,
+        where=report.where,
+        target=str(result.target),
+        files=result.files,
+        outcome="restored",
+    )
     messages.success(
         request,
         f"Restored {result.files} files ({filesizeformat(result.bytes)}) from {report.where} into "

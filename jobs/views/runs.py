@@ -6,6 +6,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods, require_POST
 
+from backupsite import audit
 from destinations.backends.base import ROOT_FOLDER
 from jobs import downloads
 from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
@@ -138,7 +139,10 @@ CANCEL_MESSAGES = {
 @permission_required("jobs.change_run", raise_exception=True)
 def run_cancel(request, pk: int):
     run = get_object_or_404(Run, pk=pk)
-    level, text = CANCEL_MESSAGES[cancel_run(run.pk, user=request.user)]
+    outcome = cancel_run(run.pk, user=request.user)
+    if outcome != CancelOutcome.FINISHED:
+        audit.record(request, audit.RUN_CANCELLED, run, outcome=outcome)
+    level, text = CANCEL_MESSAGES[outcome]
     messages.add_message(request, level, text)
     return redirect(run)
 
@@ -152,6 +156,7 @@ def run_keep_forever(request, pk: int):
     run = get_object_or_404(Run, pk=pk)
     keep = request.POST.get("keep") == "1"
     set_keep_forever(run, keep, user=request.user)
+    audit.record(request, audit.KEEP_FOREVER, run, keep_forever=keep)
     messages.success(
         request,
         _("This backup is kept forever: retention never removes it.")
@@ -175,6 +180,7 @@ def run_delete_backup(request, pk: int):
         except BackupProtected as exc:
             messages.error(request, str(exc))
             return redirect(run)
+        audit.record(request, audit.BACKUP_DELETED, run, result=" ".join(lines))
         messages.success(request, _("Backup deleted. %(details)s") % {"details": " ".join(lines)})
         return redirect(run)
     return render(request, "jobs/run_confirm_delete.html", {"run": run, "places": places(run)})

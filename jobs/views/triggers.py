@@ -26,7 +26,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from backupsite import configwrite, ratelimit
+from backupsite import audit, configwrite, ratelimit
+from backupsite.sudo import active as sudo_active
+from backupsite.sudo import sudo_required
 from jobs import notifications
 from jobs.models import Job, Run
 from jobs.services import AlreadyRunning, enqueue_run
@@ -77,18 +79,36 @@ def job_trigger(request, pk: int, token: str | None = None):
     except AlreadyRunning as exc:
         active = job.active_run()
         return JsonResponse({"error": str(exc), "run": active.pk if active else None}, status=409)
+    audit.record(request, audit.RUN_TRIGGERED, run, via="path token" if token else "header token")
     site = settings.BACKUPSITE_SITE_URL.rstrip("/")
     return JsonResponse({"run": run.pk, "state": run.state, "url": site + run.get_absolute_url()}, status=202)
 
 
 def trigger_url(request, job: Job) -> str:
-    """The full trigger URL with its secret (administrators only)."""
+    """The full trigger URL with its secret (administrators, in sudo mode only: the job
+    page shows it only then, see :func:`job_trigger_show`)."""
     path = reverse("jobs:job_trigger_token", args=[job.pk, job.trigger_token])
     return settings.BACKUPSITE_SITE_URL.rstrip("/") + path
 
 
+def show_trigger(request, job: Job) -> bool:
+    """Whether the job page may show the trigger URL's secret to this request."""
+    return job.has_trigger and request.user.has_perm("jobs.change_job") and sudo_active(request)
+
+
+@permission_required("jobs.change_job", raise_exception=True)
+@sudo_required
+def job_trigger_show(request, pk: int):
+    """Reveal the trigger URL after the password was re-entered (sudo mode), audited."""
+    job = get_object_or_404(Job, pk=pk)
+    if job.has_trigger:
+        audit.record(request, audit.TRIGGER_REVEALED, job)
+    return redirect(reverse("jobs:job_detail", args=[job.pk]) + "#trigger")
+
+
 @require_POST
 @permission_required("jobs.change_job", raise_exception=True)
+@sudo_required
 def job_trigger_regenerate(request, pk: int):
     job = get_object_or_404(Job, pk=pk)
     had = job.has_trigger

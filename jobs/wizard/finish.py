@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils.translation import gettext as _
 
-from backupsite import configwrite
+from backupsite import audit, configwrite
 from destinations.backends.base import TestResult
 from destinations.models import Destination
 from jobs import services
@@ -92,6 +92,7 @@ def finish(*, steps: dict, mode: str, job: Job | None, request, tested: TestResu
             run = services.enqueue_oneoff(
                 settings_of, sources=content["sources"], destinations=destinations, password=password, user=user
             )
+            audit.record(request, audit.RUN_MANUAL, run, via="wizard, only execute backup")
             return Outcome(
                 run.get_absolute_url(),
                 _("One-off backup “%(name)s” queued; it writes to its own folder %(folder)s.")
@@ -115,6 +116,7 @@ def finish(*, steps: dict, mode: str, job: Job | None, request, tested: TestResu
     if action == SAVE_AND_RUN:
         try:
             run = services.enqueue_run(saved, trigger=Run.Trigger.WIZARD, user=user)
+            audit.record(request, audit.RUN_MANUAL, run, via="wizard, keep settings and execute backup")
         except services.AlreadyRunning as exc:
             return Outcome(saved.get_absolute_url(), str(exc), "warning")
         return Outcome(run.get_absolute_url(), _("Job “%(name)s” saved; its backup is running.") % {"name": saved.name})
