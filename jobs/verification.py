@@ -38,9 +38,11 @@ from destinations.backends.base import READ, Backend, job_folder
 from destinations.backends.local import staging_copies
 from destinations.models import Destination
 from jobs.engine import agekeys
+from jobs.engine.decrypt import DecryptionError
 from jobs.engine.manifest import read_manifest
 from jobs.engine.restore import RestoreError, RestoreResult, safe_extract
-from jobs.engine.verify import DecryptionError, SourceReadError, VerifyResult, verify_archive
+from jobs.engine.stored import SourceReadError
+from jobs.engine.verify import VerifyResult, verify_archive
 from jobs.models import Run, Upload, VerifyTicket
 from jobs.naming import MANIFEST_SUFFIX
 from jobs.notifications import send_alert

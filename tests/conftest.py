@@ -69,6 +69,17 @@ def folders(tmp_path, settings):
     return {"archives": archives, "backups": backups, "root": tmp_path}
 
 
+@pytest.fixture
+def place(tmp_path):
+    """A target folder and a sentinel folder beside it that nothing may touch."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("sentinel")
+    target = tmp_path / "target"
+    target.mkdir()
+    return {"root": tmp_path, "target": target, "outside": outside}
+
+
 def make_tree(root: Path) -> Path:
     """A small tree with nested folders, text, binary, an empty file and a symlink."""
     (root / "docs" / "2026").mkdir(parents=True)
