@@ -2,7 +2,7 @@
 
 **Excluded tables.** The "Panel database" source dumps the panel's own database for
 disaster recovery, but never the *rows* of the tables registered here: sessions (a
-session key is a login), verification tickets (they hold unwrapped backup keys), the
+session key is a login), verification and restore tickets (they hold unwrapped backup keys), the
 database cache (rate-limit counters), and later login-throttling attempts and
 password-reset tokens. The tables themselves stay in the dump (their schema), so a
 restored panel works and simply asks everyone to log in again. A feature that adds such
@@ -77,6 +77,7 @@ def excluded_table_names() -> list[str]:
 
 register_excluded_table("django_session", "sessions: a session key logs anyone in as its user")
 register_excluded_table("jobs_verifyticket", "verification tickets: they hold unwrapped backup keys")
+register_excluded_table("jobs_restoreticket", "restore tickets: they hold unwrapped backup keys")
 
 
 # --- the panel's own files ------------------------------------------------------------

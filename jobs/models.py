@@ -555,6 +555,79 @@ class VerifyTicket(models.Model):
         return f"Verification of run #{self.run_id}"
 
 
+class Restore(models.Model):
+    """A restore asked for on the Restore page, done by a worker (extracting a multi-GB
+    archive must not run inside a web request). The row is the truth about it: state,
+    progress (stored bytes read), the outcome. The key it needs travels separately, in a
+    :class:`RestoreTicket` the worker deletes before it starts."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Restoring")
+        SUCCEEDED = "succeeded", _("Restored")
+        FAILED = "failed", _("Failed")
+
+    ACTIVE_STATES = (State.QUEUED, State.RUNNING)
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="restores")
+    #: None: the local copy.
+    destination = models.ForeignKey(
+        "destinations.Destination", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    location = models.CharField(max_length=200, help_text="Where the archive is read from, in words.")
+    target = models.CharField(max_length=500)
+    #: Archive paths to restore (sources' folders or paths inside them); empty: everything.
+    only = models.JSONField(default=list, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    message = models.TextField(blank=True)
+    #: What was restored: files, dirs, symlinks, bytes, skipped, outside_links, ...
+    details = models.JSONField(default=dict, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"Restore of run #{self.run_id} into {self.target}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("jobs:restore_detail", args=[self.pk])
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in self.ACTIVE_STATES
+
+    @property
+    def progress_percent(self) -> int | None:
+        if self.state == self.State.SUCCEEDED:
+            return 100
+        if not self.bytes_total:
+            return None
+        return max(0, min(100, int(self.bytes_done * 100 / self.bytes_total)))
+
+
+class RestoreTicket(models.Model):
+    """The key of a queued :class:`Restore` (the job's age identity, unwrapped from the
+    password the user typed), encrypted at rest. The worker deletes the row before it
+    starts; the reaper removes tickets nobody picked up. Its rows never go into a panel
+    backup (``backupsite.sensitive``)."""
+
+    restore = models.OneToOneField(Restore, on_delete=models.CASCADE, related_name="ticket")
+    secrets = EncryptedJSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Key of restore #{self.restore_id}"
+
+
 class SlotLock(models.Model):
     """One row per named lock; claiming a run locks the row ``heavy-runs`` so that two
     workers never both take the last free slot (``SELECT … FOR UPDATE`` on PostgreSQL;

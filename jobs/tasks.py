@@ -21,6 +21,13 @@ def verify_ticket(ticket_id: int) -> None:
     verification.run_ticket(ticket_id)
 
 
+@app.task(acks_late=True, ignore_result=True)
+def restore_ticket(restore_id: int) -> None:
+    from jobs import restores
+
+    restores.run_restore_ticket(restore_id)
+
+
 @app.task(ignore_result=True)
 def reap_stale_runs() -> int:
     return services.reap_stale_runs()

@@ -113,6 +113,17 @@ def job(db, folders, source_tree):
     return job
 
 
+@pytest.fixture
+def finished_run(job):
+    """A succeeded run of ``job``: a local copy and an upload to "Local disk"."""
+    from jobs import services
+    from jobs.models import Run
+
+    run = services.execute_run(services.create_run(job).pk)
+    assert run.state == Run.State.SUCCEEDED, run.error
+    return run
+
+
 def restore_with_stock_tools(archive: Path, target: Path) -> None:
     """`zstd -dc ARCHIVE | tar -xf - -C TARGET`, as a user would type it (no shell)."""
     require_binary("zstd")
