@@ -24,6 +24,7 @@ from django.core.cache import cache
 LIMITS: dict[str, tuple[int, int]] = {
     "destination-test": (10, 60),  # per administrator
     "destination-test-ip": (30, 60),  # per client address
+    "source-test": (10, 60),  # per administrator
 }
 
 

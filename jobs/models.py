@@ -29,6 +29,10 @@ def default_timezone() -> str:
     return settings.TIME_ZONE
 
 
+class SourceUndeletable(Exception):
+    """The source cannot be deleted (the panel's own database)."""
+
+
 class Source(models.Model):
     """Something that can be backed up, offered as a checkbox in the wizard. ``kind``
     selects a class from ``jobs.sources.REGISTRY``; ``settings`` is its configuration."""
@@ -48,6 +52,12 @@ class Source(models.Model):
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            # The panel's own database is one source, made by a migration (never two).
+            models.UniqueConstraint(
+                fields=["kind"], condition=Q(kind="panel_database"), name="one_panel_database_source"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -63,6 +73,38 @@ class Source(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("jobs:source_detail", args=[self.pk])
 
+    def delete(self, *args, **kwargs):
+        """Refuses for the panel's own database (its kind is a singleton): it is always
+        there, for disaster recovery of the panel."""
+        if self.is_permanent:
+            raise SourceUndeletable(f"“{self.name}” is the panel's own database; it cannot be deleted.")
+        return super().delete(*args, **kwargs)
+
+    PANEL_DATABASE = "panel_database"
+
+    @classmethod
+    def panel_database(cls) -> Source:
+        """The panel's own database source: made by a migration, made again here if it
+        is missing (a database flushed by hand); never a second one."""
+        existing = cls.objects.filter(kind=cls.PANEL_DATABASE).first()
+        if existing is not None:
+            return existing
+        name = "Panel database"
+        if cls.objects.filter(name=name).exists():
+            name = "Panel database (backupsite)"
+        return cls.objects.create(name=name, kind=cls.PANEL_DATABASE)
+
+    @property
+    def kind_class(self):
+        from jobs.sources import REGISTRY
+
+        return REGISTRY.get(self.kind)
+
+    @property
+    def is_permanent(self) -> bool:
+        cls = self.kind_class
+        return cls is not None and cls.singleton
+
     def handler(self):
         from jobs.sources import get_kind
 
@@ -70,10 +112,17 @@ class Source(models.Model):
 
     @property
     def kind_label(self) -> str:
-        from jobs.sources import REGISTRY
-
-        cls = REGISTRY.get(self.kind)
+        cls = self.kind_class
         return cls.label if cls else self.kind
+
+    def describe(self) -> str:
+        """One line for pages (never a secret); the error, readably, for a bad row."""
+        from jobs.sources import SourceError
+
+        try:
+            return self.handler().describe()
+        except (SourceError, ValueError) as exc:
+            return f"Invalid configuration: {exc}"
 
     @property
     def is_sensitive(self) -> bool:

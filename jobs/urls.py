@@ -19,8 +19,12 @@ urlpatterns = [
     path("restores/<int:pk>/", restore.restore_detail, name="restore_detail"),
     path("restores/<int:pk>/progress/", restore.restore_progress, name="restore_progress"),
     path("sources/", sources.source_list, name="source_list"),
+    path("sources/new/", sources.source_create, name="source_create"),
     path("sources/<int:pk>/", sources.source_detail, name="source_detail"),
+    path("sources/<int:pk>/edit/", sources.source_edit, name="source_edit"),
+    path("sources/<int:pk>/test/", sources.source_test, name="source_test"),
     path("sources/<int:pk>/measure/", sources.source_measure, name="source_measure"),
+    path("sources/<int:pk>/delete/", sources.source_delete, name="source_delete"),
     path("exports/", dashboard.coming_soon, {"page": "exports"}, name="exports"),
     path("audit/", dashboard.coming_soon, {"page": "audit"}, name="audit"),
 ]

@@ -34,7 +34,10 @@ pytest_plugins = ["tests.servers"]
 
 # --- helpers --------------------------------------------------------------------------
 def make_job(folders, name: str, kind: str, settings: dict | None = None) -> Job:
-    source = Source.objects.create(name=name, kind=kind, settings=settings or {})
+    if kind == "panel_database":  # made by the migration: one only
+        source = Source.panel_database()
+    else:
+        source = Source.objects.create(name=name, kind=kind, settings=settings or {})
     destination = Destination.objects.create(
         name=f"Local disk for {name}", kind="local", settings={"path": str(folders["backups"])}
     )
