@@ -117,10 +117,12 @@ class Source(models.Model):
 
     def describe(self) -> str:
         """One line for pages (never a secret); the error, readably, for a bad row."""
-        from jobs.sources import SourceError
+        from jobs.sources import SourceError, get_kind
 
         try:
-            return self.handler().describe()
+            # Without the secrets: a description never needs them (and a list page then
+            # need not load and decrypt them).
+            return get_kind(self.kind)(self.name, self.slug, self.settings).describe()
         except (SourceError, ValueError) as exc:
             return f"Invalid configuration: {exc}"
 
@@ -443,6 +445,16 @@ class Run(models.Model):
             # Runs whose archive holds the panel's own database (password hashes), or any
             # other sensitive source: download, verify and restore (administrators).
             ("access_sensitive_run", "Can download, verify and restore backups of the panel's own database"),
+        ]
+        indexes = [
+            # A job's latest runs (job page, dashboard, newer-backups warning) and its last
+            # success: index seeks, however long the history (bench/pages.py).
+            models.Index(fields=["job", "-created_at"], name="run_job_recent"),
+            models.Index(fields=["job", "state", "-finished_at"], name="run_job_succeeded"),
+            # The runs list, newest first (all of its ordering: no sort on PostgreSQL), and
+            # filtered by state.
+            models.Index(fields=["-created_at", "-id"], name="run_recent"),
+            models.Index(fields=["state", "-created_at"], name="run_state_recent"),
         ]
         constraints = [
             # The per-job lock, enforced by the database: at most one active run per job.

@@ -138,11 +138,11 @@ class RestoreForm(_LocationForm):
             self.add_error("path", str(exc))
             return cleaned
         if self.outline is not None and selection is not None:
+            typed = restores.selection_of([cleaned["path"]]).paths[0] if cleaned.get("path") else None
             for missing in self.outline.unmatched(selection):
-                self.add_error(
-                    "path" if missing == cleaned.get("path", "").strip("/") else None,
-                    _("%(path)s is not in this backup.") % {"path": missing},
-                )
+                # The sources come from the manifest's own list; a typed path may not.
+                field = "path" if missing == typed else None
+                self.add_error(field, _("%(path)s is not in this backup.") % {"path": missing})
         cleaned["only"] = list(selection.paths) if selection is not None else []
         return cleaned
 

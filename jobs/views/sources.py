@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
+from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch
 from django.forms.utils import ErrorDict
 from django.http import HttpResponse
@@ -28,6 +29,8 @@ from jobs.sources.base import TestResult
 from jobs.sources.forms import KindChoiceForm, SourceForm, creatable_kinds, kind_form
 
 FORM_TEMPLATE = "jobs/source_form.html"
+USED_BY_SHOWN = 3
+SOURCES_PER_PAGE = 25
 RESULT_TEMPLATE = "jobs/sources/_test_result.html"
 
 
@@ -51,9 +54,18 @@ def _kind_info(kind: str) -> dict:
 # --- list and details ------------------------------------------------------------------
 @permission_required("jobs.view_source", raise_exception=True)
 def source_list(request):
-    jobs = Prefetch("jobs", queryset=Job.objects.only("id", "name").order_by("name"))
-    sources = Source.objects.prefetch_related(jobs).order_by("name")
-    return render(request, "jobs/source_list.html", {"sources": sources, "can_create": bool(creatable_kinds())})
+    # The first few jobs of each source by name, and how many there are: two queries,
+    # and a row stays short however many jobs share a source.
+    first_jobs = Prefetch(
+        "jobs", queryset=Job.objects.only("id", "name").order_by("name")[:USED_BY_SHOWN], to_attr="first_jobs"
+    )
+    listed = Source.objects.defer("secrets").annotate(job_count=Count("jobs")).prefetch_related(first_jobs)
+    page = Paginator(listed.order_by("name"), SOURCES_PER_PAGE).get_page(request.GET.get("page"))
+    sources = list(page.object_list)
+    for source in sources:
+        source.more_jobs = source.job_count - len(source.first_jobs)
+    context = {"sources": sources, "page": page, "can_create": bool(creatable_kinds())}
+    return render(request, "jobs/source_list.html", context)
 
 
 @permission_required("jobs.view_source", raise_exception=True)
