@@ -353,3 +353,11 @@ def test_the_test_button_is_rate_limited(admin, tmp_path, settings):
         for _ in range(3)
     ]
     assert statuses == [200, 200, 429]
+
+
+def test_a_source_of_a_kind_no_longer_installed_is_shown_not_edited(admin):
+    source = Source.objects.create(name="Old kind", kind="gone", settings={})
+    page = admin.get(source.get_absolute_url()).content.decode()
+    assert "Unknown source kind" in page and reverse("jobs:source_edit", args=[source.pk]) not in page
+    response = admin.get(reverse("jobs:source_edit", args=[source.pk]), follow=True)
+    assert "cannot be edited" in response.content.decode()

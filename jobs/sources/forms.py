@@ -39,9 +39,9 @@ class SourceForm(forms.ModelForm):
 
 
 def creatable_kinds() -> dict[str, type[SourceKind]]:
-    """The kinds a source can be created of (not the panel's own database: it is one,
-    made by a migration)."""
-    return {kind: cls for kind, cls in REGISTRY.items() if not cls.singleton}
+    """The kinds a source can be created of: those with a form, but not the panel's own
+    database (it is one, made by a migration)."""
+    return {kind: cls for kind, cls in REGISTRY.items() if cls.form_class_path and not cls.singleton}
 
 
 class KindChoiceForm(forms.Form):

@@ -46,6 +46,12 @@ def _unvalidated(form):
     return form
 
 
+def _editable(kind: str) -> bool:
+    """The kind is installed and has a form (a kind registered without one is shown, not
+    edited)."""
+    return kind in REGISTRY and bool(REGISTRY[kind].form_class_path)
+
+
 def _kind_info(kind: str) -> dict:
     cls = REGISTRY[kind]
     return {"kind": kind, "label": cls.label, "help_text": cls.help_text, "testable": cls.testable}
@@ -75,14 +81,14 @@ def source_detail(request, pk: int):
         "source": source,
         "description": source.describe(),
         "jobs": source_services.jobs_using(source),
-        "kind_info": _kind_info(source.kind) if source.kind in REGISTRY else None,
+        "kind_info": _kind_info(source.kind) if _editable(source.kind) else None,
         "stored_secrets": _stored_secret_labels(source),
     }
     return render(request, "jobs/source_detail.html", context)
 
 
 def _stored_secret_labels(source: Source) -> list[str]:
-    if source.kind not in REGISTRY:
+    if not _editable(source.kind):
         return []
     form = kind_form(source.kind, source=source)
     return [
@@ -200,7 +206,7 @@ class _FormPage:
 
 
 def _form_page(request, source: Source | None):
-    if source is not None and source.kind not in REGISTRY:
+    if source is not None and not _editable(source.kind):
         messages.error(request, _("This source's kind is not installed; it cannot be edited."))
         return redirect(source)
     page = _FormPage(request, source)
