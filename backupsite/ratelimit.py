@@ -29,6 +29,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     # "Forgot your password?" and the Users page's reset / invitation e-mails.
     "password-reset-ip": (5, 3600),  # per client address
     "password-reset-address": (3, 3600),  # per e-mail address (no mail bombing)
+    "source-test": (10, 60),  # per administrator
 }
 
 

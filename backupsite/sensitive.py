@@ -2,7 +2,7 @@
 
 **Excluded tables.** The "Panel database" source dumps the panel's own database for
 disaster recovery, but never the *rows* of the tables registered here: sessions (a
-session key is a login), verification tickets (they hold unwrapped backup keys), the
+session key is a login), verification and restore tickets (they hold unwrapped backup keys), the
 database cache (rate-limit counters) and django-axes' login-throttling tables
 (password-reset links are not stored: Django derives them from the password hash). The
 tables themselves stay in the dump (their schema), so a
@@ -78,6 +78,7 @@ def excluded_table_names() -> list[str]:
 
 register_excluded_table("django_session", "sessions: a session key logs anyone in as its user")
 register_excluded_table("jobs_verifyticket", "verification tickets: they hold unwrapped backup keys")
+register_excluded_table("jobs_restoreticket", "restore tickets: they hold unwrapped backup keys")
 # django-axes: failed logins (user names as typed, addresses, browsers) and lockouts. A
 # restored panel starts with nobody locked out. (Password-reset links are HMACs of the
 # user's password hash and last login: nothing of them is stored.)

@@ -377,6 +377,9 @@ BACKUPSITE_ALLOW_LOCAL_DESTINATIONS = env_bool("BACKUPSITE_ALLOW_LOCAL_DESTINATI
 BACKUPSITE_LOCAL_ROOTS = env_list(
     "BACKUPSITE_LOCAL_ROOTS", [str(BACKUPSITE_LOCAL_BACKUP_DIR), "/mnt", "/media", "/srv/backups"]
 )
+# Directory and SQLite sources may only read inside these folders (symlinks followed);
+# empty (the default): any folder except the panel's own files.
+BACKUPSITE_SOURCE_ROOTS = env_list("BACKUPSITE_SOURCE_ROOTS", [])
 # Restores from the panel (and restorebackup) may only write into these folders.
 BACKUPSITE_RESTORE_ROOTS = env_list("BACKUPSITE_RESTORE_ROOTS", [str(DATA_DIR / "restores")])
 # E-mail destinations refuse a backup whose attachments (archive, manifest, key file)

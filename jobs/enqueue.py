@@ -92,6 +92,13 @@ def verification(ticket_id: int, host: str | None) -> None:
     _after_commit("verify_ticket", [ticket_id], queue=host_queue(host) if host else DEFAULT)
 
 
+def restore(restore_id: int, host: str | None) -> None:
+    """A restore from the panel: on the run's host when it reads the local copy (*host*),
+    else on this machine's host queue (the target folder is named on the panel's page, so
+    it is a folder of the machine the panel runs on)."""
+    _after_commit("restore_ticket", [restore_id], queue=host_queue(host or this_host()))
+
+
 def drill(job_id: int, destination_id: int) -> None:
     _after_commit("drill_destination", [job_id, destination_id], queue=DEFAULT)
 

@@ -39,6 +39,10 @@ def default_timezone() -> str:
     return settings.TIME_ZONE
 
 
+class SourceUndeletable(Exception):
+    """The source cannot be deleted (the panel's own database)."""
+
+
 class Source(models.Model):
     """Something that can be backed up, offered as a checkbox in the wizard. ``kind``
     selects a class from ``jobs.sources.REGISTRY``; ``settings`` is its configuration."""
@@ -58,6 +62,12 @@ class Source(models.Model):
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            # The panel's own database is one source, made by a migration (never two).
+            models.UniqueConstraint(
+                fields=["kind"], condition=Q(kind="panel_database"), name="one_panel_database_source"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -73,6 +83,38 @@ class Source(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("jobs:source_detail", args=[self.pk])
 
+    def delete(self, *args, **kwargs):
+        """Refuses for the panel's own database (its kind is a singleton): it is always
+        there, for disaster recovery of the panel."""
+        if self.is_permanent:
+            raise SourceUndeletable(f"“{self.name}” is the panel's own database; it cannot be deleted.")
+        return super().delete(*args, **kwargs)
+
+    PANEL_DATABASE = "panel_database"
+
+    @classmethod
+    def panel_database(cls) -> Source:
+        """The panel's own database source: made by a migration, made again here if it
+        is missing (a database flushed by hand); never a second one."""
+        existing = cls.objects.filter(kind=cls.PANEL_DATABASE).first()
+        if existing is not None:
+            return existing
+        name = "Panel database"
+        if cls.objects.filter(name=name).exists():
+            name = "Panel database (backupsite)"
+        return cls.objects.create(name=name, kind=cls.PANEL_DATABASE)
+
+    @property
+    def kind_class(self):
+        from jobs.sources import REGISTRY
+
+        return REGISTRY.get(self.kind)
+
+    @property
+    def is_permanent(self) -> bool:
+        cls = self.kind_class
+        return cls is not None and cls.singleton
+
     def handler(self):
         from jobs.sources import get_kind
 
@@ -80,10 +122,19 @@ class Source(models.Model):
 
     @property
     def kind_label(self) -> str:
-        from jobs.sources import REGISTRY
-
-        cls = REGISTRY.get(self.kind)
+        cls = self.kind_class
         return cls.label if cls else self.kind
+
+    def describe(self) -> str:
+        """One line for pages (never a secret); the error, readably, for a bad row."""
+        from jobs.sources import SourceError, get_kind
+
+        try:
+            # Without the secrets: a description never needs them (and a list page then
+            # need not load and decrypt them).
+            return get_kind(self.kind)(self.name, self.slug, self.settings).describe()
+        except (SourceError, ValueError) as exc:
+            return f"Invalid configuration: {exc}"
 
     @property
     def is_sensitive(self) -> bool:
@@ -551,6 +602,14 @@ class Run(models.Model):
         indexes = [
             # Retention looks up the kept-forever runs of a job after every run: few rows.
             models.Index(fields=["keep_forever"], condition=Q(keep_forever=True), name="run_kept_forever"),
+            # A job's latest runs (job page, dashboard, newer-backups warning) and its last
+            # success: index seeks, however long the history (bench/pages.py).
+            models.Index(fields=["job", "-created_at"], name="run_job_recent"),
+            models.Index(fields=["job", "state", "-finished_at"], name="run_job_succeeded"),
+            # The runs list, newest first (all of its ordering: no sort on PostgreSQL), and
+            # filtered by state.
+            models.Index(fields=["-created_at", "-id"], name="run_recent"),
+            models.Index(fields=["state", "-created_at"], name="run_state_recent"),
         ]
         constraints = [
             # The per-job lock, enforced by the database: at most one active run per job.
@@ -784,6 +843,79 @@ class VerifyTicket(models.Model):
 
     def __str__(self) -> str:
         return f"Verification of run #{self.run_id}"
+
+
+class Restore(models.Model):
+    """A restore asked for on the Restore page, done by a worker (extracting a multi-GB
+    archive must not run inside a web request). The row is the truth about it: state,
+    progress (stored bytes read), the outcome. The key it needs travels separately, in a
+    :class:`RestoreTicket` the worker deletes before it starts."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Restoring")
+        SUCCEEDED = "succeeded", _("Restored")
+        FAILED = "failed", _("Failed")
+
+    ACTIVE_STATES = (State.QUEUED, State.RUNNING)
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="restores")
+    #: None: the local copy.
+    destination = models.ForeignKey(
+        "destinations.Destination", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    location = models.CharField(max_length=200, help_text="Where the archive is read from, in words.")
+    target = models.CharField(max_length=500)
+    #: Archive paths to restore (sources' folders or paths inside them); empty: everything.
+    only = models.JSONField(default=list, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    message = models.TextField(blank=True)
+    #: What was restored: files, dirs, symlinks, bytes, skipped, outside_links, ...
+    details = models.JSONField(default=dict, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"Restore of run #{self.run_id} into {self.target}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("jobs:restore_detail", args=[self.pk])
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in self.ACTIVE_STATES
+
+    @property
+    def progress_percent(self) -> int | None:
+        if self.state == self.State.SUCCEEDED:
+            return 100
+        if not self.bytes_total:
+            return None
+        return max(0, min(100, int(self.bytes_done * 100 / self.bytes_total)))
+
+
+class RestoreTicket(models.Model):
+    """The key of a queued :class:`Restore` (the job's age identity, unwrapped from the
+    password the user typed), encrypted at rest. The worker deletes the row before it
+    starts; the reaper removes tickets nobody picked up. Its rows never go into a panel
+    backup (``backupsite.sensitive``)."""
+
+    restore = models.OneToOneField(Restore, on_delete=models.CASCADE, related_name="ticket")
+    secrets = EncryptedJSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Key of restore #{self.restore_id}"
 
 
 class SlotLock(models.Model):

@@ -601,9 +601,12 @@ def reap_stale_runs() -> int:
     nobody picked up go, and the active runs are reconciled. Returns how many runs it
     ended (interrupted, cancelled or failed)."""
     from jobs.models import VerifyTicket
+    from jobs.restores import reap_restores
 
     # A verification nobody picked up within a day goes, with the identity it holds.
     VerifyTicket.objects.filter(created_at__lt=timezone.now() - timezone.timedelta(days=1)).delete()
+    # Restores whose worker stopped fail (their unfinished files go); unclaimed keys go.
+    reap_restores()
     ended = (reconcile.INTERRUPT, reconcile.CANCEL, reconcile.FAIL)
     return sum(1 for decision in reconcile_runs() if decision.action in ended)
 

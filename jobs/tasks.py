@@ -64,6 +64,12 @@ def sweep_uploads() -> int:
     return len(sweep.sweep())
 
 
+def restore_ticket(restore_id: int) -> None:
+    from jobs import restores
+
+    restores.run_restore_ticket(restore_id)
+
+
 @app.task(ignore_result=True)
 def reap_stale_runs() -> int:
     return services.reap_stale_runs()

@@ -1,4 +1,4 @@
-"""Verify and restore runs: the Django side of ``jobs.engine.verify`` / ``jobs.engine.restore``.
+"""Verify runs: the Django side of ``jobs.engine.verify``; where archives are read from.
 
 The views, the ``verifybackup`` / ``restorebackup`` commands (and later a Celery task)
 all call these functions. An archive is read from the run's local copy or from one of
@@ -9,9 +9,8 @@ its destinations, with the manifest from the same place.
   is e-mailed to the job's report-to addresses. Problems that say nothing about the
   backup (a wrong password, an unreachable destination) raise
   :class:`VerificationError` and record nothing.
-* :func:`restore_run` extracts into an empty or new folder (refusing dangerous members
-  and anything that does not match the manifest) and, only when asked with a database
-  URL, loads a database dump through the source kind's ``restore_into``.
+* Restores (:mod:`jobs.restores`) read the archive through the same :func:`archive_location`,
+  :func:`load_manifest` and :func:`identities_for`.
 
 The backup password unwraps the job's age identity in memory, for this call only: it is
 never stored, logged or put into a message.
@@ -22,9 +21,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,15 +30,15 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from backupsite.private import private_dir
 from destinations.backends import DestinationError, NotFoundError
 from destinations.backends.base import READ, Backend, job_folder
 from destinations.backends.local import staging_copies
 from destinations.models import Destination
 from jobs.engine import agekeys
+from jobs.engine.decrypt import DecryptionError
 from jobs.engine.manifest import read_manifest
-from jobs.engine.restore import RestoreError, RestoreResult, safe_extract
-from jobs.engine.verify import DecryptionError, SourceReadError, VerifyResult, verify_archive
+from jobs.engine.stored import SourceReadError
+from jobs.engine.verify import VerifyResult, verify_archive
 from jobs.models import Run, Upload, VerifyTicket
 from jobs.naming import MANIFEST_SUFFIX
 from jobs.notifications import send_alert
@@ -125,22 +123,22 @@ def archive_location(run: Run, destination=None) -> Location:
     )
 
 
-class _Unreadable(Exception):
+class Unreadable(Exception):
     """The manifest or archive is missing or unreadable where it should be (a finding)."""
 
 
-def _load_manifest(location: Location) -> dict:
+def load_manifest(location: Location) -> dict:
     try:
         with location.open_manifest() as raw, io.TextIOWrapper(raw, encoding="utf-8") as text:
             return read_manifest(text)
     except (FileNotFoundError, NotFoundError):
-        raise _Unreadable(f"the manifest is missing from {location.label}") from None
+        raise Unreadable(f"the manifest is missing from {location.label}") from None
     except DestinationError as exc:
         if exc.permanent:
-            raise _Unreadable(f"the manifest cannot be read from {location.label}: {exc}") from None
+            raise Unreadable(f"the manifest cannot be read from {location.label}: {exc}") from None
         raise VerificationError(f"Reading the manifest from {location.label} failed: {exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _Unreadable(f"the manifest at {location.label} is not valid: {exc}") from None
+        raise Unreadable(f"the manifest at {location.label} is not valid: {exc}") from None
     except OSError as exc:
         raise VerificationError(f"Reading the manifest from {location.label} failed: {exc.strerror or exc}") from None
 
@@ -155,7 +153,7 @@ def _key_file(run: Run, location: Location) -> bytes | None:
     return None
 
 
-def _identities(run: Run, manifest: dict, location: Location, password, identities, checksum_only: bool):
+def identities_for(run: Run, manifest: dict, location: Location, password, identities, checksum_only: bool):
     """The age identities to decrypt with, or None (not encrypted / checksum only)."""
     encryption = (manifest.get("archive") or {}).get("encryption")
     if not encryption:
@@ -204,16 +202,16 @@ def verify_run(
     location = archive_location(run, destination)
     result: VerifyResult
     try:
-        manifest = _load_manifest(location)
-        ids = _identities(run, manifest, location, password, identities, checksum_only)
+        manifest = load_manifest(location)
+        ids = identities_for(run, manifest, location, password, identities, checksum_only)
         archive = manifest.get("archive") or {}
         try:
             stream = location.open_archive()
         except (FileNotFoundError, NotFoundError):
-            raise _Unreadable(f"the archive is missing from {location.label}") from None
+            raise Unreadable(f"the archive is missing from {location.label}") from None
         except DestinationError as exc:
             if exc.permanent:
-                raise _Unreadable(f"the archive cannot be read from {location.label}: {exc}") from None
+                raise Unreadable(f"the archive cannot be read from {location.label}: {exc}") from None
             raise VerificationError(f"Reading the archive from {location.label} failed: {exc}") from None
         with stream:
             result = verify_archive(stream, manifest, ids, progress)
@@ -224,7 +222,7 @@ def verify_run(
         ):
             result.add("the manifest's archive size or checksum differs from the one recorded for this run")
             result.ok = False
-    except _Unreadable as exc:
+    except Unreadable as exc:
         result = VerifyResult(ok=False)
         result.add(str(exc))
     except SourceReadError as exc:
@@ -261,10 +259,10 @@ def request_verification(
 
     location = archive_location(run, destination)
     try:
-        manifest = _load_manifest(location)
-    except _Unreadable as exc:
+        manifest = load_manifest(location)
+    except Unreadable as exc:
         raise VerificationError(f"The manifest cannot be read: {exc}") from None
-    identities = _identities(run, manifest, location, password, None, checksum_only)
+    identities = identities_for(run, manifest, location, password, None, checksum_only)
     ticket = VerifyTicket.objects.create(
         run=run,
         destination=location.upload.destination if location.upload is not None else None,
@@ -370,217 +368,15 @@ def notify_verify_failed(run: Run, where: str, message: str) -> bool:
     )
 
 
-# --- restore --------------------------------------------------------------------------
-def restore_roots() -> list[Path]:
-    """Folders the web restore may write into: ``BACKUPSITE_RESTORE_ROOTS`` if set, else
-    ``<data dir>/restores`` only (never the archive folder or the destinations' roots).
-    ``<data dir>/restores`` is the panel's own folder: made on first use, 0700."""
-    default = Path(settings.DATA_DIR) / "restores"
-    roots = [Path(p) for p in getattr(settings, "BACKUPSITE_RESTORE_ROOTS", None) or [default]]
-    if default in roots:
-        private_dir(default)
-    return [root.resolve() for root in roots]
-
-
-def validate_restore_target(value: str) -> Path:
-    """An absolute path strictly inside one of :func:`restore_roots` (no ``..``, no
-    control characters, no symlink leading out of the root)."""
-    if not isinstance(value, str) or not value.strip():
-        raise VerificationError("A target folder is required.")
-    value = value.strip()
-    if any(ord(c) < 32 or ord(c) == 127 for c in value) or "\\" in value:
-        raise VerificationError("The target folder contains characters that are not allowed.")
-    if not value.startswith("/"):
-        raise VerificationError("The target folder must be an absolute path (start with /).")
-    if ".." in value.split("/"):
-        raise VerificationError("The target folder must not contain '..'.")
-    resolved = Path(value).resolve()
-    roots = restore_roots()
-    if not any(root in resolved.parents for root in roots):
-        listed = ", ".join(str(r) for r in roots)
-        raise VerificationError(f"Restores from the web go into a new folder inside {listed}.")
-    return resolved
-
-
-@dataclass
-class RestoreReport:
-    result: RestoreResult
-    where: str
-    databases: list[str] = field(default_factory=list)
-
-    @property
-    def message(self) -> str:
-        r = self.result
-        text = (
-            f"Restored {r.files} files, {r.dirs} folders and {r.symlinks} symbolic links "
-            f"({r.bytes} bytes) from {self.where} into {r.target}; every file matched the manifest."
-        )
-        return " ".join([text, *self.databases])
-
-
-def _database_plan(manifest: dict, source_slug: str | None):
-    """(source snapshot, kind class, member path) of the dump to load into a database."""
-    from jobs.sources import SourceError, get_kind
-
-    sources = manifest.get("sources") or []
-    candidates, unsupported = [], []
-    for snap in sources:
-        if source_slug and snap.get("slug") != source_slug:
-            continue
-        try:
-            cls = get_kind(snap.get("kind", ""))
-        except SourceError:
-            unsupported.append(snap)
-            continue
-        if not hasattr(cls, "restore_into"):
-            unsupported.append(snap)
-            continue
-        candidates.append((snap, cls))
-    if source_slug and not candidates and not unsupported:
-        raise VerificationError(f"This backup has no source {source_slug!r}.")
-    if not candidates:
-        kinds = ", ".join(sorted({s.get("kind", "?") for s in unsupported})) or "none"
-        raise VerificationError(
-            f"Nothing in this backup can be restored into a database (source kinds: {kinds}; "
-            "only kinds with restore_into can)."
-        )
-    if len(candidates) > 1:
-        slugs = ", ".join(s.get("slug", "?") for s, _ in candidates)
-        raise VerificationError(f"This backup holds several databases ({slugs}): choose one source.")
-    snap, cls = candidates[0]
-    prefix = f"{snap.get('slug')}/"
-    dumps = [
-        m["path"] for m in manifest.get("members") or [] if m.get("type") == "file" and m["path"].startswith(prefix)
-    ]
-    if len(dumps) != 1:
-        raise VerificationError(f"The source “{snap.get('name')}” has {len(dumps)} files in the archive, not one dump.")
-    return snap, cls, dumps[0]
-
-
-def _is_panel_database(database_url: str) -> bool:
-    """Whether *database_url* names the panel's own live database. Uses the source
-    kinds' own check when there is one (it compares hosts by address, sockets, ...)."""
-    import importlib
-
-    import environ
-
-    try:
-        config = environ.Env.db_url_config(database_url)
-    except Exception:  # noqa: BLE001 - a bad URL is reported by the kind's restore_into
-        return False
-    for module in ("jobs.sources.dbtools", "jobs.sources.panel"):
-        try:
-            check = getattr(importlib.import_module(module), "is_panel_database", None)
-        except ImportError:
-            continue
-        if check is not None:
-            return bool(check(config))
-    live = settings.DATABASES["default"]
-    if config.get("ENGINE") != live.get("ENGINE"):
-        return False
-    if str(live.get("ENGINE", "")).endswith("sqlite3"):
-        return os.path.realpath(str(config.get("NAME"))) == os.path.realpath(str(live.get("NAME")))
-    return str(config.get("NAME")) == str(live.get("NAME"))
-
-
-def _refuse_panel_database(database_url: str, allow: bool) -> None:
-    if not allow and _is_panel_database(database_url):
-        raise VerificationError(
-            "That database is the panel's own live database: refusing to restore over it "
-            "(the command's --allow-panel-database overrides this)."
-        )
-
-
-def restore_run(
-    run: Run,
-    target,
-    *,
-    destination=None,
-    password: str | None = None,
-    identities=None,
-    database_url: str | None = None,
-    source_slug: str | None = None,
-    allow_panel_database: bool = False,
-    web: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> RestoreReport:
-    """Restore *run* into *target* (an empty or new folder) from its local copy or
-    *destination*; with *database_url* also load the backup's database dump into that
-    database (never the panel's own unless *allow_panel_database*). *web* restricts the
-    target to :func:`restore_roots`. Raises :class:`VerificationError` or
-    ``RestoreError`` (nothing restored; the message names the member)."""
-    target = validate_restore_target(str(target)) if web else Path(os.path.abspath(target))
-    location = archive_location(run, destination)
-    try:
-        manifest = _load_manifest(location)
-    except _Unreadable as exc:
-        raise VerificationError(str(exc)[0].upper() + str(exc)[1:] + ".") from None
-    ids = _identities(run, manifest, location, password, identities, checksum_only=False)
-    plan = None
-    if database_url:
-        plan = _database_plan(manifest, source_slug)
-        _refuse_panel_database(database_url, allow_panel_database)
-    from jobs.models import Activity
-    from jobs.progress import RowProgress
-
-    activity = Activity.objects.create(
-        run=run,
-        kind=Activity.Kind.RESTORE,
-        where=location.label,
-        bytes_total=run.archive_size or 0,
-        host=settings.BACKUPSITE_HOST,
-    )
-    tracked = RowProgress(lambda done, total: _activity_progress(activity.pk, done, total))
-
-    def both(done: int, total: int) -> None:
-        tracked(done, total)
-        if progress is not None:
-            progress(done, total)
-
-    try:
-        try:
-            with location.open_archive() as stream:
-                result = safe_extract(stream, target, ids, manifest, progress=both)
-        except (FileNotFoundError, NotFoundError):
-            raise VerificationError(f"The archive is missing from {location.label}.") from None
-        except DestinationError as exc:
-            raise VerificationError(f"Reading the archive from {location.label} failed: {exc}") from None
-        except SourceReadError as exc:
-            raise VerificationError(
-                f"Reading the archive from {location.label} failed: {exc.__cause__ or exc}"
-            ) from None
-        except DecryptionError as exc:
-            raise VerificationError(str(exc)) from None
-    except Exception as exc:
-        _activity_done(activity.pk, False, f"Restore failed: {exc}")
-        raise
-    _activity_done(activity.pk, True, f"Restored into {result.target}.", result.archive_bytes)
-    report = RestoreReport(result, location.label)
-    log.info("Restored run %s from %s into %s", run.pk, location.label, result.target)
-    if plan is not None:
-        snap, cls, member = plan
-        dump = result.target / member
-        kwargs = {"allow_panel_database": True} if allow_panel_database else {}
-        try:
-            cls.restore_into(dump, database_url, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - SourceError, ValueError, RestoreRefused, tool errors
-            raise VerificationError(
-                f"The files were restored into {result.target}, but loading {member} into the database failed: {exc}"
-            ) from None
-        report.databases.append(f"The dump {member} of “{snap.get('name')}” was loaded into the database.")
-    return report
-
-
 __all__ = [
     "Location",
-    "RestoreError",
-    "RestoreReport",
+    "Unreadable",
     "VerificationError",
     "archive_location",
+    "identities_for",
+    "load_manifest",
     "notify_verify_failed",
     "record_verification",
-    "restore_roots",
-    "restore_run",
-    "validate_restore_target",
+    "request_verification",
     "verify_run",
 ]

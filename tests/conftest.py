@@ -81,6 +81,17 @@ def folders(tmp_path, settings):
     return {"archives": archives, "backups": backups, "root": tmp_path}
 
 
+@pytest.fixture
+def place(tmp_path):
+    """A target folder and a sentinel folder beside it that nothing may touch."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("sentinel")
+    target = tmp_path / "target"
+    target.mkdir()
+    return {"root": tmp_path, "target": target, "outside": outside}
+
+
 def make_tree(root: Path) -> Path:
     """A small tree with nested folders, text, binary, an empty file and a symlink."""
     (root / "docs" / "2026").mkdir(parents=True)
@@ -112,6 +123,17 @@ def job(db, folders, source_tree):
     job.sources.set([source])
     job.destinations.set([destination])
     return job
+
+
+@pytest.fixture
+def finished_run(job):
+    """A succeeded run of ``job``: a local copy and an upload to "Local disk"."""
+    from jobs import services
+    from jobs.models import Run
+
+    run = services.execute_run(services.create_run(job).pk)
+    assert run.state == Run.State.SUCCEEDED, run.error
+    return run
 
 
 def restore_with_stock_tools(archive: Path, target: Path) -> None:

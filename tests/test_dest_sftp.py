@@ -861,3 +861,13 @@ def test_a_server_that_stops_answering_after_the_handshake_times_out(sftp_kind, 
         listener.close()
     assert expected in info.value.message
     assert elapsed < 8, f"took {elapsed:.1f} s with a 1.5 s timeout"
+
+
+def test_a_closed_channel_is_a_lost_connection_not_a_refusal():
+    """paramiko raises OSError("Socket is closed") (no errno) from a channel whose
+    connection was cut, and OSError(text) (no errno) for a failure status: only the
+    latter is the server refusing."""
+    from destinations.backends.sftp import map_error
+
+    assert isinstance(map_error(OSError("Socket is closed"), "reading x", 5), TransientError)
+    assert isinstance(map_error(OSError("Failure"), "reading x", 5), PermanentError)

@@ -160,7 +160,7 @@ def test_filesystem_broker_folders_are_private(tmp_path, umask_022, settings):
 
 
 def test_the_default_restore_folder_is_made_private(tmp_path, umask_022, settings):
-    from jobs.verification import restore_roots
+    from jobs.restores import restore_roots
 
     settings.DATA_DIR = tmp_path / "data"
     settings.BACKUPSITE_RESTORE_ROOTS = [str(tmp_path / "data" / "restores")]

@@ -402,9 +402,9 @@ def test_the_dashboard_counts_an_interrupted_run_as_finished_not_as_a_success(cl
     client.force_login(charlie)
     response = client.get(reverse("dashboard"))
     assert not response.context["active_runs"]  # not "running now"
-    row = response.context["rows"][0]
-    assert row["last_run"].state == Run.State.INTERRUPTED
-    assert row["last_success_at"] == Run.objects.get(pk=ok.pk).finished_at
+    row = response.context["rows"][0]  # a job, with its latest run and last success (jobs.overview)
+    assert row.latest_run.state == Run.State.INTERRUPTED
+    assert row.last_success_at == Run.objects.get(pk=ok.pk).finished_at
     assert "state-interrupted" in response.content.decode()
 
 

@@ -43,7 +43,7 @@ def panel_file(tmp_path, monkeypatch):
 @pytest.fixture
 def panel_job(job, panel_file) -> Job:
     """A job with a folder and the panel's database, unencrypted, to the same local disk."""
-    panel = Source.objects.create(name="Panel database", kind="panel_database")
+    panel = Source.panel_database()  # made by the migration
     panel_job = Job.objects.create(name="Panel backup")
     panel_job.sources.set([job.sources.get(), panel])
     panel_job.destinations.set(job.destinations.all())

@@ -21,7 +21,7 @@ from backupsite import sensitive
 from destinations.models import Destination
 from jobs import services
 from jobs.engine import walk_directory
-from jobs.models import Job, Run, Source, VerifyTicket
+from jobs.models import Job, Restore, RestoreTicket, Run, Source, VerifyTicket
 from jobs.sources import SourceError, dbtools
 from jobs.sources.directory import DirectorySource
 from jobs.sources.postgres import PostgresConf, table_pattern
@@ -34,7 +34,10 @@ pytest_plugins = ["tests.servers"]
 
 # --- helpers --------------------------------------------------------------------------
 def make_job(folders, name: str, kind: str, settings: dict | None = None) -> Job:
-    source = Source.objects.create(name=name, kind=kind, settings=settings or {})
+    if kind == "panel_database":  # made by the migration: one only
+        source = Source.panel_database()
+    else:
+        source = Source.objects.create(name=name, kind=kind, settings=settings or {})
     destination = Destination.objects.create(
         name=f"Local disk for {name}", kind="local", settings={"path": str(folders["backups"])}
     )
@@ -66,16 +69,23 @@ def session_key() -> str:
 # --- the registry ---------------------------------------------------------------------
 def test_the_default_entries_name_the_real_tables(settings):
     names = sensitive.excluded_table_names()
-    assert names[:2] == [Session._meta.db_table, VerifyTicket._meta.db_table] == ["django_session", "jobs_verifyticket"]
+    assert names[:3] == [Session._meta.db_table, VerifyTicket._meta.db_table, RestoreTicket._meta.db_table]
+    assert names[:3] == ["django_session", "jobs_verifyticket", "jobs_restoreticket"]
     from axes.models import AccessAttempt, AccessAttemptExpiration, AccessFailureLog, AccessLog
 
     axes_tables = sorted(
         m._meta.db_table for m in (AccessAttempt, AccessAttemptExpiration, AccessFailureLog, AccessLog)
     )
-    assert names[2:6] == axes_tables  # login throttling (django-axes)
-    assert names[6:] == ["backupsite_cache"]  # the default, until the cache exists
+    assert names[3:7] == axes_tables  # login throttling (django-axes)
+    assert names[7:] == ["backupsite_cache"]  # the default, until the cache exists
     settings.BACKUPSITE_CACHE_TABLE = "ratelimit_cache"
-    assert sensitive.excluded_table_names() == ["django_session", "jobs_verifyticket", *axes_tables, "ratelimit_cache"]
+    assert sensitive.excluded_table_names() == [
+        "django_session",
+        "jobs_verifyticket",
+        "jobs_restoreticket",
+        *axes_tables,
+        "ratelimit_cache",
+    ]
 
 
 def test_a_later_feature_adds_one_line(monkeypatch):
@@ -171,6 +181,9 @@ def test_panel_database_on_sqlite_leaves_out_sessions_and_tickets(client, alice,
     ticket_run = Run.objects.create(job_name="x")
     VerifyTicket.objects.create(run=ticket_run, secrets={"identities": ["AGE-SECRET-KEY-1TEST"]})
     ticket_row = connection.cursor().execute("SELECT secrets FROM jobs_verifyticket").fetchone()[0]
+    restore = Restore.objects.create(run=ticket_run, location="the local copy", target="/x")
+    RestoreTicket.objects.create(restore=restore, secrets={"identities": ["AGE-SECRET-KEY-1RESTORE"]})
+    restore_row = connection.cursor().execute("SELECT secrets FROM jobs_restoreticket").fetchone()[0]
     live = tmp_path / "var" / "db.sqlite3"
     live.parent.mkdir()
     src = sqlite3.connect(connection.settings_dict["NAME"], uri=True)
@@ -179,30 +192,34 @@ def test_panel_database_on_sqlite_leaves_out_sessions_and_tickets(client, alice,
     dst.close()
     src.close()
     assert alice_key.encode() in live.read_bytes() and ticket_row.encode() in live.read_bytes()
+    assert restore_row.encode() in live.read_bytes()
     use_panel_database(monkeypatch, {"ENGINE": "django.db.backends.sqlite3", "NAME": str(live)})
 
     run = run_job(make_job(folders, "Panel database", "panel_database"))
     restore_with_stock_tools(run.local_file, tmp_path / "restore")
     dump = tmp_path / "restore" / "panel-database" / "backupsite.sqlite3"
     raw = dump.read_bytes()
-    for secret in (alice_key, bob_key, ticket_row):
+    for secret in (alice_key, bob_key, ticket_row, restore_row):
         assert secret.encode() not in raw
     conn = sqlite3.connect(dump)
     try:
         assert conn.execute("SELECT COUNT(*) FROM django_session").fetchone() == (0,)
         assert conn.execute("SELECT COUNT(*) FROM jobs_verifyticket").fetchone() == (0,)
+        assert conn.execute("SELECT COUNT(*) FROM jobs_restoreticket").fetchone() == (0,)
+        assert conn.execute("SELECT COUNT(*) FROM jobs_restore").fetchone() == (1,)  # the history stays
         assert {r[0] for r in conn.execute("SELECT username FROM auth_user")} == {"alice", "bob"}
     finally:
         conn.close()
     entry = manifest_of(run)["sources"][0]
     axes = ["axes_accessattempt", "axes_accessattemptexpiration", "axes_accessfailurelog", "axes_accesslog"]
     assert entry == {
-        "excluded_table_data": ["django_session", "jobs_verifyticket", *axes, "backupsite_cache"],
+        "excluded_table_data": ["django_session", "jobs_verifyticket", "jobs_restoreticket", *axes, "backupsite_cache"],
         "name": "Panel database",
         "slug": "panel-database",
         "kind": "panel_database",
     }
-    assert f"the rows of django_session, jobs_verifyticket, {', '.join(axes)}, backupsite_cache are left out" in run.log
+    left_out = ", ".join(["django_session", "jobs_verifyticket", "jobs_restoreticket", *axes, "backupsite_cache"])
+    assert f"the rows of {left_out} are left out" in run.log
     live_conn = sqlite3.connect(live)
     assert live_conn.execute("SELECT COUNT(*) FROM django_session").fetchone() == (2,)
     live_conn.close()
@@ -252,6 +269,7 @@ def test_panel_database_on_postgresql_leaves_out_the_rows(postgres_server, folde
     assert manifest_of(run)["sources"][0]["excluded_table_data"] == [
         "django_session",
         "jobs_verifyticket",
+        "jobs_restoreticket",
         "axes_accessattempt",  # registered but absent from this database: listed all the same
         "axes_accessattemptexpiration",
         "axes_accessfailurelog",

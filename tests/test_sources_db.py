@@ -37,7 +37,10 @@ pytestmark = pytest.mark.django_db
 
 # --- helpers --------------------------------------------------------------------------
 def make_job(folders, name: str, kind: str, settings: dict, secrets: dict | None = None) -> Job:
-    source = Source.objects.create(name=name, kind=kind, settings=settings, secrets=secrets or {})
+    if kind == "panel_database":  # made by the migration: one only
+        source = Source.panel_database()
+    else:
+        source = Source.objects.create(name=name, kind=kind, settings=settings, secrets=secrets or {})
     destination = Destination.objects.create(
         name=f"Local disk for {name}", kind="local", settings={"path": str(folders["backups"])}
     )

@@ -26,7 +26,8 @@ from django.urls import reverse
 
 from jobs import services
 from jobs.engine import agekeys, walk_directory, write_archive, write_manifest
-from jobs.engine.verify import SourceReadError, verify_archive
+from jobs.engine.stored import SourceReadError
+from jobs.engine.verify import verify_archive
 from jobs.models import Run, Upload
 from jobs.verification import VerificationError, verify_run
 from tests.conftest import make_tree
@@ -334,7 +335,7 @@ def test_the_frame_splitter_never_changes_the_bytes():
     """It only decides where reads end: before each frame checksum, and around it."""
     import random
 
-    from jobs.engine.verify import _FrameSplitter
+    from jobs.engine.zstdframes import FrameSplitter
 
     rng = random.Random(3)
     compressor = zstandard.ZstdCompressor(write_checksum=True)
@@ -356,7 +357,7 @@ def test_the_frame_splitter_never_changes_the_bytes():
         def read(self, n=-1):
             return super().read(rng.randint(1, 70_000))
 
-    splitter = _FrameSplitter(Source(stream))
+    splitter = FrameSplitter(Source(stream))
     pieces = []
     while piece := splitter.read(rng.randint(1, 1 << 20)):
         pieces.append(piece)

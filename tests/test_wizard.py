@@ -166,7 +166,7 @@ def test_a_valid_age_key_and_no_encryption_pass(admin_client, job):
 
 
 def test_the_panel_database_without_encryption_is_warned_about(admin_client, job):
-    panel = Source.objects.create(name="Panel database", kind="panel_database")
+    panel = Source.panel_database()  # made by a migration; there is only one
     wizard = to_step(Wizard(admin_client), "content", job)
     wizard.post("content", content([panel], encryption="none"), wizard_measure=str(panel.pk))
     assert 'id="sensitive-warning"' in wizard.html

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from backupsite.slugs import UnsafeFolderName, safe_folder_name
 from jobs.engine import Entry
@@ -22,9 +23,58 @@ class SourceError(Exception):
     """A source cannot be read at all (the message is shown to users)."""
 
 
+class ConfError(ValueError):
+    """A setting of a source kind is not valid. ``field`` names the setting, so a form
+    shows the message next to that field (None: the settings as a whole)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+T = TypeVar("T")
+
+
+def on_field(field: str, check: Callable[..., T], *args, **kwargs) -> T:
+    """``check(*args, **kwargs)``, its ValueError re-raised as a ConfError on *field*."""
+    try:
+        return check(*args, **kwargs)
+    except ConfError:
+        raise
+    except ValueError as exc:
+        raise ConfError(str(exc), field) from None
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """What the *Test* button learned about a source: whether it answered, its server's
+    version and the size of what would be backed up. Never a secret."""
+
+    ok: bool
+    message: str
+    version: str = ""
+    size_bytes: int | None = None
+
+    __test__ = False  # not a pytest test class
+
+
 class SourceKind:
     kind: ClassVar[str]
     label: ClassVar[str]
+    #: A short description shown when choosing the kind.
+    help_text: ClassVar[str] = ""
+    #: Dotted path of the kind's form (a ``jobs.sources.forms.SourceKindForm`` subclass).
+    form_class_path: ClassVar[str] = ""
+    #: Settings kept encrypted in ``Source.secrets`` (never rendered back into a form).
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+    #: The *Test* button connects (database kinds) and reports version and size.
+    testable: ClassVar[bool] = False
+    #: Exactly one source of this kind exists, made by a migration; it cannot be created
+    #: or deleted from the pages (the panel's own database).
+    singleton: ClassVar[bool] = False
+    #: The kind's settings schema: ``parse(dict)`` (ConfError/ValueError), and optionally
+    #: ``validate()`` for the checks that look at this server. None: no settings.
+    conf_class: ClassVar[type | None] = None
     #: An archive holding this source may be downloaded, verified and restored only with
     #: the ``jobs.access_sensitive_run`` permission (administrators): the panel's own
     #: database carries every password hash.
@@ -50,8 +100,30 @@ class SourceKind:
     def from_snapshot(cls, snap: dict, secrets: dict | None = None) -> SourceKind:
         return cls(snap["name"], snap["slug"], snap.get("settings", {}), secrets)
 
+    @classmethod
+    def check_settings(cls, settings: dict):
+        """Parse and validate *settings* as a run will read them; the parsed conf (None
+        for a kind without settings). Raises ConfError (or ValueError)."""
+        if cls.conf_class is None:
+            return None
+        conf = cls.conf_class.parse(settings)
+        validate = getattr(conf, "validate", None)
+        if validate is not None:
+            validate()
+        return conf
+
+    @classmethod
+    def form_class(cls):
+        from django.utils.module_loading import import_string
+
+        return import_string(cls.form_class_path)
+
     def describe(self) -> str:
         return self.label
+
+    def test(self) -> TestResult:
+        """Connect and report (database kinds override this)."""
+        raise NotImplementedError
 
     def measure(self) -> tuple[int, int]:
         """(bytes, files) this source would put into an archive."""

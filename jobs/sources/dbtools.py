@@ -22,7 +22,7 @@ from django.conf import settings as django_settings
 from backupsite.sensitive import check_table_name
 from jobs.engine.archive import FILE, Cancelled, Entry
 from jobs.engine.atomic import PARTIAL_SUFFIX
-from jobs.sources.base import SourceError, SourceKind, cancel_check
+from jobs.sources.base import SourceError, SourceKind, TestResult, cancel_check
 
 # --- shared by the database kinds ----------------------------------------------------
 # Seconds before a database client gives up connecting; the dump itself has no limit of
@@ -270,9 +270,10 @@ class DumpSource(SourceKind):
     0600 temporary file in the staging folder (tar needs the size up front) that is
     always removed. Subclasses say how to measure and how to write the dump."""
 
-    conf_class: ClassVar[type]  # a frozen dataclass with parse(dict) and where()
+    conf_class: ClassVar[type | None]  # a frozen dataclass with parse(dict) and where()
     title: ClassVar[str]  # "PostgreSQL", for messages
     temp_prefix: ClassVar[str]
+    testable = True
 
     @property
     def conf(self):
@@ -298,12 +299,28 @@ class DumpSource(SourceKind):
     def write_dump(self, target: Path, staging: Path) -> None:
         raise NotImplementedError
 
+    def server_info(self) -> tuple[str, int]:
+        """(the server's version, the database's size): one connection."""
+        raise NotImplementedError
+
+    def _named(self, exc: SourceError) -> SourceError:
+        message = str(exc)
+        return SourceError(message if message.startswith(self.what) else f"{self.what}: {message}")
+
     def measure(self) -> tuple[int, int]:
         try:
             return self.size(), 1
         except SourceError as exc:
-            message = str(exc)
-            raise SourceError(message if message.startswith(self.what) else f"{self.what}: {message}") from None
+            raise self._named(exc) from None
+
+    def test(self) -> TestResult:
+        """Connect with these settings and report the server's version and the size of
+        the database (SourceError, without the password, when it cannot)."""
+        try:
+            version, size = self.server_info()
+        except SourceError as exc:
+            raise self._named(exc) from None
+        return TestResult(True, f"Connected to {self.conf.where()}.", version, size)
 
     @classmethod
     def restore_target(cls, dump_path: Path, database_url: str, family: str, allow_panel_database: bool):

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.sources.base import SourceError
+from jobs.sources.base import SourceError, on_field
 from jobs.sources.dbtools import (
     CONNECT_TIMEOUT,
     QUERY_TIMEOUT,
@@ -81,10 +81,10 @@ class MysqlConf:
     def parse(cls, data: dict) -> MysqlConf:
         data = data or {}
         return cls(
-            database=check_name(data.get("database"), "database name", max_length=64),
-            host=check_name(data.get("host"), "host name", required=False) or "localhost",
-            port=check_port(data.get("port"), DEFAULT_PORT),
-            user=check_name(data.get("user"), "user name", required=False, max_length=80),
+            database=on_field("database", check_name, data.get("database"), "database name", max_length=64),
+            host=on_field("host", check_name, data.get("host"), "host name", required=False) or "localhost",
+            port=on_field("port", check_port, data.get("port"), DEFAULT_PORT),
+            user=on_field("user", check_name, data.get("user"), "user name", required=False, max_length=80),
         )
 
     def where(self) -> str:
@@ -124,29 +124,54 @@ def mysqldump(conf: MysqlConf, password: str | None, target: Path, staging: Path
         raise SourceError(f"{prefix}{name} of {conf.where()} failed: {last_line(stderr, name, password)}")
 
 
-def database_size(conf: MysqlConf, password: str | None) -> int:
+def _query(conf: MysqlConf, password: str | None, sql: str, what: str) -> list[str]:
+    """The tab-separated fields of the last output line of *sql* (the ``mysql`` client,
+    password in a 0600 option file, QUERY_TIMEOUT); SourceError naming *what* failed."""
     tool = mysql_tool("mariadb", "mysql")
     name = Path(tool).name
-    with option_file(None, password) as defaults, temp_file(None, "my-size") as out_path:
+    with option_file(None, password) as defaults, temp_file(None, "my-query") as out_path:
         args = [tool, defaults, *conf.client_args(), "--batch", "--skip-column-names"]
-        args += [f"--execute={SIZE_QUERY}", "--", conf.database]
+        args += [f"--execute={sql}", "--", conf.database]
         with open(out_path, "wb") as out:
             try:
                 code, stderr = run_tool(args, stdout=out, timeout=QUERY_TIMEOUT)
             except subprocess.TimeoutExpired:
-                raise SourceError(f"Measuring {conf.where()} took longer than {QUERY_TIMEOUT} s.") from None
+                raise SourceError(f"{what} {conf.where()}: no answer within {QUERY_TIMEOUT} s.") from None
         output = out_path.read_text("utf-8", "replace").strip()
     if code != 0:
-        raise SourceError(f"Cannot measure {conf.where()}: {last_line(stderr, name, password)}")
+        raise SourceError(f"{what} {conf.where()}: {last_line(stderr, name, password)}")
+    lines = output.splitlines()
+    if not lines:
+        raise SourceError(f"{what} {conf.where()}: unexpected answer from {name}.")
+    return lines[-1].split("\t")
+
+
+def database_size(conf: MysqlConf, password: str | None) -> int:
+    fields = _query(conf, password, SIZE_QUERY, "Cannot measure")
     try:
-        return int(float(output.splitlines()[-1]))
+        return int(float(fields[-1]))
+    except ValueError:
+        raise SourceError(f"Cannot measure {conf.where()}: unexpected answer from the client.") from None
+
+
+def server_info(conf: MysqlConf, password: str | None) -> tuple[str, int]:
+    """(the server's version, the database's size in bytes)."""
+    sql = f"SELECT VERSION(), ({SIZE_QUERY})"
+    fields = _query(conf, password, sql, "Cannot connect to")
+    try:
+        version, size = fields[0], int(float(fields[1]))
     except (ValueError, IndexError):
-        raise SourceError(f"Cannot measure {conf.where()}: unexpected answer from {name}.") from None
+        raise SourceError(f"Cannot connect to {conf.where()}: unexpected answer from the client.") from None
+    family = "MariaDB" if "mariadb" in version.lower() else "MySQL"
+    return f"{family} {version}", size
 
 
 class MysqlSource(DumpSource):
     kind = "mysql"
     label = "MySQL/MariaDB database"
+    help_text = "One MySQL or MariaDB database, dumped as SQL with mysqldump (restored with the mysql client)."
+    form_class_path = "jobs.sources.forms.MysqlForm"
+    secret_fields = ("password",)
     title = "MySQL"
     conf_class = MysqlConf
     temp_prefix = "mysqldump"
@@ -156,6 +181,9 @@ class MysqlSource(DumpSource):
 
     def size(self) -> int:
         return database_size(self.conf, self._password)
+
+    def server_info(self) -> tuple[str, int]:
+        return server_info(self.conf, self._password)
 
     def write_dump(self, target: Path, staging: Path) -> None:
         mysqldump(self.conf, self._password, target, staging, what=self.what)

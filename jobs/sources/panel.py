@@ -15,8 +15,17 @@ from pathlib import Path
 
 from backupsite.sensitive import excluded_table_names
 from jobs.sources import dbtools
-from jobs.sources.base import SourceError, SourceKind
+from jobs.sources.base import SourceError, SourceKind, TestResult
 from jobs.sources.dbtools import engine_family
+from jobs.sources.sqlite import SqliteSource
+
+
+class _PanelSqlite(SqliteSource):
+    """The panel's own SQLite file: one of the panel's paths on purpose, so the checks for
+    a user-configured SQLite source (allowed roots, not a panel file) do not apply."""
+
+    def validate_conf(self, conf) -> None:
+        return None
 
 
 class PanelDatabaseSource(SourceKind):
@@ -26,7 +35,11 @@ class PanelDatabaseSource(SourceKind):
 
     kind = "panel_database"
     label = "Panel database"
+    help_text = "backupsite's own database, for disaster recovery of the panel (always there, cannot be deleted)."
+    form_class_path = "jobs.sources.forms.PanelDatabaseForm"
     sensitive = True
+    testable = True
+    singleton = True
 
     ARCNAMES = {"sqlite3": "backupsite.sqlite3", "postgresql": "backupsite.pgdump"}
 
@@ -36,9 +49,7 @@ class PanelDatabaseSource(SourceKind):
         family = engine_family(db.get("ENGINE", ""))
         excluded = excluded_table_names()
         if family == "sqlite3":
-            from jobs.sources.sqlite import SqliteSource
-
-            return SqliteSource(self.name, self.slug, {"path": str(db["NAME"]), "exclude_table_data": excluded})
+            return _PanelSqlite(self.name, self.slug, {"path": str(db["NAME"]), "exclude_table_data": excluded})
         if family == "postgresql":
             from jobs.sources.postgres import PostgresSource
 
@@ -63,6 +74,9 @@ class PanelDatabaseSource(SourceKind):
     def measure(self) -> tuple[int, int]:
         return self._delegate().measure()
 
+    def test(self) -> TestResult:
+        return self._delegate().test()
+
     def manifest_info(self) -> dict:
         return {"excluded_table_data": excluded_table_names()}
 
@@ -86,8 +100,6 @@ class PanelDatabaseSource(SourceKind):
         the database the URL names, never over the live panel database."""
         scheme = database_url.split("://", 1)[0].lower() if isinstance(database_url, str) else ""
         if scheme.startswith("sqlite"):
-            from jobs.sources.sqlite import SqliteSource
-
             return SqliteSource.restore_into(dump_path, database_url, allow_panel_database=allow_panel_database)
         if scheme.startswith("postgres") or scheme == "pgsql":
             from jobs.sources.postgres import PostgresSource

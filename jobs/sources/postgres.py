@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.sources.base import SourceError
+from jobs.sources.base import ConfError, SourceError, on_field
 from jobs.sources.dbtools import (
     CONNECT_TIMEOUT,
     QUERY_TIMEOUT,
@@ -74,14 +74,14 @@ class PostgresConf:
         data = data or {}
         sslmode = str(data.get("sslmode") or "")
         if sslmode not in SSL_MODES:
-            raise ValueError(f"Unknown SSL mode {sslmode!r}.")
+            raise ConfError(f"Unknown SSL mode {sslmode!r}.", "sslmode")
         return cls(
-            database=check_name(data.get("database"), "database name", max_length=63),
-            host=check_name(data.get("host"), "host name", required=False),
-            port=check_port(data.get("port"), DEFAULT_PORT),
-            user=check_name(data.get("user"), "user name", required=False, max_length=63),
+            database=on_field("database", check_name, data.get("database"), "database name", max_length=63),
+            host=on_field("host", check_name, data.get("host"), "host name", required=False),
+            port=on_field("port", check_port, data.get("port"), DEFAULT_PORT),
+            user=on_field("user", check_name, data.get("user"), "user name", required=False, max_length=63),
             sslmode=sslmode,
-            exclude_table_data=check_table_names(data.get("exclude_table_data")),
+            exclude_table_data=on_field("exclude_table_data", check_table_names, data.get("exclude_table_data")),
         )
 
     def conninfo(self) -> str:
@@ -146,22 +146,41 @@ def pg_restore(conf: PostgresConf, password: str | None, dump: Path) -> None:
         raise SourceError(f"pg_restore into {conf.where()} failed: {last_line(stderr, 'pg_restore', password)}")
 
 
-def database_size(conf: PostgresConf, password: str | None) -> int:
+def _query(conf: PostgresConf, password: str | None, sql: str, what: str) -> tuple:
+    """One row of *sql* on *conf*'s database (libpq's connect timeout, a statement
+    timeout of QUERY_TIMEOUT); SourceError naming *what* failed, without the password."""
     import psycopg
 
     try:
         with psycopg.connect(
             conf.conninfo(), password=password or None, options=f"-c statement_timeout={QUERY_TIMEOUT * 1000}"
         ) as conn:
-            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+            return conn.execute(sql).fetchone()
     except psycopg.Error as exc:
-        raise SourceError(f"Cannot measure {conf.where()}: {last_line(str(exc), 'psycopg', password)}") from None
-    return int(row[0])
+        raise SourceError(f"{what} {conf.where()}: {last_line(str(exc), 'psycopg', password)}") from None
+
+
+def database_size(conf: PostgresConf, password: str | None) -> int:
+    return int(_query(conf, password, "SELECT pg_database_size(current_database())", "Cannot measure")[0])
+
+
+def server_info(conf: PostgresConf, password: str | None) -> tuple[str, int]:
+    """(the server's version, the database's size in bytes)."""
+    row = _query(
+        conf,
+        password,
+        "SELECT current_setting('server_version'), pg_database_size(current_database())",
+        "Cannot connect to",
+    )
+    return f"PostgreSQL {row[0]}", int(row[1])
 
 
 class PostgresSource(DumpSource):
     kind = "postgresql"
     label = "PostgreSQL database"
+    help_text = "One PostgreSQL database, dumped with pg_dump (custom format, restored with pg_restore)."
+    form_class_path = "jobs.sources.forms.PostgresForm"
+    secret_fields = ("password",)
     title = "PostgreSQL"
     conf_class = PostgresConf
     temp_prefix = "pgdump"
@@ -171,6 +190,9 @@ class PostgresSource(DumpSource):
 
     def size(self) -> int:
         return database_size(self.conf, self._password)
+
+    def server_info(self) -> tuple[str, int]:
+        return server_info(self.conf, self._password)
 
     def write_dump(self, target: Path, staging: Path) -> None:
         pg_dump(self.conf, self._password, target, what=self.what)

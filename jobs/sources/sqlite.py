@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.engine.atomic import fsync_dir
-from jobs.sources.base import SourceError
+from jobs.sources.base import ConfError, SourceError, TestResult, on_field
 from jobs.sources.dbtools import (
     DumpSource,
     RestoreRefused,
@@ -42,16 +42,24 @@ class SqliteConf:
 
     @classmethod
     def parse(cls, data: dict) -> SqliteConf:
-        exclude = check_table_names((data or {}).get("exclude_table_data"))
+        exclude = on_field("exclude_table_data", check_table_names, (data or {}).get("exclude_table_data"))
         path = (data or {}).get("path")
         if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
-            raise ValueError("A SQLite source needs the absolute path of the database file.")
+            raise ConfError("A SQLite source needs the absolute path of the database file.", "path")
         if any(ord(c) < 32 or ord(c) == 127 for c in path):
-            raise ValueError("The path must not contain control characters.")
+            raise ConfError("The path must not contain control characters.", "path")
         path = os.path.normpath(path)
         if path == "/" or path.endswith("/"):
-            raise ValueError("A SQLite source needs the path of a file, not of a folder.")
+            raise ConfError("A SQLite source needs the path of a file, not of a folder.", "path")
         return cls(path, exclude)
+
+    def validate(self) -> None:
+        """The file is inside BACKUPSITE_SOURCE_ROOTS (when set) and is not one of the
+        panel's own files (its database belongs to the "Panel database" source, which
+        leaves out sessions and keys)."""
+        from jobs.sources.directory import check_source_path
+
+        on_field("path", check_source_path, self.path, "database file")
 
 
 def quote_identifier(name: str) -> str:
@@ -108,6 +116,8 @@ def database_size(path: str | Path) -> int:
 class SqliteSource(DumpSource):
     kind = "sqlite"
     label = "SQLite database"
+    help_text = "A SQLite database file on this server, copied consistently while it is in use."
+    form_class_path = "jobs.sources.forms.SqliteForm"
     title = "SQLite"
     conf_class = SqliteConf
     temp_prefix = "sqlite"
@@ -115,8 +125,16 @@ class SqliteSource(DumpSource):
     def describe(self) -> str:
         return f"{self.label} {self.conf.path}"
 
+    def validate_conf(self, conf: SqliteConf) -> None:
+        """The checks of a user-configured file (allowed roots, not the panel's own)."""
+        try:
+            conf.validate()
+        except ValueError as exc:
+            raise SourceError(f"{self.what}: {exc}") from None
+
     def _check(self) -> SqliteConf:
         conf = self.conf
+        self.validate_conf(conf)
         if not os.path.isfile(conf.path):
             raise SourceError(f"{self.what}: the file {conf.path} does not exist.")
         if not os.access(conf.path, os.R_OK):
@@ -125,6 +143,22 @@ class SqliteSource(DumpSource):
 
     def dump_name(self) -> str:
         return os.path.basename(self.conf.path)
+
+    def test(self) -> TestResult:
+        """Open the file read-only as a database (its header and schema are read) and
+        report SQLite's version (the library this panel uses) and the file's size."""
+        conf = self._check()
+        try:
+            conn = sqlite3.connect(f"{Path(conf.path).absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+            try:
+                version = conn.execute("SELECT sqlite_version()").fetchone()[0]
+                tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise SourceError(f"{self.what}: {conf.path} cannot be read as a database: {exc}") from None
+        size = database_size(conf.path)
+        return TestResult(True, f"{conf.path} is a SQLite database with {tables} table(s).", f"SQLite {version}", size)
 
     def size(self) -> int:
         return database_size(self._check().path)

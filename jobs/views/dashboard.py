@@ -1,27 +1,22 @@
 from django.contrib.auth.decorators import permission_required
-from django.db.models import Max, Prefetch, Q
+from django.core.paginator import Paginator
 from django.shortcuts import render
 
-from jobs import heartbeats
-from jobs.models import Job, Run, Upload
+from jobs import heartbeats, overview
+from jobs.models import Job
+
+JOBS_PER_PAGE = 25
 
 
 @permission_required("jobs.view_job", raise_exception=True)
 def dashboard(request):
-    jobs = Job.objects.annotate(
-        last_success_at=Max("runs__finished_at", filter=Q(runs__state=Run.State.SUCCEEDED)),
-    ).order_by("name")
-    rows = [{"job": job, "last_run": job.last_run, "last_success_at": job.last_success_at} for job in jobs]
-    active = (
-        Run.objects.filter(state__in=Run.LIVE_STATES)
-        .select_related("job")
-        .prefetch_related(Prefetch("uploads", queryset=Upload.objects.order_by("pk")))[:10]
-    )
-    return render(
-        request,
-        "jobs/dashboard.html",
-        {"rows": rows, "active_runs": active, "services": heartbeats.status()},
-    )
+    """Every job's latest run and last success, a page at a time, and what runs now: a
+    fixed number of queries however many jobs and runs there are (``jobs.overview``)."""
+    jobs = overview.with_latest(Job.objects.order_by("name"))
+    page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
+    rows = overview.attach_latest_runs(page.object_list)
+    context = {"page": page, "rows": rows, "active_runs": overview.active_runs(), "services": heartbeats.status()}
+    return render(request, "jobs/dashboard.html", context)
 
 
 @permission_required("jobs.view_job", raise_exception=True)

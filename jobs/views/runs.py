@@ -1,12 +1,12 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods, require_POST
 
 from backupsite import audit
+from backupsite.pagination import EndAwarePaginator
 from destinations.backends.base import ROOT_FOLDER
 from jobs import downloads
 from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
@@ -18,11 +18,13 @@ RUNS_PER_PAGE = 25
 
 @permission_required("jobs.view_run", raise_exception=True)
 def run_list(request):
-    runs = Run.objects.select_related("job").order_by("-created_at", "-pk")
+    # The table shows the job's name as the run recorded it: no join; never the log or
+    # the configuration snapshot (large) of 25 rows.
+    runs = Run.objects.defer("config", "log").order_by("-created_at", "-pk")
     state = request.GET.get("state", "")
     if state in Run.State.values:
         runs = runs.filter(state=state)
-    page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    page = EndAwarePaginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     return render(request, "jobs/run_list.html", {"page": page, "state": state, "states": Run.State.choices})
 
 

@@ -164,6 +164,10 @@ def map_error(exc: BaseException, what: str, timeout: float) -> DestinationError
             return NotFoundError(f"Not found while {what}.")
         if exc.errno in (errno.EACCES, errno.EPERM):
             return PermanentError(f"Permission denied while {what}.")
+        if exc.errno is None and str(exc) == "Socket is closed":
+            # paramiko's channel after the connection dropped (Channel.send/recv): not a
+            # refusal, whatever moment of a read the cut hit.
+            return TransientError(f"The connection to the server was lost while {what}.")
         if exc.errno is None:  # paramiko's IOError(text) for SFTP failure statuses
             return PermanentError(f"The server refused {what}.")
         return TransientError(f"A network error occurred while {what}.")

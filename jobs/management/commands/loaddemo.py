@@ -62,7 +62,7 @@ class Command(BaseCommand):
             name="Demo files",
             defaults={"kind": "directory", "settings": {"path": str(demo_root), "exclude": ["*.tmp"]}},
         )
-        panel_db, _ = Source.objects.get_or_create(name="Panel database", defaults={"kind": "panel_database"})
+        panel_db = Source.panel_database()  # made by a migration; never a second one
         local, _ = Destination.objects.get_or_create(
             name="Server hard drive", defaults={"kind": "local", "settings": {"path": str(backups)}}
         )

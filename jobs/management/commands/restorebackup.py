@@ -5,6 +5,12 @@ checked before it is written (no absolute paths, ``..``, links out of the target
 links, devices) and against the manifest; if anything is wrong nothing is restored.
 Encrypted backups take ``--password-file`` or ``--identity-file`` like ``verifybackup``.
 
+``--only PATH`` (repeatable) restores only that source's folder or that path inside the
+archive (``--only office-files/docs/2026``), and checks only those members against the
+manifest; the rest of the archive is read past (its checksum is still checked).
+Symbolic links are restored as links, also those that lead outside the target
+(``/etc/...``); they are made last and never followed.
+
 Databases are loaded only when asked: ``--database-url URL`` (or ``--database-url-file F``,
 which keeps the credentials out of the process list) restores the backup's database
 dump into that existing database with the source kind's own tool; with several
@@ -21,7 +27,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from jobs.engine.restore import RestoreError
 from jobs.management.commands.verifybackup import find_run, key_options, read_secret_file, secrets_from
-from jobs.verification import VerificationError, restore_run
+from jobs.restores import restore_run
+from jobs.verification import VerificationError
 
 
 class Command(BaseCommand):
@@ -30,6 +37,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("run", help="Run number (or archive name)")
         parser.add_argument("--target", required=True, help="Empty or new folder to restore into.")
+        parser.add_argument(
+            "--only",
+            action="append",
+            metavar="PATH",
+            help="Restore only this path of the archive (a source's folder, or a path inside one); repeatable.",
+        )
         key_options(parser)
         db = parser.add_mutually_exclusive_group()
         db.add_argument("--database-url", help="Load the backup's database dump into this database.")
@@ -54,6 +67,7 @@ class Command(BaseCommand):
                 destination=options.get("destination"),
                 password=password,
                 identities=identities,
+                only=options.get("only"),
                 database_url=database_url,
                 source_slug=options.get("source"),
                 allow_panel_database=options["allow_panel_database"],
