@@ -103,6 +103,12 @@ class PinnedForm(KindForm):
     password = forms.CharField(label="Password", max_length=200, strip=False)
 
 
+def typed(folder: Path) -> dict:
+    """What an administrator types into this kind's fieldset (its form's data keys; the
+    wizard adds its step's prefix)."""
+    return {"pinned-path": str(folder), "pinned-user": "backup", "pinned-password": PASSWORD}
+
+
 def register(monkeypatch) -> type[PinnedBackend]:
     from destinations.backends import REGISTRY
 
