@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_binary
-from tests.servers import _die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -70,6 +69,10 @@ class Stack:
 def start_panel(data: Path, **extra_env: str) -> Iterator[Stack]:
     """Migrate, load the demo, make an administrator, then run the web server and one
     worker (with beat) until the block ends; their output goes to ``<data>/logs/``."""
+    # Imported here: importing the tests.servers plugin before pytest registers it (this
+    # module is imported while collecting) would keep pytest from rewriting its asserts.
+    from tests.servers import _die_with_parent, free_port
+
     require_binary("zstd")
     require_binary("tar")
     if not Path(CHROMIUM).exists():
