@@ -13,6 +13,7 @@ form and the backend validate alike, and puts a ``ConfError`` next to its field.
 from __future__ import annotations
 
 from django import forms
+from django.forms.utils import ErrorDict
 from django.utils.translation import gettext_lazy as _
 
 from destinations.kindforms import KindForm
@@ -51,6 +52,87 @@ def kind_form(kind: str, data=None, *, destination: Destination | None = None, *
     settings = destination.settings if destination is not None and destination.kind == kind else None
     secrets = destination.secrets if destination is not None and destination.kind == kind else None
     return cls(data, settings=settings, secrets=secrets, **kwargs)
+
+
+def unvalidated(form):
+    """Keep what was typed in *form* without validating it (another kind's fieldset; a
+    name while only testing; a wizard step shown again as it was entered)."""
+    form._errors = ErrorDict()
+    form.cleaned_data = {}
+    return form
+
+
+DEFAULT_FIELDS_TEMPLATE = "destinations/_kind_fields.html"
+
+
+class KindForms:
+    """The kind part of a destination's form, one implementation for the destination
+    pages and the wizard's step 3: one :class:`KindForm` per kind, each under its own
+    prefix (``<prefix>-<kind>``, or the kind alone), rendered by
+    ``destinations/_kind_chooser.html`` and ``destinations/_kind_fieldsets.html``.
+
+    Without JavaScript every kind's fieldset is in the page, so every form is bound to
+    the data (what was typed stays), but only the *chosen* kind's is validated; it gets
+    what its page carried over a reload: *pending* (secrets typed before, by field name:
+    the destination pages carry them in an encrypted token, the wizard in its encrypted
+    storage) and *pinned* (settings an administrator confirmed, a server fingerprint:
+    :attr:`KindForm.pinned`)."""
+
+    def __init__(
+        self,
+        data=None,
+        *,
+        kinds,
+        chosen: str | None,
+        destination: Destination | None = None,
+        prefix: str = "",
+        pending: dict | None = None,
+        pinned: dict | None = None,
+        use_required_attribute: bool = True,
+    ) -> None:
+        self.prefix = prefix
+        self.chosen = chosen
+        options = {"use_required_attribute": use_required_attribute}
+        self.forms: dict[str, KindForm] = {}
+        for kind in kinds:
+            if prefix:
+                options["prefix"] = f"{prefix}-{kind}"
+            if data is None:
+                form = kind_form(kind, destination=destination, **options)
+            elif kind != chosen:
+                form = unvalidated(kind_form(kind, data, **options))
+            else:
+                form = kind_form(kind, data, destination=destination, pending_secrets=pending, pinned=pinned, **options)
+            self.forms[kind] = form
+
+    @property
+    def chosen_form(self) -> KindForm | None:
+        return self.forms.get(self.chosen) if self.chosen else None
+
+    def secret_keys(self) -> list[str]:
+        """The data keys of every kind's secret fields."""
+        return [form.add_prefix(name) for form in self.forms.values() for name in form.secret_fields]
+
+    def suppress_errors(self) -> None:
+        for form in self.forms.values():
+            unvalidated(form)
+
+    def rows(self) -> list[dict]:
+        """What the two partials show per kind (at render time: the chosen form says
+        which secrets typed in this submission its page carries over)."""
+        if self.chosen_form is not None:
+            self.chosen_form.keep_typed_secrets()
+        return [
+            {
+                "kind": kind,
+                "label": form.backend_class.label,
+                "help_text": form.backend_class.help_text,
+                "form": form,
+                "template": getattr(form, "fieldset_template", DEFAULT_FIELDS_TEMPLATE),
+                "chosen": kind == self.chosen,
+            }
+            for kind, form in self.forms.items()
+        ]
 
 
 from destinations.backends.local import LocalBackend  # noqa: E402 - the registry imports the kinds

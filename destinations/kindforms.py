@@ -61,12 +61,29 @@ class KindForm(forms.Form):
                 continue
             field.widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
             if self.pending_secrets.get(name):
-                field.required = False
-                field.help_text = f"{field.help_text} {_('A value was typed; leave blank to keep it.')}".strip()
+                self._kept(name, _("A value was typed; leave blank to keep it."))
             elif self.stored_secrets.get(name):
-                field.required = False
-                field.help_text = f"{field.help_text} {_('A value is stored; leave blank to keep it.')}".strip()
+                self._kept(name, _("A value is stored; leave blank to keep it."))
         self.parsed_settings: dict | None = None
+
+    def _kept(self, name: str, text) -> None:
+        field = self.fields[name]
+        field.required = False
+        field.help_text = f"{field.help_text} {text}".strip()
+        self._bound_fields_cache.pop(name, None)  # a bound field copies the help text
+
+    def keep_typed_secrets(self) -> None:
+        """Say so where a secret was typed in this submission (and has no error of its
+        own): the page that answers it (a test without JavaScript, a save with errors)
+        carries it over the reload, and a password field never shows its value, so it
+        need not be typed again. Called when the page is rendered."""
+        if not self.is_bound:
+            return
+        errors = self._errors or {}  # never validates here
+        for name in self.secret_fields:
+            typed = self.data.get(self.add_prefix(name))
+            if name in self.fields and typed and name not in errors and not self.pending_secrets.get(name):
+                self._kept(name, _("A value was typed; leave blank to keep it."))
 
     # --- mapping between the form and the stored settings -------------------------
     def initial_from_settings(self, settings: dict) -> dict:

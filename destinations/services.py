@@ -101,6 +101,27 @@ def run_test(backend: Backend) -> TestResult:
         return TestResult(ok=False, message=_("The test failed unexpectedly; the server log names the error type."))
 
 
+def test_kind_form(request, form, *, destination_id: int | None = None) -> tuple[int, dict]:
+    """Test the unsaved settings of a kind's form (the destination pages' and the
+    wizard's Test button): ``(HTTP status, what the result region shows)``. 422: the
+    settings have errors (shown next to their fields on a full page); 429: throttled.
+    A test that saw a server identity to confirm comes with a trust token for it; every
+    test with a tested token, so a save of exactly these settings can record it."""
+    if not form.is_valid():
+        return 422, {"test_error": _("Correct the settings marked below, then test again.")}
+    try:
+        throttle_test(request)
+    except TestThrottled as exc:
+        return 429, {"throttled": str(exc), "retry_after": exc.retry_after}
+    kind = form.backend_class.kind
+    result = run_test(form.backend())
+    secrets = form.secrets_from_cleaned(form.cleaned_data)
+    region = {"result": result, "tested": tested_token(kind, form.parsed_settings, secrets, result)}
+    if result.needs_confirmation:
+        region["trust_token"] = trust_token(kind, result.fingerprint, destination_id)
+    return 200, region
+
+
 def test_destination(destination: Destination) -> TestResult:
     """Test a saved destination and record the result on it."""
     try:
@@ -239,10 +260,18 @@ def save(common_form, kind_form, *, request, tested: str = "") -> Destination:
     if changed:
         _reset_test(destination)
     configwrite.save(destination, request=request)
-    result = tested_result(tested, kind, settings, secrets) if changed else None
+    if changed:
+        record_tested(destination, tested)
+    return destination
+
+
+def record_tested(destination: Destination, token: str) -> TestResult | None:
+    """Record on the saved *destination* the test its form carried (a tested token), if
+    that test was made for exactly its settings and secrets."""
+    result = tested_result(token, destination.kind, dict(destination.settings), dict(destination.secrets))
     if result is not None:
         destination.record_test(result)
-    return destination
+    return result
 
 
 def trust_and_retest(destination: Destination, token: str, *, request) -> TestResult:
@@ -297,9 +326,11 @@ __all__ = [
     "pinned_from_tokens",
     "read_pending",
     "read_trust_token",
+    "record_tested",
     "run_test",
     "save",
     "test_destination",
+    "test_kind_form",
     "tested_result",
     "tested_token",
     "throttle_test",

@@ -5,14 +5,17 @@ trust a fingerprint and delete (administrators). What they do is in
 The form page works without JavaScript: every kind's fieldset is in the page under its
 heading and only the chosen kind's is validated; the Test button reloads the page with
 the result. ``static/js/destination-form.js`` shows only the chosen kind's fieldset and
-tests in the background (``X-Requested-With: fetch`` answers with the result fragment).
+``static/js/fragments.js`` tests in the background (``X-Requested-With: fetch`` answers
+with the result fragment). The wizard's step 3 is built from the same parts
+(:class:`~destinations.forms.KindForms`, :func:`services.test_kind_form`, the trust
+token, the partials ``destinations/_kind_chooser.html``, ``_kind_fieldsets.html`` and
+``_test_region.html``, the two scripts).
 """
 
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.forms.utils import ErrorDict
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
@@ -24,24 +27,15 @@ from backupsite.sudo import sudo_required
 from destinations import services
 from destinations.backends import REGISTRY
 from destinations.backends.base import CAPABILITY_LABELS, READ
-from destinations.forms import DestinationForm, KindChoiceForm, kind_form
+from destinations.forms import DestinationForm, KindChoiceForm, KindForms, kind_form, unvalidated
 from destinations.models import Destination
 
 FORM_TEMPLATE = "destinations/destination_form.html"
 REGION_TEMPLATE = "destinations/_test_region.html"
-DEFAULT_FIELDS_TEMPLATE = "destinations/_kind_fields.html"
 
 
 def _is_fetch(request) -> bool:
     return request.headers.get("X-Requested-With") == "fetch"
-
-
-def _unvalidated(form):
-    """Keep what was typed in *form* without validating it (another kind's fieldset;
-    the name while only testing)."""
-    form._errors = ErrorDict()
-    form.cleaned_data = {}
-    return form
 
 
 def _kind_info(kind: str) -> dict:
@@ -119,9 +113,9 @@ def destination_edit(request, pk: int):
 
 
 class _FormPage:
-    """The create / edit page: the common form, the kind chooser (create only), one form
-    per kind (only the chosen one bound for validation), and the tokens carried between
-    a test and the save (see :mod:`destinations.services`)."""
+    """The create / edit page: the common form, the kind chooser (create only), the
+    kinds' forms (:class:`~destinations.forms.KindForms`: only the chosen one validated),
+    and the tokens carried between a test and the save (see :mod:`destinations.services`)."""
 
     def __init__(self, request, destination: Destination | None) -> None:
         self.request = request
@@ -129,24 +123,38 @@ class _FormPage:
         self.creating = destination is None
         self.destination_id = destination.pk if destination else None
         self.post = request.POST if request.method == "POST" else None
-        self.kinds = list(REGISTRY) if self.creating else [destination.kind]
-        self.region: dict = {"trusted_tokens": [], "can_trust": True, "trust_in_form": True}
+        self.region: dict = {
+            "trusted_tokens": [],
+            "can_trust": True,
+            "trust_in_form": True,
+            "failed_hint": _("You can still save: the settings are kept and can be tested again later."),
+            "passed_hint": _("These settings are not saved yet."),
+        }
         self.sudo_needed = False
-        self.chosen = self._chosen()
+        kinds = list(REGISTRY) if self.creating else [destination.kind]
+        self.chosen = self._chosen(kinds)
         self.chooser = KindChoiceForm(self.post, initial={"kind": self.chosen}) if self.creating else None
         pinned, pending = self._carried()
-        self.forms = {kind: self._kind_form(kind, pinned, pending) for kind in self.kinds}
-        self.chosen_form = self.forms.get(self.chosen)
+        self.kind_forms = KindForms(
+            self.post,
+            kinds=kinds,
+            chosen=self.chosen,
+            destination=destination,
+            pending=pending,
+            pinned=pinned,
+            use_required_attribute=not self.creating,
+        )
+        self.chosen_form = self.kind_forms.chosen_form
         self.common = DestinationForm(self.post, instance=destination)
 
-    def _chosen(self) -> str | None:
+    def _chosen(self, kinds: list[str]) -> str | None:
         if not self.creating:
             return self.destination.kind
         source = self.post if self.post is not None else self.request.GET
         kind = source.get("kind")
-        if kind in self.kinds:
+        if kind in kinds:
             return kind
-        return None if self.post is not None else self.kinds[0]
+        return None if self.post is not None else kinds[0]
 
     def _carried(self) -> tuple[dict, dict]:
         """Settings pinned by confirmed fingerprints, and secrets typed before a reload."""
@@ -165,16 +173,6 @@ class _FormPage:
         self.region["trusted_tokens"] = tokens
         pending = services.read_pending(self.post.get("pending_secrets", ""), self.request.user, self.chosen)
         return pinned, pending
-
-    def _kind_form(self, kind: str, pinned: dict, pending: dict):
-        options = {"use_required_attribute": not self.creating}
-        if self.post is None:
-            return kind_form(kind, destination=self.destination, **options)
-        if kind != self.chosen:
-            return _unvalidated(kind_form(kind, self.post, **options))
-        return kind_form(
-            kind, self.post, destination=self.destination, pending_secrets=pending, pinned=pinned, **options
-        )
 
     @property
     def action(self) -> str | None:
@@ -206,28 +204,15 @@ class _FormPage:
     def test(self) -> int:
         """Test the unsaved settings; the HTTP status of the answer (422: the settings
         have errors, shown next to their fields on a full page)."""
-        _unvalidated(self.common)  # a test needs no name yet
+        unvalidated(self.common)  # a test needs no name yet
         if "test_error" in self.region:
             return 200
-        form = self.chosen_form
-        if form is None:
+        if self.chosen_form is None:
             self.region["test_error"] = _("Choose a kind first.")
             return 422
-        if not form.is_valid():
-            self.region["test_error"] = _("Correct the settings marked below, then test again.")
-            return 422
-        try:
-            services.throttle_test(self.request)
-        except services.TestThrottled as exc:
-            self.region["throttled"] = str(exc)
-            return 429
-        result = services.run_test(form.backend())
-        secrets = form.secrets_from_cleaned(form.cleaned_data)
-        self.region["result"] = result
-        self.region["tested"] = services.tested_token(self.chosen, form.parsed_settings, secrets, result)
-        if result.needs_confirmation:
-            self.region["trust_token"] = services.trust_token(self.chosen, result.fingerprint, self.destination_id)
-        return 200
+        status, region = services.test_kind_form(self.request, self.chosen_form, destination_id=self.destination_id)
+        self.region.update(region)
+        return status
 
     # --- rendering --------------------------------------------------------------------------
     def region_context(self) -> dict:
@@ -238,21 +223,12 @@ class _FormPage:
         return self.region
 
     def context(self) -> dict:
-        kind_forms = [
-            {
-                **_kind_info(kind),
-                "form": form,
-                "template": getattr(form, "fieldset_template", DEFAULT_FIELDS_TEMPLATE),
-                "chosen": kind == self.chosen,
-            }
-            for kind, form in self.forms.items()
-        ]
         return {
             "destination": self.destination,
             "creating": self.creating,
             "common": self.common,
             "chooser": self.chooser,
-            "kind_forms": kind_forms,
+            "kind_forms": self.kind_forms.rows(),
             "chosen": self.chosen,
             "sudo_needed": self.sudo_needed,
             "sudo_error": self.sudo_needed and bool(self.post and self.post.get("sudo_password")),
@@ -277,10 +253,17 @@ def _form_page(request, destination: Destination | None):
         if _is_fetch(request):
             if status == 422:  # the script then sends the form normally: errors by their fields
                 return HttpResponse(status=422)
-            return render(request, REGION_TEMPLATE, page.region_context(), status=status)
+            return _retry_after(render(request, REGION_TEMPLATE, page.region_context(), status=status), page.region)
     if page.sudo_needed:
         status = 403
-    return render(request, FORM_TEMPLATE, page.context(), status=status if status in (403, 429) else 200)
+    response = render(request, FORM_TEMPLATE, page.context(), status=status if status in (403, 429) else 200)
+    return _retry_after(response, page.region)
+
+
+def _retry_after(response, region: dict):
+    if response.status_code == 429 and region.get("retry_after"):
+        response["Retry-After"] = str(region["retry_after"])
+    return response
 
 
 # --- test, trust, delete -----------------------------------------------------------------

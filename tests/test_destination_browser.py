@@ -9,19 +9,11 @@ import os
 
 import pytest
 
+from tests.browser import CHROMIUM_ARGS
 from tests.conftest import require_binary
 from tests.kinds import pinned
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")

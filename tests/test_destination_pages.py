@@ -57,16 +57,13 @@ def local_post(folders, **extra) -> dict:
 
 
 def pinned_post(folders, **extra) -> dict:
-    data = {
+    return {
         "name": "Office server",
         "enabled": "on",
         "kind": "pinned",
-        "pinned-path": str(folders["backups"] / "server"),
-        "pinned-user": "backup",
-        "pinned-password": pinned.PASSWORD,
+        **pinned.typed(folders["backups"] / "server"),
+        **extra,
     }
-    data.update(extra)
-    return data
 
 
 def hidden(html: str, name: str) -> list[str]:
@@ -272,6 +269,7 @@ def test_fingerprint_confirmation_on_the_create_form(client, alice, folders, pin
     assert "I have checked this fingerprint: trust it" in page
     assert pinned.LOGINS == []  # the password was not sent to an unconfirmed server
     assert pinned.PASSWORD not in page
+    assert "A value was typed; leave blank to keep it." in page  # the page says it kept the password
     token = re.search(r'name="trust" value="([^"]+)"', page).group(1)
     [pending] = hidden(page, "pending_secrets")
 
@@ -451,6 +449,7 @@ def test_tests_are_rate_limited_with_a_readable_429(client, alice, job, settings
         {"name": "x", "local-path": destination.settings["path"], "action": "test"},
     )
     assert response.status_code == 429 and "Too many connection tests" in response.content.decode()
+    assert int(response["Retry-After"]) > 0
 
 
 def test_tests_are_rate_limited_per_client_address(client, alice, job, settings):

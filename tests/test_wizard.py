@@ -1,6 +1,7 @@
 """The backup wizard, step by step, through Django's test client: each step's rules,
 Back and Next, two wizards at once, tampered posts, secrets kept out of the session,
-the connection test run once, a fingerprint confirmed, and the three ways to finish.
+the connection test run once, a fingerprint confirmed (with the destination pages'
+parts: ``tests/kinds/pinned.py``), and the three ways to finish.
 
 The browser tests (tests/test_wizard_browser.py) drive the same pages in Chromium."""
 
@@ -9,25 +10,22 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 
 import pyrage
 import pytest
-from django import forms as django_forms
 from django.contrib.sessions.models import Session
 from django.urls import reverse
 from django.utils import timezone
 
 from backupsite import configwrite
 from destinations.backends import REGISTRY
-from destinations.backends.base import Fingerprint, FingerprintError
-from destinations.backends.local import LocalBackend, LocalConf
-from destinations.forms import LocalForm
+from destinations.backends.local import LocalBackend
 from destinations.models import Destination
 from jobs.engine import agekeys
 from jobs.models import Job, Run, Source
 from jobs.wizard import storage as wizard_storage
+from tests.kinds import pinned
 from tests.wizard_helpers import GOOD_PASSWORD, Wizard, content, general
 
 pytestmark = pytest.mark.django_db
@@ -255,64 +253,134 @@ def test_the_test_button_tests_before_going_on_and_keeps_the_password(admin_clie
     assert Destination.objects.get(pk=job.destinations.get().pk).last_test_ok is True
 
 
-# A kind whose server identity must be confirmed first (like SFTP's host key).
-FINGERPRINT = "SHA256:wizard-test-fingerprint"
+def test_step_three_is_built_from_the_destination_pages_parts(admin_client, job, folders):
+    """The same partials, script and form behaviour as the destination pages: every
+    kind's fieldset, only the chosen kind validated (no errors in the others' fieldsets
+    without JavaScript), the same result region."""
+    wizard = to_step(Wizard(admin_client), "destination", job)
+    html = wizard.html
+    assert "js/destination-form.js" in html and "js/fragments.js" in html and "data-destination-form" in html
+    for kind in REGISTRY:
+        assert f'id="settings-{kind}"' in html and f'id="id_destination-kind-{kind}"' in html
+    wizard.post("destination", new_destination(folders, **{"local-create": ""}), wizard_test="1")
+    html = wizard.html
+    assert '<p class="test-outcome" role="status">' in html and "Test failed" in html
+    assert "A new destination must pass the test before you can go on." in html
+    sftp = html[html.index('id="settings-sftp"') : html.index('id="settings-ftp"')]
+    assert 'class="error"' not in sftp  # the other kinds are not validated
+    wizard.post("destination", {"target": ""})  # no choice: the step again, with its error
+    assert wizard.current_step() == "destination" and errors_at(wizard.html, "id_destination-target")
+    html = wizard.html
+    assert 'class="error"' not in html[html.index('id="new-destination"') : html.index('id="connection-title"')]
 
 
-@dataclass(frozen=True)
-class PinnedConf(LocalConf):
-    fingerprint: str = ""
+def trust_token_in(html: str) -> str:
+    match = re.search(r'name="trust" value="([^"]+)"', html)
+    assert match, "no trust button in the page"
+    return match.group(1)
 
 
-class PinnedBackend(LocalBackend):
-    kind = "pinned"
-    label = "Pinned test server"
-    conf_class = PinnedConf
-    secret_fields = ("password",)
-    form_class_path = "tests.test_wizard.PinnedForm"
-
-    def session(self):
-        seen = Fingerprint("ssh-host-key", FINGERPRINT, "fingerprint", "ssh-ed25519", trusted=False)
-        if self.conf.fingerprint != FINGERPRINT:
-            raise FingerprintError("The server's host key is not confirmed yet.", seen)
-        assert self._secrets.get("password") == "s3cret-destination-pass"
-        return super().session()
-
-
-class PinnedForm(LocalForm):
-    backend_class = PinnedBackend
-    secret_fields = ("password",)
-    password = django_forms.CharField(label="Password", required=False)
-
-
-@pytest.fixture
-def pinned_kind(monkeypatch):
-    monkeypatch.setitem(REGISTRY, "pinned", PinnedBackend)
+def pinned_destination(folders, **overrides) -> dict:
+    return {"target": "new", "name": "Pinned", "kind": "pinned", **pinned.typed(folders["backups"] / "p"), **overrides}
 
 
 def test_a_fingerprint_is_confirmed_inline_then_stored_with_the_destination(admin_client, job, folders, pinned_kind):
     wizard = to_step(Wizard(admin_client), "destination", job)
-    data = {
-        "target": "new",
-        "name": "Pinned",
-        "kind": "pinned",
-        "pinned-path": str(folders["backups"] / "p"),
-        "pinned-create": "on",
-        "pinned-password": "s3cret-destination-pass",
-    }
-    wizard.post("destination", data)
+    data = pinned_destination(folders)
+    wizard.post("destination", data)  # Next: the test stops at the server's identity
     assert wizard.current_step() == "destination"
-    assert FINGERPRINT in wizard.html and 'name="wizard_trust"' in wizard.html
-    assert "s3cret-destination-pass" not in wizard.html
-    # Trust: the password need not be typed again (kept encrypted in the wizard).
-    wizard.post("destination", {**data, "pinned-password": ""}, wizard_trust="1", fetch=True)
-    assert "Test passed" in wizard.html, wizard.html
+    assert pinned.SERVER_KEY in wizard.html and "Check the server&#x27;s fingerprint below" in wizard.html
+    assert pinned.LOGINS == []  # nothing was sent to the unconfirmed server
+    assert pinned.PASSWORD not in wizard.html
+    token = trust_token_in(wizard.html)
+    # Trust, in the background: the password need not be typed again (kept encrypted
+    # in the wizard, given to the kind's form as a pending secret).
+    wizard.post("destination", {**data, "pinned-password": ""}, trust=token, fetch=True)
+    assert wizard.page.status_code == 200 and "Test passed" in wizard.html, wizard.html
+    assert pinned.LOGINS == [pinned.PASSWORD]
     wizard.post("destination", {**data, "pinned-password": ""})
     assert wizard.current_step() == "summary", wizard.html
+    assert pinned.LOGINS == [pinned.PASSWORD]  # Next did not test again
     wizard.post("summary", {"action": "save"})
+    assert pinned.LOGINS == [pinned.PASSWORD]  # nor did Finish
     created = Destination.objects.get(name="Pinned")
-    assert created.settings["fingerprint"] == FINGERPRINT
-    assert created.secrets == {"password": "s3cret-destination-pass"}
+    assert created.settings["host_key"] == pinned.SERVER_KEY
+    assert created.secrets == {"password": pinned.PASSWORD}
+    assert created.last_test_ok is True  # the test it passed, recorded
+
+
+def test_without_javascript_test_trust_and_next_reload_the_step(admin_client, job, folders, pinned_kind):
+    wizard = to_step(Wizard(admin_client), "destination", job)
+    data = pinned_destination(folders)
+    wizard.post("destination", data, wizard_test="1")
+    assert wizard.current_step() == "destination" and pinned.SERVER_KEY in wizard.html
+    assert "A value was typed; leave blank to keep it." in wizard.html  # the password, kept
+    wizard.post("destination", {**data, "pinned-password": ""}, trust=trust_token_in(wizard.html))
+    assert wizard.current_step() == "destination" and "Test passed" in wizard.html
+    assert "This is the confirmed identity of the server." in wizard.html
+    wizard.post("destination", {**data, "pinned-password": ""})
+    assert wizard.current_step() == "summary", wizard.html
+    assert pinned.LOGINS == [pinned.PASSWORD]
+
+
+def test_a_forged_or_foreign_trust_token_pins_nothing(admin_client, job, folders, pinned_kind):
+    from destinations import services
+
+    wizard = to_step(Wizard(admin_client), "destination", job)
+    data = pinned_destination(folders)
+    wizard.post("destination", data, trust="not-a-token", fetch=True)
+    assert "expired or is invalid" in wizard.html and "Test passed" not in wizard.html
+    other_kind = services.trust_token("sftp", pinned.pinned_fingerprint("host_key_fingerprint"), None)
+    wizard.post("destination", data, trust=other_kind, fetch=True)
+    assert "belongs to another destination" in wizard.html
+    saved = services.trust_token("pinned", pinned.pinned_fingerprint(), job.destinations.get().pk)
+    wizard.post("destination", data, trust=saved, fetch=True)
+    assert "belongs to another destination" in wizard.html
+    assert pinned.LOGINS == []
+    session = admin_client.session[f"wizard_job_wizard_{wizard.id}"]
+    assert "pinned" not in json.dumps(session.get("extra_data", {}))
+
+
+def test_a_saved_destination_whose_identity_changed_is_confirmed_from_the_wizard(
+    admin_client, job, folders, pinned_kind
+):
+    saved = Destination.objects.create(
+        name="Office server",
+        kind="pinned",
+        settings={"path": str(folders["backups"] / "s"), "user": "backup", "host_key": pinned.SERVER_KEY},
+        secrets={"password": pinned.PASSWORD},
+    )
+    pinned.SHOWN["key"] = pinned.OTHER_KEY  # the server was reinstalled
+    wizard = to_step(Wizard(admin_client), "destination", job)
+    wizard.post("destination", {"target": str(saved.pk)}, wizard_test="1", fetch=True)
+    assert "host key changed" in wizard.html and pinned.OTHER_KEY in wizard.html
+    seen = []
+    configwrite.config_changed.connect(lambda sender, change, **kw: seen.append(change), weak=False)
+    try:
+        wizard.post("destination", {"target": str(saved.pk)}, trust=trust_token_in(wizard.html), fetch=True)
+    finally:
+        configwrite.config_changed.receivers.clear()
+    assert "Test passed" in wizard.html, wizard.html
+    saved.refresh_from_db()
+    assert saved.settings["host_key"] == pinned.OTHER_KEY and saved.last_test_ok is True
+    assert [c.model for c in seen] == ["destinations.destination"]  # through configwrite, audited
+
+
+def test_throttled_tests_say_when_to_try_again(admin_client, job, folders, settings):
+    settings.BACKUPSITE_RATE_LIMITS = {"destination-test": (1, 60)}  # the destination pages' limiter
+    wizard = to_step(Wizard(admin_client), "destination", job)
+    wizard.post("destination", new_destination(folders), wizard_test="1", fetch=True)
+    assert wizard.page.status_code == 200 and "Test passed" in wizard.html
+    wizard.post("destination", new_destination(folders), wizard_test="1", fetch=True)
+    assert wizard.page.status_code == 429 and int(wizard.page["Retry-After"]) > 0
+    assert "Too many connection tests" in wizard.html
+    wizard.post("destination", {"target": str(job.destinations.get().pk)}, wizard_test="1")
+    assert wizard.page.status_code == 200 and "Too many connection tests" in wizard.html  # the whole step
+
+
+@pytest.fixture
+def pinned_kind(monkeypatch):
+    pinned.register(monkeypatch)
 
 
 # --- Back, Next and two tabs -------------------------------------------------------------

@@ -20,130 +20,33 @@ newcomer's clicks and seconds are printed and written to
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
+from tests.browser import ARTIFACTS as ARTIFACT_ROOT
+from tests.browser import User, launch_chromium, run_id, start_panel, wait_for_success
 from tests.conftest import require_binary, restore_with_stock_tools, trees_identical
-from tests.servers import _die_with_parent, free_port
 from tests.test_encryption import age_decrypt_with_password
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "tests" / "artifacts" / "wizard"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+ARTIFACTS = ARTIFACT_ROOT / "wizard"
 BACKUP_PASSWORD = "plenty of unrelated words"
-RUN_TIMEOUT_MS = 120_000
-
-
-class Stack:
-    def __init__(self, data: Path, env: dict, base: str, password: str) -> None:
-        self.data, self.env, self.base, self.password = data, env, base, password
-
-    def manage(self, *args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=300
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def python(self, code: str) -> str:
-        """Django code against the stack's database (``manage.py shell -c``); returns the
-        last line it printed."""
-        return self.manage("shell", "--no-imports", "-c", code).strip().splitlines()[-1]
-
-    def log(self, name: str) -> str:
-        path = self.data / "logs" / name
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    require_binary("zstd")
-    require_binary("tar")
-    if not Path(CHROMIUM).exists():
-        require_binary("chromium")
-    data = tmp_path_factory.mktemp("wizard-browser") / "var"
-    port = free_port()
-    env = {
-        "PATH": os.environ["PATH"],
-        "DJANGO_SETTINGS_MODULE": "backupsite.settings",
-        "BACKUPSITE_ENV_FILE": "",
-        "BACKUPSITE_DATA_DIR": str(data),
-        "DEBUG": "1",
-        "PYTHONUNBUFFERED": "1",
-        "TIME_ZONE": "Europe/Berlin",
-    }
-    probe = Stack(data, env, f"http://127.0.0.1:{port}", "")
-    probe.manage("migrate", "--noinput")
-    probe.manage("loaddemo")
-    probe.password = re.search(r"password: (\S+)", probe.manage("bootstrapadmin")).group(1)
-    logs = data / "logs"
-    logs.mkdir()
-
-    def spawn(args, log):
-        return subprocess.Popen(
-            [sys.executable, *args],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=open(logs / log, "w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-
-    procs = [
-        spawn(["manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"], "web.log"),
-        spawn(["-m", "celery", "-A", "backupsite.celery", "worker", "--beat", "--concurrency", "1"], "worker.log"),
-    ]
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(probe.base + "/accounts/login/", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                pytest.fail("the panel did not start:\n" + probe.log("web.log"))
-            time.sleep(0.3)
-    try:
-        yield probe
-    finally:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+    with start_panel(tmp_path_factory.mktemp("wizard-browser") / "var") as panel:
+        yield panel
 
 
 @pytest.fixture(scope="module")
 def chromium():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launch_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
@@ -152,74 +55,6 @@ def context(chromium):
     context.set_default_timeout(30_000)
     yield context
     context.close()
-
-
-class User:
-    """A page plus what a person does on it, counted: clicks (and key presses that
-    press a button) and fields typed into."""
-
-    def __init__(self, page, stack: Stack, name: str) -> None:
-        self.page, self.stack, self.name = page, stack, name
-        self.clicks = 0
-        self.typed = 0
-        self.errors: list[str] = []
-        # Script errors, and responses that failed (the browser's own favicon.ico aside).
-        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-        page.on(
-            "response",
-            lambda r: (
-                r.status >= 400 and not r.url.endswith("/favicon.ico") and self.errors.append(f"{r.status} {r.url}")
-            ),
-        )
-
-    def click(self, selector: str) -> None:
-        self.clicks += 1
-        self.page.click(selector)
-
-    def fill(self, selector: str, value: str) -> None:
-        self.typed += 1
-        self.page.fill(selector, value)
-
-    def shot(self, name: str) -> None:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(ARTIFACTS / f"{self.name}-{name}.png"), full_page=True)
-
-    def login(self) -> None:
-        self.page.goto(self.stack.base + "/accounts/login/")
-        self.fill("#id_username", "admin")
-        self.fill("#id_password", self.stack.password)
-        self.click("button[type=submit]")
-        self.page.wait_for_url(self.stack.base + "/")
-
-    def step(self) -> str:
-        return self.page.get_attribute("input[name$='-current_step']", "value")
-
-    # --- the keyboard alone -----------------------------------------------------------------
-    def tab_to(self, selector: str, limit: int = 80) -> None:
-        """Press Tab until *selector* has the focus (fail if it never gets it)."""
-        for _ in range(limit):
-            if self.page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector):
-                return
-            self.page.keyboard.press("Tab")
-        pytest.fail(f"{selector} cannot be reached with Tab")
-
-    def key_type(self, selector: str, text: str) -> None:
-        self.tab_to(selector)
-        self.page.keyboard.press("Control+A")
-        self.page.keyboard.type(text)
-
-
-def wait_for_success(user: User) -> None:
-    page = user.page
-    try:
-        page.wait_for_selector("#run-progress .state-succeeded", timeout=RUN_TIMEOUT_MS)
-        page.wait_for_selector("a[href$='/download/']", timeout=RUN_TIMEOUT_MS)
-    except Exception:  # noqa: BLE001 - Playwright's timeout: say why
-        pytest.fail("the run did not succeed:\n" + page.inner_text("main") + "\n" + user.stack.log("worker.log"))
-
-
-def run_id(page) -> int:
-    return int(re.search(r"/runs/(\d+)/", page.url).group(1))
 
 
 # --- 1: the newcomer's path ----------------------------------------------------------------------
@@ -414,7 +249,7 @@ def test_two_tabs_only_keep_settings_one_with_a_new_destination(stack, context):
     first.fill("#id_destination-local-path", str(stack.data / "backups" / "nas"))
     first.click("#id_destination-local-create")
     first.click("button[name=wizard_test]")
-    page.wait_for_selector("#test-outcome .state-succeeded")
+    page.wait_for_selector("#test-result .test-result.ok")
     assert page.evaluate("window.__same_page === true")  # tested in the background
     first.shot("3-destination-tested")
     first.click("#wizard-next")

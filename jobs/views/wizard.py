@@ -8,9 +8,11 @@ formtools' :class:`~formtools.wizard.views.SessionWizardView`, with:
 * Back (and the step links) keep what was entered on the step being left, unvalidated;
   a step shown again from the storage is shown as it was entered, its errors only when
   it is sent (or when Finish finds it invalid: formtools validates every step again);
-* the extra buttons, each answered with a fragment when sent by ``static/js/wizard.js``
-  (``X-Requested-With: fetch``), else with the whole step: *Update preview* (step 1),
-  *Measure now* (step 2), *Test connection* and *Trust this fingerprint* (step 3);
+* the extra buttons, each answered with a fragment when sent in the background by
+  ``static/js/fragments.js`` or ``static/js/wizard.js`` (``X-Requested-With: fetch``),
+  else with the whole step: *Update preview* (step 1), *Measure now* (step 2), *Test
+  connection* and *I have checked this fingerprint: trust it* (step 3: the destination
+  pages' test, trust token and result region, :mod:`destinations.services`);
 * *Cancel*, which removes the wizard at once.
 
 The steps' rules are in :mod:`jobs.wizard.forms`, Finish in :mod:`jobs.wizard.finish`.
@@ -22,7 +24,7 @@ from collections import OrderedDict
 from datetime import datetime
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied, SuspiciousOperation, ValidationError
+from django.core.exceptions import PermissionDenied, SuspiciousOperation
 from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.response import TemplateResponse
@@ -33,9 +35,9 @@ from django.views.decorators.debug import sensitive_post_parameters
 from formtools.wizard.forms import ManagementForm
 from formtools.wizard.views import SessionWizardView
 
-from backupsite import ratelimit
+from destinations import services as destination_services
 from destinations.backends import DestinationError
-from destinations.backends.base import FREE_SPACE, TestResult
+from destinations.backends.base import FREE_SPACE
 from destinations.models import Destination
 from jobs.models import Job, Source
 from jobs.sources import SourceError
@@ -49,12 +51,14 @@ STEP_TEMPLATES = {
     "destination": "jobs/wizard/step_destination.html",
     "summary": "jobs/wizard/step_summary.html",
 }
-ACTIONS = ("wizard_preview", "wizard_measure", "wizard_test", "wizard_trust")
+#: The extra buttons; ``trust`` is the destination pages' own trust button (its value a
+#: signed trust token, ``destinations/_test_result.html``).
+ACTIONS = ("wizard_preview", "wizard_measure", "wizard_test", "trust")
 FRAGMENTS = {
     "wizard_preview": "jobs/wizard/_general_preview.html",
     "wizard_measure": "jobs/wizard/_sources.html",
-    "wizard_test": "jobs/wizard/_test_region.html",
-    "wizard_trust": "jobs/wizard/_test_region.html",
+    "wizard_test": "destinations/_test_region.html",
+    "trust": "destinations/_test_region.html",
 }
 PERMISSIONS = {steps.CREATE: "jobs.add_job", steps.DUPLICATE: "jobs.add_job", steps.EDIT: "jobs.change_job"}
 
@@ -120,8 +124,9 @@ class JobWizard(SessionWizardView):
         action = next((name for name in ACTIONS if name in request.POST), None)
         goto = request.POST.get("wizard_goto_step")
         step = self._posted_step()
-        if action == "wizard_trust" and step == "destination":
-            self._trust_fingerprint()
+        self.trust_error = ""
+        if action == "trust" and step == "destination" and request.POST.get("destination-target") == steps.NEW:
+            self._trust_new_destination()  # before the form is built: it gets the pinned setting
         form = self.get_form(step, data=request.POST)
         # Whatever happens next (Next with errors, Back, a test), what was typed on this
         # step is kept, secrets encrypted: nothing has to be typed twice.
@@ -251,7 +256,7 @@ class JobWizard(SessionWizardView):
     def done(self, form_list, form_dict=None, **kwargs):
         cleaned = {step: form.cleaned_data for step, form in form_dict.items()}
         destination_form = form_dict["destination"]
-        tested = destination_form.result if cleaned["destination"].get("target") == steps.NEW else None
+        tested = destination_form.remembered_test() if cleaned["destination"].get("target") == steps.NEW else ""
         outcome = finish(steps=cleaned, mode=self.mode, job=self.job, request=self.request, tested=tested)
         messages.add_message(self.request, getattr(messages, outcome.level.upper()), outcome.message)
         return redirect(outcome.url)
@@ -261,13 +266,17 @@ class JobWizard(SessionWizardView):
         status = 200
         if action == "wizard_measure" and step == "content":
             self._measure(form)
-        elif action in ("wizard_test", "wizard_trust") and step == "destination":
-            status = self._test(form)
+        elif action in ("wizard_test", "trust") and step == "destination":
+            status = self._test(form, action)
         if _is_fetch(self.request) and action in FRAGMENTS:
             if status == 422:
                 return TemplateResponse(self.request, "jobs/wizard/_empty.html", {}, status=422)
             context = self.get_context_data(form=form)
-            return TemplateResponse(self.request, FRAGMENTS[action], context, status=status)
+            response = TemplateResponse(self.request, FRAGMENTS[action], context, status=status)
+            retry_after = getattr(form, "region", {}).get("retry_after")
+            if status == 429 and retry_after:
+                response["Retry-After"] = str(retry_after)
+            return response
         if status != 422:
             form.suppress_errors()
         return self.render(form)
@@ -286,51 +295,63 @@ class JobWizard(SessionWizardView):
         else:
             form.measure_message = _("Measured “%(name)s”.") % {"name": source.name}
 
-    def _trust_fingerprint(self) -> None:
-        """Pin the fingerprint the last test showed (kept server-side, never taken from
-        the form) into the new destination's settings; the test then runs again."""
+    def _trust_new_destination(self) -> None:
+        """Pin the fingerprint of the trust token (signed when the test saw it, so only
+        what the server really showed) into the wizard's memory for the new
+        destination's kind; the test then runs again with it."""
         if not self.request.user.has_perm("destinations.add_destination"):
             raise PermissionDenied
-        memory = self.storage.extra_data
-        seen = memory.pop("fingerprint", None)
-        if seen:
-            memory.setdefault("pinned", {}).setdefault(seen["destination_kind"], {})[seen["setting"]] = seen["value"]
+        kind = self.request.POST.get("destination-kind", "")
+        try:
+            setting, value = destination_services.read_trust_token(self.request.POST.get("trust", ""), kind)
+        except destination_services.TokenError as exc:
+            self.trust_error = str(exc)
+            return
+        self.storage.extra_data.setdefault("pinned", {}).setdefault(kind, {})[setting] = value
 
-    def _test(self, form) -> int:
-        """Test the chosen destination now. Returns the HTTP status of the answer: 422
-        when the settings have errors (shown next to their fields), 429 when throttled."""
+    def _test(self, form, action: str) -> int:
+        """Test (or trust and test again) the chosen destination now, as the destination
+        pages do. Returns the HTTP status of the answer: 422 when the new destination's
+        settings have errors (shown next to their fields), 429 when throttled."""
+        form.skip_connection = True  # the page may validate the step: never a second test
         target = form.chosen_target()
         if target == steps.NEW:
             if not form.may_create:
                 raise PermissionDenied
-            form.skip_connection = True
-            form.is_valid()
-            if "new_settings" not in form.cleaned_data:
-                return 422
-            try:
-                form.check_connection(form.cleaned_data["kind"], form.cleaned_data, force=True)
-            except ValidationError as exc:
-                form.test_error = exc.messages[0]
-                if exc.code == "throttled":
-                    return 429
-            return 200
+            if self.trust_error:
+                form.region["test_error"] = self.trust_error
+                return 200
+            status, region = destination_services.test_kind_form(self.request, form.kinds.chosen_form)
+            form.region.update(region)
+            form.result = region.get("result")
+            form.remember_test(form.chosen_kind(), region)
+            return status
         if not self.request.user.has_perm("destinations.change_destination"):
             raise PermissionDenied  # as the destination pages' own Test button
         destination = Destination.objects.filter(pk=_int(target), enabled=True).first()
         if destination is None:
-            form.test_error = _("Choose a destination to test.")
+            form.region["test_error"] = _("Choose a destination to test.")
             return 200
         try:
-            steps.throttle_test(self.request)
-        except ratelimit.RateLimited as exc:
-            form.test_error = str(exc)
+            destination_services.throttle_test(self.request)
+        except destination_services.TestThrottled as exc:
+            form.region.update(throttled=str(exc), retry_after=exc.retry_after)
             return 429
-        try:
-            result = destination.backend().test()
-        except DestinationError as exc:
-            result = TestResult(ok=False, message=str(exc))
-        destination.record_test(result)
-        form.result = result
+        if action == "trust":
+            try:
+                result = destination_services.trust_and_retest(
+                    destination, self.request.POST.get("trust", ""), request=self.request
+                )
+            except destination_services.TokenError as exc:
+                form.region["test_error"] = str(exc)
+                return 200
+        else:
+            result = destination_services.test_destination(destination)
+        form.region["result"] = form.result = result
+        if result.needs_confirmation:
+            form.region["trust_token"] = destination_services.trust_token(
+                destination.kind, result.fingerprint, destination.pk
+            )
         return 200
 
     # --- rendering ------------------------------------------------------------------------
@@ -340,7 +361,7 @@ class JobWizard(SessionWizardView):
     def get_context_data(self, form, **kwargs):
         context = super().get_context_data(form=form, **kwargs)
         context.pop("owner", None)
-        for key in ("tested", "pinned", "fingerprint", "checked"):
+        for key in ("tested", "pinned", "checked"):
             context.pop(key, None)  # the wizard's memory is not for templates
         current = self.steps.current
         context.update(
@@ -430,25 +451,28 @@ class JobWizard(SessionWizardView):
                 }
             )
         return {
-            "kind_forms": [
-                {
-                    "kind": kind,
-                    "label": kf.backend_class.label,
-                    "help_text": kf.backend_class.help_text,
-                    "form": kf,
-                    "chosen": kind == form.chosen_kind(),
-                }
-                for kind, kf in form.kind_forms.items()
-            ],
+            "kind_forms": form.kinds.rows(),
             "result": result,
-            "test_error": getattr(form, "test_error", ""),
-            "can_trust": result is not None
-            and result.needs_confirmation
-            and bool(self.storage.extra_data.get("fingerprint"))
-            and self.request.user.has_perm("destinations.add_destination"),
             "targets": targets,
             "estimate": estimate,
+            **self._region(form, chosen),
         }
+
+    def _region(self, form, target: str) -> dict:
+        """What ``destinations/_test_region.html`` shows: the step's own test (or the
+        trust token of a fingerprint to confirm), nothing carried in the page (the
+        wizard's storage keeps the typed secrets, the confirmed fingerprints and the
+        passed tests)."""
+        new = target == steps.NEW
+        perm = "destinations.add_destination" if new else "destinations.change_destination"
+        region = {
+            "can_trust": self.request.user.has_perm(perm),
+            "trust_in_form": True,
+            "failed_hint": _("A new destination must pass the test before you can go on.") if new else "",
+            "passed_hint": _("The new destination is saved when you finish the wizard.") if new else "",
+        }
+        region.update((key, value) for key, value in form.region.items() if key not in ("tested", "retry_after"))
+        return region
 
     def _summary_context(self) -> dict:
         general = self._cleaned("general") or {}

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils.translation import gettext as _
 
 from backupsite import audit, configwrite
-from destinations.backends.base import TestResult
+from destinations import services as destination_services
 from destinations.models import Destination
 from jobs import services
 from jobs.models import Job, Run
@@ -54,8 +54,9 @@ def apply_encryption(job: Job, content: dict) -> None:
     # else: a job that has a backup password keeps it (both fields left blank)
 
 
-def new_destination(destination: dict, *, request) -> Destination:
-    """Save the destination created in step 3 (with the test result it passed)."""
+def new_destination(destination: dict, *, request, tested: str = "") -> Destination:
+    """Save the destination created in step 3, with the test it passed (*tested*: its
+    tested token, recorded if it tested exactly these settings)."""
     created = Destination(
         name=destination["name"].strip(),
         kind=destination["kind"],
@@ -63,10 +64,11 @@ def new_destination(destination: dict, *, request) -> Destination:
         secrets=destination["new_secrets"],
     )
     configwrite.save(created, request=request)
+    destination_services.record_tested(created, tested)
     return created
 
 
-def finish(*, steps: dict, mode: str, job: Job | None, request, tested: TestResult | None = None) -> Outcome:
+def finish(*, steps: dict, mode: str, job: Job | None, request, tested: str = "") -> Outcome:
     general, content, destination_step = steps["general"], steps["content"], steps["destination"]
     action = steps["summary"]["action"]
     user = request.user
@@ -74,9 +76,7 @@ def finish(*, steps: dict, mode: str, job: Job | None, request, tested: TestResu
         target = destination_step.get("target")
         destination: Destination | None = None
         if target == NEW:
-            destination = new_destination(destination_step, request=request)
-            if tested is not None:
-                destination.record_test(tested)
+            destination = new_destination(destination_step, request=request, tested=tested)
         elif target != KEEP:
             destination = destination_step.get("destination")
         kept = list(job.destinations.all()) if job is not None and target == KEEP else []

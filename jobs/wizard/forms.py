@@ -5,8 +5,9 @@ formtools validates every step again on Finish. What a form needs besides its da
 from the view as keyword arguments: ``job`` (the job being edited or duplicated, else
 None), ``mode`` ("create", "edit" or "duplicate"), ``pending`` (secrets typed earlier in
 this step, decrypted from the wizard's storage: a secret field left blank keeps them)
-and, for step 3, ``memory`` (the wizard's own notes: successful connection tests, the
-fingerprints an administrator confirmed) and ``request``.
+and, for steps 2 and 3, ``memory`` (the wizard's own notes: the current backup password
+checked, passed connection tests, the fingerprints an administrator confirmed) and, for
+step 3, ``request``.
 
 Secret fields are never rendered back; the step's form lists them in
 :meth:`StepForm.secret_keys` so the view stores them encrypted, apart from the rest.
@@ -31,12 +32,12 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext_lazy as _
 
-from backupsite import ratelimit
 from backupsite.validators import split_addresses, validate_address_list, validate_no_control_chars
+from destinations import services as destination_services
 from destinations.backends import REGISTRY as DESTINATION_KINDS
 from destinations.backends import DestinationError
 from destinations.backends.base import TestResult, job_folder
-from destinations.forms import KindChoiceForm
+from destinations.forms import KindChoiceForm, KindForms
 from destinations.models import Destination
 from jobs import schedule
 from jobs.engine import agekeys
@@ -461,37 +462,28 @@ class ContentForm(StepForm):
         return str(self["encryption"].value() or Job.Encryption.PASSWORD)
 
 
-# --- step 3 --------------------------------------------------------------------------
 def secret_key(purpose: str, values: dict) -> str:
     """Names *values* (secrets included) without revealing them: an HMAC with the site's
-    secret key, kept in the wizard's memory after a check passed (a connection test, the
-    current backup password), so validating the step again does not repeat the check."""
+    secret key, kept in the wizard's memory after a check passed (the current backup
+    password), so validating the step again does not repeat the check."""
     payload = json.dumps(values, sort_keys=True, default=str)
     key = hashlib.sha256(f"backupsite.wizard.{purpose}:{settings.SECRET_KEY}".encode()).digest()
     return hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
 
 
-def connection_key(kind: str, settings_: dict, secrets: dict) -> str:
-    """Names one set of destination settings: a test that passed is not run again."""
-    return secret_key("test", {"kind": kind, "settings": settings_, "secrets": secrets})
-
-
-def throttle_test(request) -> None:
-    """The shared limiter of connection tests (per administrator and per address)."""
-    ratelimit.hit("destination-test", f"user:{request.user.pk}")
-    ratelimit.hit("destination-test-ip", f"ip:{request.META.get('REMOTE_ADDR', '')}")
-
-
-def run_test(backend) -> TestResult:
-    try:
-        return backend.test()
-    except DestinationError as exc:
-        return TestResult(ok=False, message=str(exc))
-
-
+# --- step 3 --------------------------------------------------------------------------
 class DestinationForm(StepForm):
     """Pick a saved destination, or create one of any registered kind with that kind's
-    own form (``destinations.forms``); a new one is tested before the step passes."""
+    own form: the destination pages' :class:`~destinations.forms.KindForms` (the same
+    partials, script, test and fingerprint confirmation); a new one is tested before the
+    step passes.
+
+    What the wizard remembers (``memory``, its server-side storage) instead of what the
+    destination pages carry in the page: the settings confirmed with a trust token
+    (``pinned``, per kind) and the tested token of the last passed test (``tested``, per
+    kind), so neither Next nor Finish tests exactly these settings again. Secrets typed
+    before come decrypted from the wizard's storage (``pending``) as the kind form's
+    ``pending_secrets``."""
 
     title = _("Destination")
 
@@ -503,7 +495,7 @@ class DestinationForm(StepForm):
         validators=[validate_no_control_chars],
         help_text=_("e.g. “NAS in the office”."),
     )
-    kind = forms.ChoiceField(label=_("Kind"), widget=forms.RadioSelect, required=False, choices=())
+    kind = forms.ChoiceField(label=_("Kind of destination"), widget=forms.RadioSelect, required=False, choices=())
 
     def __init__(self, *args, memory: dict | None = None, request=None, job_slug: str = "", **kwargs):
         super().__init__(*args, **kwargs)
@@ -526,20 +518,23 @@ class DestinationForm(StepForm):
             choices.append((NEW, _("A new destination")))
         self.fields["target"].choices = choices
         self.fields["kind"].choices = KindChoiceForm().fields["kind"].choices
-        self.kind_forms = {}
-        for kind, backend_class in DESTINATION_KINDS.items():
-            prefix = self.add_prefix(kind)
-            typed = {
-                name: self.pending[f"{prefix}-{name}"]
-                for name in backend_class.secret_fields
-                if self.pending.get(f"{prefix}-{name}")
-            }
-            data = self._with_pinned(kind, backend_class, self.data if self.is_bound else None, prefix)
-            self.kind_forms[kind] = backend_class.form_class()(
-                data, secrets=typed, prefix=prefix, use_required_attribute=False
-            )
+        chosen = self.chosen_kind()
+        own = f"{self.add_prefix(chosen)}-"
+        self.kinds = KindForms(
+            self.data if self.is_bound else None,
+            kinds=list(DESTINATION_KINDS),
+            chosen=chosen,
+            prefix=self.prefix,
+            pending={key[len(own) :]: value for key, value in self.pending.items() if key.startswith(own)},
+            pinned=self.pinned(chosen),
+            use_required_attribute=False,
+        )
+        if self.is_bound and self.chosen_target() != NEW:
+            self.kinds.suppress_errors()  # a saved destination is picked: the kinds' fields are not used
         #: The connection test of this request (or the remembered one), for the page.
         self.result: TestResult | None = None
+        #: What the result region shows (``destinations/_test_region.html``).
+        self.region: dict = {}
         #: Validate without testing the connection (the Test button tests by itself).
         self.skip_connection = False
 
@@ -550,50 +545,35 @@ class DestinationForm(StepForm):
         return []
 
     def secret_keys(self) -> list[str]:
-        return [form.add_prefix(name) for form in self.kind_forms.values() for name in form.secret_fields]
+        return self.kinds.secret_keys()
 
     def suppress_errors(self) -> None:
         super().suppress_errors()
-        for form in self.kind_forms.values():
-            form._errors = ErrorDict()
-            form.cleaned_data = {}
+        self.kinds.suppress_errors()
 
-    # --- confirmed fingerprints ---------------------------------------------------------
+    # --- confirmed fingerprints and passed tests, remembered per kind -------------------
     def pinned(self, kind: str) -> dict:
         return dict((self.memory.get("pinned") or {}).get(kind) or {})
 
-    def _with_pinned(self, kind, backend_class, data, prefix):
-        """A confirmed fingerprint fills its field when the kind's form has one."""
-        pinned = self.pinned(kind)
-        if data is None or not pinned:
-            return data
-        form_fields = backend_class.form_class().base_fields
-        missing = {f"{prefix}-{k}": v for k, v in pinned.items() if k in form_fields and not data.get(f"{prefix}-{k}")}
-        if not missing:
-            return data
-        data = data.copy()
-        for key, value in missing.items():
-            data[key] = value
-        return data
+    def remember_test(self, kind: str, region: dict) -> None:
+        """Keep the tested token of a passed test (the region of ``test_kind_form``)."""
+        result = region.get("result")
+        if result is not None and result.ok and region.get("tested"):
+            self.memory.setdefault("tested", {})[kind] = region["tested"]
+
+    def remembered_test(self) -> str:
+        """The tested token of the chosen kind's last passed test (Finish records it on
+        the new destination if it tested exactly what is saved)."""
+        return (self.memory.get("tested") or {}).get(self.chosen_kind(), "")
 
     # --- the chosen kind ------------------------------------------------------------------
     def chosen_kind(self) -> str:
         value = self["kind"].value() if self.is_bound else self.initial.get("kind")
-        return value if value in self.kind_forms else next(iter(self.kind_forms), "")
+        return value if value in DESTINATION_KINDS else next(iter(DESTINATION_KINDS), "")
 
     def chosen_target(self) -> str:
         value = self["target"].value() if self.is_bound else self.initial.get("target")
         return str(value or "")
-
-    def new_backend(self):
-        """The unsaved backend of the new destination's settings (after is_valid), with
-        any confirmed fingerprint."""
-        kind = self.cleaned_data["kind"]
-        form = self.kind_forms[kind]
-        backend_class = form.backend_class
-        return backend_class(
-            backend_class.conf_class.parse(self.cleaned_data["new_settings"]), self.cleaned_data["new_secrets"]
-        )
 
     def clean(self):
         cleaned = super().clean()
@@ -616,43 +596,32 @@ class DestinationForm(StepForm):
                 "name", _("A destination with this name exists already; pick it above or choose another name.")
             )
         kind = cleaned.get("kind")
-        if kind not in self.kind_forms:
+        if kind not in DESTINATION_KINDS:
             self.add_error("kind", _("Choose the kind of the new destination."))
             return
-        form = self.kind_forms[kind]
+        form = self.kinds.chosen_form
         if not form.is_valid():
             raise ValidationError(_("Correct the settings of the new destination marked below."), code="kind_form")
-        settings_ = {**form.parsed_settings, **{k: v for k, v in self.pinned(kind).items() if k not in form.fields}}
-        try:
-            form.backend_class.conf_class.parse(settings_)
-        except ValueError as exc:
-            raise ValidationError(str(exc)) from None
-        cleaned["new_settings"] = settings_
+        cleaned["new_settings"] = form.parsed_settings
         cleaned["new_secrets"] = form.secrets_from_cleaned(form.cleaned_data)
         if self.errors or self.skip_connection:
             return
         self.check_connection(kind, cleaned)
 
-    def check_connection(self, kind: str, cleaned: dict, *, force: bool = False) -> TestResult | None:
+    def check_connection(self, kind: str, cleaned: dict) -> TestResult:
         """Test the new destination's settings unless exactly these passed a test in this
         wizard before (Finish validates every step again: no second test)."""
-        key = connection_key(kind, cleaned["new_settings"], cleaned["new_secrets"])
-        tested = self.memory.setdefault("tested", {})
-        if key in tested and not force:
-            self.result = TestResult.from_dict(tested[key])
-            return self.result
-        if self.request is not None:
-            try:
-                throttle_test(self.request)
-            except ratelimit.RateLimited as exc:
-                raise ValidationError(str(exc), code="throttled") from None
-        backend = self.new_backend()
-        result = run_test(backend)
-        self.result = result
-        self.memory.pop("fingerprint", None)
+        remembered = destination_services.tested_result(
+            self.remembered_test(), kind, cleaned["new_settings"], cleaned["new_secrets"]
+        )
+        if remembered is not None and remembered.ok:
+            self.result = remembered
+            return remembered
+        status, self.region = destination_services.test_kind_form(self.request, self.kinds.chosen_form)
+        if status == 429:
+            raise ValidationError(self.region.pop("throttled"), code="throttled")
+        result = self.result = self.region["result"]
         if result.needs_confirmation:
-            seen = result.fingerprint
-            self.memory["fingerprint"] = {"destination_kind": kind, "setting": seen.setting, "value": seen.value}
             raise ValidationError(
                 _("Check the server's fingerprint below and trust it if it is the right one, then go on."),
                 code="fingerprint",
@@ -661,7 +630,7 @@ class DestinationForm(StepForm):
             raise ValidationError(
                 _("The connection test failed: %(message)s") % {"message": result.message}, code="unreachable"
             )
-        tested[key] = result.to_dict()
+        self.remember_test(kind, self.region)
         return result
 
     # --- what the page shows ------------------------------------------------------------------

@@ -1,24 +1,22 @@
-// backupsite — the destination form, progressively enhanced. Without this script the
-// page works as it is: every kind's settings are shown under their headings, and the
-// Test button reloads the page with the result. With it:
-//  * only the chosen kind's fieldset is shown; the others are hidden and disabled (so
-//    their fields are neither validated by the browser nor sent);
-//  * Test connection and "trust this fingerprint" are sent in the background and the
-//    result replaces the result region, so nothing typed (passwords included) is lost.
-//    If the server cannot answer with a result (the settings have errors), the form is
-//    sent the normal way and the page shows the errors next to their fields.
+// backupsite — the kind part of a destination form, progressively enhanced (the
+// destination pages and the wizard's step 3: any element with data-destination-form
+// around a [data-kind-chooser] and the kinds' fieldset[data-kind]). Without this script
+// every kind's settings are shown under their headings and only the chosen kind's are
+// used. With it, only the chosen kind's fieldset is shown; the others are hidden and
+// disabled, so their fields are neither validated by the browser nor sent. (Test
+// connection and "trust this fingerprint" are sent in the background by fragments.js.)
 (function () {
   "use strict";
 
-  function setupKinds(form) {
-    var chooser = form.querySelector("[data-kind-chooser]");
+  function setupKinds(root) {
+    var chooser = root.querySelector("[data-kind-chooser]");
     if (!chooser) { return; }
-    var fieldsets = form.querySelectorAll("fieldset[data-kind]");
+    var fieldsets = root.querySelectorAll("fieldset[data-kind]");
     var hint = chooser.querySelector("[data-no-js-hint]");
     if (hint) { hint.hidden = true; }
 
     function show() {
-      var checked = chooser.querySelector("input[name='kind']:checked");
+      var checked = chooser.querySelector("input[type='radio']:checked");
       var kind = checked ? checked.value : null;
       fieldsets.forEach(function (fieldset) {
         var active = fieldset.getAttribute("data-kind") === kind;
@@ -31,72 +29,7 @@
     show();
   }
 
-  function fallback(form, submitter) {
-    // Send the form the normal way, with the button that was pressed.
-    var input = document.createElement("input");
-    input.type = "hidden";
-    input.name = submitter.name;
-    input.value = submitter.value;
-    form.appendChild(input);
-    form.submit();
-  }
-
-  function setupTest(form) {
-    var region = form.querySelector("[data-test-result]");
-    if (!region || !window.fetch || !window.FormData) { return; }
-    var busy = false;
-
-    form.addEventListener("submit", function (event) {
-      var submitter = event.submitter;
-      if (!submitter) { return; }
-      var isTest = submitter.name === "action" && submitter.value === "test";
-      var isTrust = submitter.name === "trust";
-      if (!isTest && !isTrust) { return; }
-      event.preventDefault();
-      if (busy) { return; }
-      busy = true;
-
-      var data = new FormData(form);
-      data.append(submitter.name, submitter.value);
-      var buttons = form.querySelectorAll("button[type='submit']");
-      buttons.forEach(function (b) { b.disabled = true; });
-      region.setAttribute("aria-busy", "true");
-      var status = document.createElement("p");
-      status.className = "muted";
-      status.textContent = region.getAttribute("data-testing-text") || "…";
-      region.replaceChildren(status);
-
-      fetch(form.getAttribute("action") || window.location.href, {
-        method: "POST",
-        body: data,
-        credentials: "same-origin",
-        headers: { "X-Requested-With": "fetch" }
-      })
-        .then(function (response) {
-          if (response.ok || response.status === 429) {
-            return response.text().then(function (html) {
-              region.innerHTML = html;  // a fragment rendered (and escaped) by the server
-              region.focus();
-            });
-          }
-          throw new Error("HTTP " + response.status);
-        })
-        .catch(function () {
-          status.textContent = region.getAttribute("data-failed-text") || "";
-          fallback(form, submitter);
-        })
-        .finally(function () {
-          busy = false;
-          region.removeAttribute("aria-busy");
-          buttons.forEach(function (b) { b.disabled = false; });
-        });
-    });
-  }
-
   document.addEventListener("DOMContentLoaded", function () {
-    document.querySelectorAll("form[data-destination-form]").forEach(function (form) {
-      setupKinds(form);
-      setupTest(form);
-    });
+    document.querySelectorAll("[data-destination-form]").forEach(setupKinds);
   });
 })();

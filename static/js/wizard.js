@@ -4,13 +4,12 @@
 // it again with the answer. With it:
 //  * fields that do not apply are hidden (the first start for "Manually only", the cron
 //    field, the password or key fields of the other encryption choices, the new
-//    destination's form while a saved one is picked, the other kinds' settings);
+//    destination's form while a saved one is picked);
 //  * the preview of step 1 follows what is typed, the total of step 2 follows the
 //    checkboxes, the strength of the backup password is shown while it is typed
-//    (the server decides; the words are the same);
-//  * Measure now, Test connection and Trust are sent in the background and only their
-//    region is replaced, so nothing typed is lost. If the server cannot answer with a
-//    fragment, the step is sent the normal way.
+//    (the server decides; the words are the same).
+// Measure now, Test connection and Trust are sent in the background by fragments.js;
+// the new destination's kinds swap by destination-form.js, as on the destination pages.
 (function () {
   "use strict";
 
@@ -47,13 +46,6 @@
       if (target) {
         form.querySelectorAll("[data-for-target]").forEach(function (el) {
           el.hidden = el.getAttribute("data-for-target") !== target;
-        });
-      }
-      var chooser = form.querySelector("[data-kind-chooser]");
-      if (chooser) {
-        var kind = (chooser.querySelector("input[type='radio']:checked") || {}).value;
-        form.querySelectorAll("fieldset[data-kind]").forEach(function (fs) {
-          fs.hidden = fs.getAttribute("data-kind") !== kind;
         });
       }
     }
@@ -110,79 +102,16 @@
     });
   }
 
-  // --- background requests --------------------------------------------------------------
-  function post(form, name, value) {
-    var data = new FormData(form);
-    data.append(name, value);
-    return fetch(form.getAttribute("action") || window.location.href, {
-      method: "POST",
-      body: data,
-      credentials: "same-origin",
-      headers: { "X-Requested-With": "fetch" }
-    });
-  }
-
-  function fallback(form, submitter) {
-    var input = document.createElement("input");
-    input.type = "hidden";
-    input.name = submitter.name;
-    input.value = submitter.value;
-    form.appendChild(input);
-    form.submit();
-  }
-
-  var REGIONS = {
-    wizard_measure: "[data-sources-region]",
-    wizard_test: "[data-test-result]",
-    wizard_trust: "[data-test-result]"
-  };
-
-  function setupButtons(form) {
-    var busy = false;
-    form.addEventListener("submit", function (event) {
-      var submitter = event.submitter;
-      if (!submitter || !REGIONS[submitter.name] || !window.fetch) { return; }
-      var region = form.querySelector(REGIONS[submitter.name]);
-      if (!region) { return; }
-      event.preventDefault();
-      if (busy) { return; }
-      busy = true;
-      var buttons = form.querySelectorAll("button[type='submit']");
-      buttons.forEach(function (b) { b.disabled = true; });
-      region.setAttribute("aria-busy", "true");
-      if (submitter.name !== "wizard_measure" && region.getAttribute("data-testing-text")) {
-        var status = document.createElement("p");
-        status.className = "muted";
-        status.textContent = region.getAttribute("data-testing-text");
-        region.replaceChildren(status);
-      }
-      post(form, submitter.name, submitter.value)
-        .then(function (response) {
-          if (response.ok || response.status === 429) {
-            return response.text().then(function (html) {
-              region.innerHTML = html;  // a fragment rendered (and escaped) by the server
-              if (region.hasAttribute("tabindex")) { region.focus(); }
-            });
-          }
-          throw new Error("HTTP " + response.status);
-        })
-        .catch(function () { fallback(form, submitter); })
-        .finally(function () {
-          busy = false;
-          region.removeAttribute("aria-busy");
-          buttons.forEach(function (b) { b.disabled = false; });
-        });
-    });
-  }
-
+  // --- step 1: the preview, refreshed in the background --------------------------------
   function setupPreview(form) {
     var region = form.querySelector("[data-preview-region]");
-    if (!region || !window.fetch) { return; }
+    var fragments = window.backupsiteFragments;
+    if (!region || !window.fetch || !fragments) { return; }
     var button = form.querySelector("[data-preview-button]");
     if (button) { button.hidden = true; }
     var timer = null;
     function refresh() {
-      post(form, "wizard_preview", "1")
+      fragments.post(form, "wizard_preview", "1")
         .then(function (response) { return response.ok ? response.text() : null; })
         .then(function (html) { if (html !== null) { region.innerHTML = html; } })
         .catch(function () { if (button) { button.hidden = false; } });
@@ -200,7 +129,6 @@
       setupVisibility(form);
       setupTotal(form);
       setupStrength(form);
-      setupButtons(form);
       setupPreview(form);
     });
   });

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from django import forms
 
-from destinations import netguard
 from destinations.backends.base import (
     Conf,
     ConfError,
@@ -25,6 +24,7 @@ from destinations.backends.base import (
 )
 from destinations.backends.local import LocalBackend, LocalSession, validate_local_path
 from destinations.forms import KindForm
+from destinations.netguard import check_host, resolve  # after the backends: netguard imports them
 
 SERVER_KEY = "SHA256:pretendhostkeyJ5tq2yKkAmnXWkQ3dE0ivDfXf9yGvYJv0"
 OTHER_KEY = "SHA256:anotherhostkeyQ9Ytz1gq7Kq0q7eXb3mN4vHcX2fN8pLw"
@@ -75,7 +75,7 @@ class PinnedBackend(LocalBackend):
 
     def session(self) -> LocalSession:
         if self.conf.host:
-            netguard.resolve(netguard.check_host(self.conf.host), 22, timeout=self.timeout)
+            resolve(check_host(self.conf.host), 22, timeout=self.timeout)
         shown = Fingerprint("ssh-host-key", SHOWN["key"], "host_key", "ssh-ed25519")
         if not self.conf.host_key:
             raise FingerprintError("The server's host key is not confirmed yet: check it, then trust it.", shown)
@@ -101,6 +101,12 @@ class PinnedForm(KindForm):
     user = forms.CharField(label="User", max_length=100)
     host = forms.CharField(label="Server", max_length=200, required=False)
     password = forms.CharField(label="Password", max_length=200, strip=False)
+
+
+def typed(folder: Path) -> dict:
+    """What an administrator types into this kind's fieldset (its form's data keys; the
+    wizard adds its step's prefix)."""
+    return {"pinned-path": str(folder), "pinned-user": "backup", "pinned-password": PASSWORD}
 
 
 def register(monkeypatch) -> type[PinnedBackend]:
