@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import REQUIRE_BINARIES, require_binary
+from tests.binaries import REQUIRE_BINARIES, require_binary
 
 START_TIMEOUT = 60  # seconds; a 2-core machine starts either server in 1–3 s
 
@@ -316,6 +316,13 @@ def _start_postgres():
 
 @pytest.fixture(scope="session")
 def postgres_server():
+    """On the PostgreSQL stack, the server the suite's own database lives on
+    (``tests/teststack.py``); otherwise one started for the session."""
+    from tests import teststack
+
+    if teststack.POSTGRES is not None:
+        yield teststack.POSTGRES
+        return
     started = time.monotonic()
     server, proc = _start_postgres()
     server.startup_seconds = time.monotonic() - started
@@ -476,4 +483,95 @@ def mariadb_server():
     server.startup_seconds = time.monotonic() - started
     yield server
     _stop(proc, signal.SIGTERM)  # clean shutdown
+    shutil.rmtree(server.directory, ignore_errors=True)
+
+
+# --- Redis ----------------------------------------------------------------------------
+REDIS_DATABASES = 64  # numbered databases: one per installation a test starts
+
+
+@dataclass
+class RedisServer:
+    """A running ``redis-server`` on 127.0.0.1:``port`` (no persistence, its own
+    directory, ``REDIS_DATABASES`` numbered databases). Database 0 and 1 are the test
+    suite's own broker and cache on the PostgreSQL stack; :meth:`new_db` hands out the
+    others, one per installation."""
+
+    port: int
+    directory: Path
+    host: str = "127.0.0.1"
+    startup_seconds: float = 0.0
+    _next_db: list = field(default_factory=lambda: [1])
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://{self.host}:{self.port}/{db}"
+
+    def new_db(self) -> int:
+        """A database number nobody else in this session uses."""
+        self._next_db[0] += 1
+        if self._next_db[0] >= REDIS_DATABASES:
+            raise RuntimeError(f"more than {REDIS_DATABASES - 2} Redis databases asked for in one session")
+        return self._next_db[0]
+
+    def command(self, *args: str) -> bytes:
+        """One command in the inline protocol; the raw reply line."""
+        with socket.create_connection((self.host, self.port), timeout=5) as sock:
+            sock.sendall(" ".join(args).encode() + b"\r\n")
+            return sock.recv(4096)
+
+    def ping(self) -> bool:
+        try:
+            return self.command("PING").startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+def _start_redis():
+    binary = require_binary("redis-server")
+    user = ServiceUser()  # redis-server runs as root too
+    directory = user.make_dir("backupsite-redis-")
+    log = directory / "server.log"
+    port = free_port()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--protected-mode", "yes",
+                "--save", "",
+                "--appendonly", "no",
+                "--databases", str(REDIS_DATABASES),
+                "--dir", str(directory),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            **user.popen_kwargs(),
+        )  # fmt: skip
+    server = RedisServer(port=port, directory=directory)
+    try:
+        _wait_until(server.ping, proc, log, "redis-server")
+    except BaseException:
+        _stop(proc, signal.SIGTERM)
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return server, proc
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """``redis-server`` from the local binary on a free port, never a Redis that happens
+    to run; on the PostgreSQL stack, the suite's own (``tests/teststack.py``)."""
+    from tests import teststack
+
+    if teststack.REDIS is not None:
+        yield teststack.REDIS
+        return
+    started = time.monotonic()
+    server, proc = _start_redis()
+    server.startup_seconds = time.monotonic() - started
+    yield server
+    _stop(proc, signal.SIGTERM)
     shutil.rmtree(server.directory, ignore_errors=True)

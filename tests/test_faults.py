@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import teststack
 from tests.conftest import require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,7 @@ def install(tmp_path_factory):
         "DEBUG": "1",
         "BACKUPSITE_STALE_RUN_SECONDS": "60",
     }
+    env.update(teststack.installation(data).env)  # its database and broker on the suite's stack
 
     def manage(*args, check=True):
         result = subprocess.run(

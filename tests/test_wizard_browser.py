@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import teststack
 from tests.conftest import require_binary, restore_with_stock_tools, trees_identical
 from tests.servers import _die_with_parent, free_port
 from tests.test_encryption import age_decrypt_with_password
@@ -90,6 +91,7 @@ def stack(tmp_path_factory):
         "PYTHONUNBUFFERED": "1",
         "TIME_ZONE": "Europe/Berlin",
     }
+    env.update(teststack.installation(data).env)  # its database and broker on the suite's stack
     probe = Stack(data, env, f"http://127.0.0.1:{port}", "")
     probe.manage("migrate", "--noinput")
     probe.manage("loaddemo")
