@@ -11,6 +11,8 @@ import os
 
 from celery import Celery
 
+from backupsite import logs
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backupsite.settings")
 
 app = Celery("backupsite")
@@ -89,3 +91,6 @@ def configure(app: Celery) -> None:
 
 configure(app)
 app.autodiscover_tasks()
+
+# Every line logged during a run's task carries its id (backupsite/logs.py).
+logs.connect_celery()

@@ -5,12 +5,15 @@ It is the production app (``backupsite.celery``) plus one test-only source kind,
 database dump. It keeps a run in its archive phase, with its temporary files in the
 staging folder and its heartbeat going, for as long as a test needs: no real source can
 be made slow on demand without writing gigabytes first. Claiming, heartbeats, the
-reaper, uploads and cancellation are the production code.
+reaper, uploads and cancellation are the production code. ``chatty`` (a sleepy source
+that logs from two threads) feeds the structured-log tests.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 
 import django
@@ -48,5 +51,27 @@ class SleepySource(DumpSource):
 
 
 REGISTRY[SleepySource.kind] = SleepySource
+
+
+class ChattySource(SleepySource):
+    """Logs from the task's thread and from a thread of its own while it "dumps" (the
+    structured-log tests: every line of a run carries the run's id)."""
+
+    kind = "chatty"
+    label = "Chatty (tests only)"
+    title = "Chatty"
+    temp_prefix = "chatty"
+
+    def write_dump(self, target: Path, staging: Path) -> None:
+        log = logging.getLogger("tests.chatty")
+        log.info("chatty: dumping in the task's thread")
+        helper = threading.Thread(target=log.info, args=("chatty: from a helper thread",))
+        helper.start()
+        helper.join()
+        log.warning("chatty: a line with\na newline and “quotes”")
+        target.write_bytes(b"z")
+
+
+REGISTRY[ChattySource.kind] = ChattySource
 
 __all__ = ["app"]
