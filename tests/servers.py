@@ -526,12 +526,16 @@ class RedisServer:
             return False
 
 
-def _start_redis():
+def _start_redis(*, port: int | None = None, directory: Path | None = None, durable: bool = False):
+    """Start ``redis-server``: on a free port in a new directory, or again on *port* in
+    *directory* (a restart). *durable*: append-only file, fsynced on every write (as
+    production's --appendonly yes, without the last second a crash could lose)."""
     binary = require_binary("redis-server")
     user = ServiceUser()  # redis-server runs as root too
-    directory = user.make_dir("backupsite-redis-")
+    directory = directory or user.make_dir("backupsite-redis-")
     log = directory / "server.log"
-    port = free_port()
+    port = port or free_port()
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [
@@ -540,7 +544,7 @@ def _start_redis():
                 "--bind", "127.0.0.1",
                 "--protected-mode", "yes",
                 "--save", "",
-                "--appendonly", "no",
+                *persistence,
                 "--databases", str(REDIS_DATABASES),
                 "--dir", str(directory),
             ],

@@ -21,6 +21,7 @@ Use it with ``pytest_plugins = ["tests.workers"]``.
 
 from __future__ import annotations
 
+import contextlib
 import http.cookiejar
 import json
 import os
@@ -30,6 +31,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,11 +232,13 @@ class Install:
         return self.data / "backups" / "backupsite" / job.lower()
 
 
-@pytest.fixture(scope="module")
-def install(tmp_path_factory):
+@contextlib.contextmanager
+def running_install(base: Path, extra_env: dict[str, str] | None = None) -> Iterator[Install]:
+    """An installation under *base* (see the module doc); *extra_env* goes to every one
+    of its processes (the web server, the setup, the workers): e.g. a broker of the test's own."""
     require_binary("zstd")
     require_binary("sleep")
-    data = tmp_path_factory.mktemp("workers") / "var"
+    data = base / "var"
     data.mkdir()
     (data / "logs").mkdir()
     stack = teststack.installation(data)
@@ -248,6 +252,7 @@ def install(tmp_path_factory):
         "EMAIL_URL": f"file://{data / 'mail'}",
         **LOWERED,
         **stack.env,
+        **(extra_env or {}),
     }
     setup = subprocess.run(
         [sys.executable, "-c", SETUP], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
@@ -258,25 +263,33 @@ def install(tmp_path_factory):
     port = free_port()
     web_log = data / "logs" / "web.log"
     web = _spawn([sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"], env, web_log)
-    browser = Browser(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            browser.get("/accounts/login/")
-            break
-        except OSError:
-            if web.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the panel did not start:\n{_tail(web_log)}") from None
-            time.sleep(0.2)
-    page = browser.post("/accounts/login/", {"username": "admin", "password": facts["password"]})
-    assert "Log out" in page.read().decode() or "logout" in page.geturl(), "could not log in"
-    installation = Install(data=data, env=env, browser=browser, jobs=facts["jobs"], stack=stack)
     try:
-        yield installation
+        browser = Browser(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                browser.get("/accounts/login/")
+                break
+            except OSError:
+                if web.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the panel did not start:\n{_tail(web_log)}") from None
+                time.sleep(0.2)
+        page = browser.post("/accounts/login/", {"username": "admin", "password": facts["password"]})
+        assert "Log out" in page.read().decode() or "logout" in page.geturl(), "could not log in"
+        installation = Install(data=data, env=env, browser=browser, jobs=facts["jobs"], stack=stack)
+        try:
+            yield installation
+        finally:
+            installation.stop_workers()
     finally:
-        installation.stop_workers()
         _killpg(web, signal.SIGTERM)
         try:
             web.wait(timeout=20)
         except subprocess.TimeoutExpired:
             _killpg(web, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def install(tmp_path_factory):
+    with running_install(tmp_path_factory.mktemp("workers")) as installation:
+        yield installation
