@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from datetime import datetime
 from io import StringIO
 from pathlib import Path
@@ -322,3 +323,47 @@ def test_a_real_worker_writes_only_json_lines_and_tags_the_run(install):
     ready = [entry for entry in entries if entry["message"].endswith(" ready.")]
     assert ready and "run_id" not in ready[0]
     assert any(entry["message"].startswith("Task jobs.tasks.reap_stale_runs[") for entry in entries), text
+
+
+@pytest.mark.stack_independent
+def test_gunicorn_writes_json_lines_too(tmp_path):
+    """gunicorn.conf.py: gunicorn's start-up and access lines are JSON with LOG_FORMAT=json."""
+    from tests.servers import free_port
+
+    port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DJANGO_SETTINGS_MODULE": "backupsite.settings",
+        "BACKUPSITE_ENV_FILE": "",
+        "BACKUPSITE_DATA_DIR": str(tmp_path / "data"),
+        "DEBUG": "1",
+        "LOG_FORMAT": "json",
+        "HOME": str(tmp_path),  # gunicorn's control socket
+    }
+    log = tmp_path / "gunicorn.log"
+    args = [sys.executable, "-m", "gunicorn", "backupsite.wsgi:application", f"--bind=127.0.0.1:{port}"]
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [*args, "--workers=1", "--access-logfile=-"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=5) as response:
+                    assert response.status == 200
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.3)
+        deadline = time.monotonic() + 20
+        while "/accounts/login/" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    entries = [json.loads(line) for line in log.read_text().splitlines()]  # every line is JSON
+    assert any(e["logger"] == "gunicorn.error" and e["message"].startswith("Listening at:") for e in entries)
+    (access,) = [e for e in entries if e["logger"] == "gunicorn.access"]
+    assert '"GET /accounts/login/ HTTP/1.1" 200' in access["message"] and access["level"] == "INFO"
