@@ -884,6 +884,7 @@ def test_dockerignore_keeps_secrets_and_local_data_out():
     assert ".env" in patterns
     assert {".git", ".venv", "var"} <= {pattern.rstrip("/") for pattern in patterns}
     assert not any(pattern.rstrip("/") in {"docker", "docker/*"} for pattern in patterns)
+    assert not {"gunicorn.conf.py", "*.py"} & patterns, "gunicorn reads /app/gunicorn.conf.py (LOG_FORMAT=json)"
 
 
 def test_required_compose_variables_are_documented_in_env_example():

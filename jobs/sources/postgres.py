@@ -128,7 +128,7 @@ def table_pattern(name: str) -> str:
 
 # --- versions: pg_dump dumps servers of its own major version and older --------------
 _TOOL_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
-_tool_versions: dict[tuple[str, int, int], tuple[int, int] | None] = {}
+_tool_versions: dict[tuple[str, int, int], Major | None] = {}
 
 
 @dataclass(frozen=True, order=True)
