@@ -1,11 +1,14 @@
 # backupsite — the two commands a newcomer needs:
 #   make run    set everything up and start the panel + worker on http://127.0.0.1:8000
-#   make test   set up and run the test suite
+#   make test   set up and run the test suite (SQLite, filesystem broker)
+# and, for the production stack:
+#   make test-postgres   the suite on PostgreSQL + Redis, started by the tests from the
+#                        local binaries (= BACKUPSITE_TEST_STACK=postgres make test)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test lint format bench bench-destinations clean-venv
+.PHONY: run test test-postgres lint format bench bench-destinations clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +34,11 @@ run: $(VENV)/.deps-run .env
 	$(VENV)/bin/honcho -f Procfile.dev start
 
 test: $(VENV)/.deps-dev
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The tests marked stack_independent ran in `make test` and are left out here.
+test-postgres: $(VENV)/.deps-dev
+	BACKUPSITE_TEST_STACK=postgres $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.deps-dev
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,8 @@ from celery import Celery, bootsteps
 from celery.signals import celeryd_after_setup
 from kombu import Queue
 
+from backupsite import logs
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backupsite.settings")
 
 app = Celery("backupsite")
@@ -156,3 +158,6 @@ app.steps["worker"].add(WorkerHeartbeat)
 
 configure(app)
 app.autodiscover_tasks()
+
+# Every line logged during a run's task carries its id (backupsite/logs.py).
+logs.connect_celery()

@@ -66,6 +66,45 @@ def check_binaries(app_configs=None, **kwargs):
     return messages
 
 
+@register(Tags.database)
+def check_pg_dump_version(app_configs=None, databases=None, **kwargs):
+    """On PostgreSQL the panel backs its own database up with ``pg_dump``, which refuses
+    a server of a newer major version than its own: say so at start-up, not in the
+    first backup. A database check: ``migrate`` (the web container runs it) and
+    ``check --database default`` run it; a plain ``check`` does not touch the database."""
+    from django.db import DatabaseError, connections
+
+    if not databases or "default" not in databases:
+        return []
+    connection = connections["default"]
+    if connection.vendor != "postgresql":
+        return []
+    from jobs.sources.base import SourceError
+    from jobs.sources.postgres import Major, client_version, dump_version_problem, pg_tool
+
+    hint = (
+        "Install the PostgreSQL client of the server's major version or newer (Debian/Ubuntu: "
+        "postgresql-client-<version> from apt.postgresql.org); the Docker image brings one."
+    )
+    try:
+        tool = pg_tool("pg_dump")
+    except SourceError:
+        return [
+            Error(
+                "pg_dump is not installed: the panel's own database (PostgreSQL) cannot be backed up.",
+                hint=hint,
+                id="backupsite.E005",
+            )
+        ]
+    try:
+        connection.ensure_connection()
+        server = Major.from_server_version_num(connection.pg_version)
+    except DatabaseError:
+        return []  # an unreachable database is reported by whatever needs it first
+    problem = dump_version_problem(tool, client_version(tool), server, "of the panel's own database")
+    return [Error(problem, hint=hint, id="backupsite.E005")] if problem else []
+
+
 @register(Tags.security, deploy=True)
 def check_site_url(app_configs=None, **kwargs):
     from urllib.parse import urlsplit

@@ -30,6 +30,7 @@ from backupsite.env import (
     new_secret_key,
     required_secret,
 )
+from backupsite.logs import FORMATS, logging_config
 from backupsite.private import create_private_file, private_dir
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -351,21 +352,15 @@ BACKUPSITE_STAGING_MARGIN_BYTES = env_int("BACKUPSITE_STAGING_MARGIN_MB", 64, mi
 BACKUPSITE_REQUIRED_BINARIES = env_list("BACKUPSITE_REQUIRED_BINARIES", ["zstd", "tar"])
 BACKUPSITE_OPTIONAL_BINARIES = env_list("BACKUPSITE_OPTIONAL_BINARIES", ["age", "pg_dump", "pg_restore", "mysqldump"])
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {
-        "django.request": {"level": "ERROR"},
-        # The SMB library logs every request (with user and file names) at INFO.
-        "smbprotocol": {"level": "WARNING"},
-        "spnego": {"level": "WARNING"},
-        # django-axes logs every login at INFO; lockouts (WARNING) and the audit log stay.
-        "axes": {"level": "WARNING"},
-    },
-}
+# Logs go to stderr: plain text lines by default; LOG_FORMAT=json writes one JSON object
+# per line (time, level, logger, message, and run_id on every line of a run) for a log
+# collector. See backupsite/logs.py.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain").strip().lower()
+if LOG_FORMAT not in FORMATS:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be one of {', '.join(FORMATS)}, not {LOG_FORMAT!r}.")
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").strip().upper()
+LOGGING_CONFIG = "backupsite.logs.configure"
+LOGGING = logging_config(LOG_FORMAT, LOG_LEVEL)
 # Seconds every network step of a destination may take (connect, banner, login, each
 # read and write); a kind's own "timeout" setting wins.
 BACKUPSITE_DESTINATION_TIMEOUT = env_int("BACKUPSITE_DESTINATION_TIMEOUT", 30, minimum=1)

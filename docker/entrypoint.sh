@@ -6,7 +6,8 @@
 #                       ALLOWED_HOSTS, missing binaries, unwritable /data, ...).
 #   RUN_MIGRATIONS=1    apply the database migrations before starting. Set it on ONE
 #                       service only (web in docker-compose.yml), so two processes never
-#                       migrate at the same time.
+#                       migrate at the same time. migrate runs the database checks too and
+#                       refuses on an error (backupsite.E005: pg_dump older than the server).
 #
 # Then the command (gunicorn or celery) replaces this shell, so it receives the signals.
 set -eu

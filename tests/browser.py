@@ -86,8 +86,11 @@ def start_panel(data: Path, **extra_env: str) -> Iterator[Stack]:
         "DEBUG": "1",
         "PYTHONUNBUFFERED": "1",
         "TIME_ZONE": "Europe/Berlin",
-        **extra_env,
     }
+    from tests import teststack
+
+    env.update(teststack.installation(data).env)  # its database and broker on the suite's stack
+    env.update(extra_env)
     stack = Stack(data, env, f"http://127.0.0.1:{port}", "")
     stack.manage("migrate", "--noinput")
     stack.manage("loaddemo")

@@ -1,10 +1,11 @@
 """Shared fixtures: named users per role (alice, bob, charlie, dave), a directory
-source, a local destination and a job, all in per-test temporary folders."""
+source, a local destination and a job, all in per-test temporary folders; the hooks of
+the two stacks (tests/teststack.py): the header line, the stack-independent tests run in
+the default pass only, a clean shared cache for every test on Redis."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,20 +13,100 @@ import pytest
 from django.contrib.auth.models import Group, User
 
 from backupsite.roles import ADMINISTRATORS, OPERATORS, VIEWERS
+from tests import teststack
+from tests.binaries import REQUIRE_BINARIES, require_binary
 
-# In CI (`.ci/run` sets this) a missing binary is a failure, never a skip.
-REQUIRE_BINARIES = os.environ.get("BACKUPSITE_REQUIRE_BINARIES") == "1" or os.environ.get("CI") == "true"
+__all__ = ["REQUIRE_BINARIES", "require_binary"]  # imported from here by the test modules
+
+# Fixtures that give a test the database: a test using one depends on the stack.
+DATABASE_FIXTURES = {"db", "transactional_db", "django_db_setup", "live_server", "django_db_reset_sequences"}
+_deselected_as_independent: list[str] = []
+_deselected_other_stack: list[str] = []
 
 
-def require_binary(name: str) -> str:
-    """Return the path of *name*, or skip (locally) / fail (CI) saying it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name!r} is not installed (apt-get install it, or run .ci/run as root)"
-        if REQUIRE_BINARIES:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+def pytest_report_header(config) -> str:
+    return teststack.describe()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """``stack_independent`` tests run in the default pass only; the marker on a test
+    that uses the database is a mistake (that test must run on both stacks).
+    ``only_stack(name)`` tests are about that stack's own database and run on it only."""
+    for item in items:
+        marker = item.get_closest_marker("only_stack")
+        if marker and (len(marker.args) != 1 or marker.args[0] not in teststack.STACKS):
+            raise pytest.UsageError(f"{item.nodeid}: only_stack takes one of {', '.join(teststack.STACKS)}")
+    wrong = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("stack_independent")
+        and (item.get_closest_marker("django_db") or DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())))
+    ]
+    if wrong:
+        raise pytest.UsageError(
+            "marked stack_independent but using the database (they must run on both stacks): " + ", ".join(wrong)
+        )
+    kept, deselected = [], []
+    for item in items:
+        only = item.get_closest_marker("only_stack")
+        if only and only.args[0] != teststack.STACK:
+            deselected.append(item)
+            _deselected_other_stack.append(item.nodeid)
+        elif teststack.is_postgres() and item.get_closest_marker("stack_independent"):
+            deselected.append(item)
+            _deselected_as_independent.append(item.nodeid)
+        else:
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _deselected_as_independent:
+        terminalreporter.write_line(
+            f"{len(_deselected_as_independent)} stack-independent tests left out on the {teststack.STACK} stack "
+            "(they run in the default pass)"
+        )
+    if _deselected_other_stack:
+        terminalreporter.write_line(
+            f"{len(_deselected_other_stack)} tests of another stack's own database left out on the "
+            f"{teststack.STACK} stack: {', '.join(_deselected_other_stack)}"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_test_transaction():
+    """A worker calls ``close_old_connections()`` around a run (the right thing between
+    tasks). Inside the transaction pytest-django wraps a test in, Django closes the
+    connection because autocommit is off: harmless on SQLite's in-memory test database
+    (never closed), fatal on PostgreSQL (every later query: "the connection is
+    closed"). Inside an atomic block (only a test is ever there when it calls it) the
+    connection is kept; tests with ``transactional_db`` see the real behaviour."""
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    original = BaseDatabaseWrapper.close_if_unusable_or_obsolete
+
+    def close_if_unusable_or_obsolete(self):
+        if self.in_atomic_block:
+            return
+        original(self)
+
+    # Its own MonkeyPatch: a test's monkeypatch.undo() must not take this away.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BaseDatabaseWrapper, "close_if_unusable_or_obsolete", close_if_unusable_or_obsolete)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _clean_shared_cache(request):
+    """On Redis the rate limiter's counters outlive a test (the database cache of the
+    default stack is rolled back with it): every test starts with an empty cache."""
+    if not teststack.is_postgres() or request.node.get_closest_marker("stack_independent"):
+        return
+    from django.core.cache import cache
+
+    cache.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import REQUIRE_BINARIES, require_binary
+from tests.binaries import REQUIRE_BINARIES, require_binary
 
 START_TIMEOUT = 60  # seconds; a 2-core machine starts either server in 1–3 s
 
@@ -316,6 +316,13 @@ def _start_postgres():
 
 @pytest.fixture(scope="session")
 def postgres_server():
+    """On the PostgreSQL stack, the server the suite's own database lives on
+    (``tests/teststack.py``); otherwise one started for the session."""
+    from tests import teststack
+
+    if teststack.POSTGRES is not None:
+        yield teststack.POSTGRES
+        return
     started = time.monotonic()
     server, proc = _start_postgres()
     server.startup_seconds = time.monotonic() - started
@@ -480,44 +487,67 @@ def mariadb_server():
 
 
 # --- Redis ----------------------------------------------------------------------------
+REDIS_DATABASES = 64  # numbered databases: one per installation a test starts
+
+
 @dataclass
 class RedisServer:
-    """A running ``redis-server`` on 127.0.0.1 (no persistence, its own directory)."""
+    """A running ``redis-server`` on 127.0.0.1:``port`` (no persistence, its own
+    directory, ``REDIS_DATABASES`` numbered databases). Database 0 and 1 are the test
+    suite's own broker and cache on the PostgreSQL stack; :meth:`new_db` hands out the
+    others, one per installation."""
 
     port: int
     directory: Path
-    _next_db: list = field(default_factory=lambda: [0])
+    host: str = "127.0.0.1"
+    startup_seconds: float = 0.0
+    _next_db: list = field(default_factory=lambda: [1])
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        return f"redis://{self.host}:{self.port}/{db}"
 
     def new_db(self) -> int:
-        """A database number of its own for one installation (16 by default)."""
+        """A database number nobody else in this session uses."""
         self._next_db[0] += 1
-        return self._next_db[0] % 16
+        if self._next_db[0] >= REDIS_DATABASES:
+            raise RuntimeError(f"more than {REDIS_DATABASES - 2} Redis databases asked for in one session")
+        return self._next_db[0]
+
+    def command(self, *args: str) -> bytes:
+        """One command in the inline protocol; the raw reply line."""
+        with socket.create_connection((self.host, self.port), timeout=5) as sock:
+            sock.sendall(" ".join(args).encode() + b"\r\n")
+            return sock.recv(4096)
 
     def ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+            return self.command("PING").startswith(b"+PONG")
         except OSError:
             return False
 
 
-@pytest.fixture(scope="session")
-def redis_server():
-    """``redis-server`` from the local binary on a free port (the Celery broker of the
-    real-process scheduling tests, and later the cache); never a Redis that happens to run."""
+def _start_redis(*, port: int | None = None, directory: Path | None = None, durable: bool = False):
+    """Start ``redis-server``: on a free port in a new directory, or again on *port* in
+    *directory* (a restart). *durable*: append-only file, fsynced on every write (as
+    production's --appendonly yes, without the last second a crash could lose)."""
     binary = require_binary("redis-server")
-    user = ServiceUser()  # redis runs as root too
-    directory = user.make_dir("backupsite-redis-")
+    user = ServiceUser()  # redis-server runs as root too
+    directory = directory or user.make_dir("backupsite-redis-")
     log = directory / "server.log"
-    port = free_port()
+    port = port or free_port()
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(directory), "--protected-mode", "yes"],
+            [
+                binary,
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--protected-mode", "yes",
+                "--save", "",
+                *persistence,
+                "--databases", str(REDIS_DATABASES),
+                "--dir", str(directory),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -531,6 +561,21 @@ def redis_server():
         _stop(proc, signal.SIGTERM)
         shutil.rmtree(directory, ignore_errors=True)
         raise
+    return server, proc
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """``redis-server`` from the local binary on a free port, never a Redis that happens
+    to run; on the PostgreSQL stack, the suite's own (``tests/teststack.py``)."""
+    from tests import teststack
+
+    if teststack.REDIS is not None:
+        yield teststack.REDIS
+        return
+    started = time.monotonic()
+    server, proc = _start_redis()
+    server.startup_seconds = time.monotonic() - started
     yield server
     _stop(proc, signal.SIGTERM)
-    shutil.rmtree(directory, ignore_errors=True)
+    shutil.rmtree(server.directory, ignore_errors=True)

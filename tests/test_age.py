@@ -13,6 +13,9 @@ from jobs.engine.age import CHUNK, AgeWriter, parse_recipient
 from jobs.engine.agekeys import new_identity
 from tests.conftest import require_binary
 
+# Run once, in the default pass (tests/teststack.py): the age format and the stock age CLI.
+pytestmark = pytest.mark.stack_independent
+
 
 def encrypt(data: bytes, recipients: list[str], pieces: int = 7) -> bytes:
     out = io.BytesIO()

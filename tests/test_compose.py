@@ -1,15 +1,20 @@
-"""The Docker deployment (Dockerfile, docker-compose.yml), checked without Docker.
+"""The Docker deployment (Dockerfile, docker-compose.yml, .env.example), checked without Docker.
 
 Docker does not run on the developers' machines nor in CI, so these tests read the files
 instead: they parse docker-compose.yml, substitute its ``${...}`` the way Compose does,
 and start the application's own processes (``manage.py check --deploy``, gunicorn's
-``--check-config``, celery) with an EMPTY environment except PATH and what the image and
-Compose give a container. Which settings production requires is discovered by running
-those processes, not written down here.
+``--check-config``, celery, the health checks) with an EMPTY environment except PATH and
+what the image and Compose give a container. Which settings production requires is
+discovered by running those processes, and which settings exist by parsing the code
+that reads them, not written down here.
+
+They depend on no database, broker or cache of the test suite (the processes get the
+compose environment): they run once, in the default pass.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import secrets
@@ -19,23 +24,38 @@ import stat
 import string
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
 from cryptography.fernet import Fernet
 
+pytestmark = pytest.mark.stack_independent
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
+README = ROOT / "README.md"
+HEALTHCHECK = ROOT / "docker" / "healthcheck.py"
+# The packages whose code reads settings (backupsite/settings.py and whatever else calls
+# the env helpers of backupsite/env.py or os.environ).
+APP_PACKAGES = ("backupsite", "jobs", "destinations")
+ENV_HELPERS = {"env_str", "env_bool", "env_int", "env_list", "env_secret", "required_secret"}
+# Read from the environment, but the system's, not settings of backupsite.
+SYSTEM_VARIABLES = {"PATH", "HOME"}
+# The PostgreSQL client major version each Debian release ships (postgresql-client).
+DEBIAN_POSTGRES_CLIENT = {"bullseye": 13, "bookworm": 15, "trixie": 17}
 
 APP_SERVICES = ("web", "worker", "beat")
 # Which Debian package puts each program the app shells out to on PATH. A program added
 # to BACKUPSITE_REQUIRED_BINARIES/BACKUPSITE_OPTIONAL_BINARIES must be added here, and
 # its package to the Dockerfile.
+# (postgresql-client: Debian's, or PGDG's postgresql-client-<major>.)
 BINARY_PACKAGES = {
     "zstd": "zstd",
     "tar": "tar",
@@ -170,27 +190,108 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
-def dockerfile_env() -> dict[str, str]:
-    env = {}
+_ARG_REFERENCE = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+@dataclass
+class Stage:
+    """One ``FROM`` of the Dockerfile: its base (ARGs substituted), its name, and its
+    instructions with the ARGs it declares substituted (other ``$VAR`` are left)."""
+
+    base: str
+    name: str | None
+    args: dict[str, str] = field(default_factory=dict)
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def substitute(self, text: str, args: dict[str, str] | None = None) -> str:
+        known = self.args if args is None else args
+
+        def replace(match: re.Match) -> str:
+            name = match["braced"] or match["named"]
+            return known[name] if name in known else match[0]
+
+        return _ARG_REFERENCE.sub(replace, text)
+
+    def keyword(self, keyword: str) -> list[str]:
+        return [arguments for kw, arguments in self.instructions if kw == keyword]
+
+
+def dockerfile_stages() -> list[Stage]:
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
     for keyword, arguments in dockerfile_instructions():
-        if keyword == "ENV":
-            for token in shlex.split(arguments):
-                key, sep, value = token.partition("=")
-                assert sep, f"use the ENV key=value form in the Dockerfile, not {arguments!r}"
-                env[key] = value
+        if keyword == "ARG":
+            name, sep, default = arguments.partition("=")
+            if not stages:
+                global_args[name] = default.strip('"')
+            else:  # re-declared in a stage: the global default unless it sets one
+                stages[-1].args[name] = default.strip('"') if sep else global_args.get(name, "")
+            continue
+        if keyword == "FROM":
+            tokens = arguments.split()
+            base = Stage("", None).substitute(tokens[0], global_args)
+            name = tokens[2] if len(tokens) >= 3 and tokens[1].upper() == "AS" else None
+            stages.append(Stage(base, name))
+            continue
+        assert stages, f"{keyword} before the first FROM"
+        stages[-1].instructions.append((keyword, stages[-1].substitute(arguments)))
+    return stages
+
+
+def final_stage() -> Stage:
+    return dockerfile_stages()[-1]
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The ENV of the final image (what every container starts with)."""
+    env = {}
+    for arguments in final_stage().keyword("ENV"):
+        for token in shlex.split(arguments):
+            key, sep, value = token.partition("=")
+            assert sep, f"use the ENV key=value form in the Dockerfile, not {arguments!r}"
+            env[key] = value
     return env
 
 
-def apt_packages() -> set[str]:
+def run_commands(stage: Stage) -> list[list[str]]:
+    """Every command of the stage's RUN lines (split at ``&&``), as tokens."""
+    return [shlex.split(command) for arguments in stage.keyword("RUN") for command in arguments.split("&&")]
+
+
+def apt_packages(stage: Stage | None = None) -> set[str]:
+    """The Debian packages ``apt-get install``ed in the final image."""
     packages: set[str] = set()
-    for keyword, arguments in dockerfile_instructions():
-        if keyword != "RUN" or "apt-get install" not in arguments:
-            continue
-        for command in arguments.split("&&"):
-            tokens = shlex.split(command)
-            if tokens[:2] == ["apt-get", "install"]:
-                packages.update(token for token in tokens[2:] if not token.startswith("-"))
+    for tokens in run_commands(stage or final_stage()):
+        if tokens[:2] == ["apt-get", "install"]:
+            packages.update(token for token in tokens[2:] if not token.startswith("-"))
     return packages
+
+
+def provides(package: str, installed: set[str]) -> bool:
+    """*package* or, for postgresql-client, PGDG's postgresql-client-<major>."""
+    if package == "postgresql-client":
+        return any(re.fullmatch(r"postgresql-client(-\d+)?", name) for name in installed)
+    return package in installed
+
+
+def image_postgres_client_major(stage: Stage) -> int:
+    """Which pg_dump the image gets: PGDG's postgresql-client-<major> once its repository
+    is added, else the Debian release's own postgresql-client."""
+    installed = apt_packages(stage)
+    explicit = [int(m[1]) for name in installed if (m := re.fullmatch(r"postgresql-client-(\d+)", name))]
+    if explicit:
+        assert len(explicit) == 1, f"more than one PostgreSQL client in the image: {sorted(installed)}"
+        pgdg = [tokens for tokens in run_commands(stage) if tokens and tokens[0].endswith("apt.postgresql.org.sh")]
+        debian = next((major for codename, major in DEBIAN_POSTGRES_CLIENT.items() if codename in stage.base), None)
+        assert pgdg or explicit[0] == debian, (
+            f"postgresql-client-{explicit[0]} is not in {stage.base}'s Debian: add PGDG (apt.postgresql.org.sh)"
+        )
+        return explicit[0]
+    assert "postgresql-client" in installed, "the image installs no PostgreSQL client"
+    for codename, major in DEBIAN_POSTGRES_CLIENT.items():
+        if codename in stage.base:
+            return major
+    raise AssertionError(f"which postgresql-client does {stage.base} ship? Add it to DEBIAN_POSTGRES_CLIENT")
 
 
 # --- The environment of a container, and its processes ---------------------------------
@@ -244,8 +345,8 @@ def container_env(
     developer .env is read. STATIC_ROOT is *static_root* when given (the image's
     collected files, see the ``image_static_root`` fixture), else an empty folder.
     """
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    env.update(dockerfile_env())
+    env = dockerfile_env()
+    env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")  # the image's /opt/venv is not here
     env.update(compose_environment(compose, service, values))
     for key in ENTRYPOINT_VARIABLES:
         env.pop(key, None)
@@ -386,8 +487,6 @@ def test_services_wait_for_healthy_dependencies(compose):
     services = compose["services"]
     assert "pg_isready" in " ".join(command_list(services["postgres"]["healthcheck"]["test"]))
     assert "ping" in command_list(services["redis"]["healthcheck"]["test"])
-    assert volume_mounts(services["postgres"]).get("/var/lib/postgresql/data") in compose["volumes"]
-    assert volume_mounts(services["redis"]).get("/data") in compose["volumes"]
     for name in APP_SERVICES:
         depends_on = services[name]["depends_on"]
         for dependency in ("postgres", "redis"):
@@ -395,6 +494,122 @@ def test_services_wait_for_healthy_dependencies(compose):
     healthcheck = command_list(services["web"]["healthcheck"]["test"])
     script = next(item for item in healthcheck if item.endswith(".py"))
     assert (ROOT / PurePosixPath(script).relative_to("/app")).is_file(), script
+
+
+def test_every_service_has_a_health_check(compose):
+    for name, service in compose["services"].items():
+        check = service.get("healthcheck")
+        assert check and not check.get("disable"), f"{name} has no health check"
+        test = command_list(check["test"])
+        assert test[0] in {"CMD", "CMD-SHELL"} and len(test) > 1, (name, test)
+        for key in ("interval", "timeout", "retries"):
+            assert key in check, f"{name}: healthcheck without {key}"
+    worker = " ".join(command_list(compose["services"]["worker"]["healthcheck"]["test"]))
+    assert "inspect ping" in worker and "celery@$$HOSTNAME" in worker
+    # beat: the health check reads the .alive file next to the schedule beat really uses.
+    beat = command_list(compose["services"]["beat"]["healthcheck"]["test"])
+    assert beat[1:4] == ["python", "/app/docker/healthcheck.py", "beat"], beat
+    command = command_list(compose["services"]["beat"]["command"])
+    assert beat[4] == command[command.index("--schedule") + 1]
+
+
+def named_volume_sources(service: dict, declared: set[str]) -> list[tuple[str, str | None]]:
+    """(volume as written, its named volume or None for a bind mount)."""
+    found = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source = volume.split(":")[0]
+            named = None if source.startswith((".", "/", "~", "$")) else source
+        else:
+            named = volume.get("source") if volume.get("type", "volume") == "volume" else None
+        found.append((str(volume), named if named in declared else None))
+    return found
+
+
+def test_every_service_keeps_its_state_in_named_volumes(compose):
+    declared = set(compose.get("volumes") or {})
+    used = set()
+    for name, service in compose["services"].items():
+        for volume, named in named_volume_sources(service, declared):
+            assert named, f"{name}: {volume} is not a named volume declared under volumes:"
+            used.add(named)
+    assert used == declared, f"declared but unused: {sorted(declared - used)}"
+    services = compose["services"]
+    assert volume_mounts(services["postgres"]).get("/var/lib/postgresql/data") in declared
+    assert volume_mounts(services["redis"]).get("/data") in declared
+    assert "--appendonly" in command_list(services["redis"]["command"]), "queued runs must survive a Redis restart"
+
+
+def beat_env(data: Path) -> dict[str, str]:
+    """The embedded default in a folder of its own, the reaper every second (beat then
+    ticks every second)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DJANGO_SETTINGS_MODULE": "backupsite.settings",
+        "BACKUPSITE_ENV_FILE": "",
+        "BACKUPSITE_DATA_DIR": str(data),
+        "DEBUG": "1",
+        "BACKUPSITE_REAPER_SECONDS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def beat_health(schedule: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK), "beat", str(schedule)], capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.mark.slow
+def test_the_beat_health_check_follows_a_real_beat(tmp_path):
+    """``celery beat`` as the compose service runs it: healthy once it ticks, its .alive
+    file (0600) touched on every tick; unhealthy when it never ticked or stopped ticking."""
+    from backupsite.beat import PrivateScheduler
+
+    sys.path.insert(0, str(HEALTHCHECK.parent))
+    try:
+        import healthcheck
+    finally:
+        sys.path.remove(str(HEALTHCHECK.parent))
+    assert 3 * PrivateScheduler.max_interval <= healthcheck.BEAT_MAX_AGE
+
+    schedule = tmp_path / "data" / "celerybeat-schedule"
+    alive = Path(f"{schedule}.alive")
+    missing = beat_health(schedule)
+    assert missing.returncode == 1 and "has not ticked yet" in missing.stderr
+
+    log = tmp_path / "beat.log"
+    args = [sys.executable, "-m", "celery", "-A", "backupsite.celery", "beat", "--loglevel", "INFO"]
+    with open(log, "wb") as out:
+        beat = subprocess.Popen(
+            [*args, "--schedule", str(schedule)],
+            cwd=ROOT,
+            env=beat_env(tmp_path / "data"),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while (result := beat_health(schedule)).returncode != 0:
+            assert beat.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"{result.stderr}\n{log.read_text()}"
+            time.sleep(0.5)
+        assert stat.S_IMODE(alive.stat().st_mode) == 0o600
+        first = alive.stat().st_mtime_ns
+        deadline = time.monotonic() + 30
+        while alive.stat().st_mtime_ns == first:
+            assert time.monotonic() < deadline, "the next tick did not touch the .alive file"
+            time.sleep(0.2)
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)
+    # Stopped: its last tick grows old.
+    old = time.time() - healthcheck.BEAT_MAX_AGE - 5
+    os.utime(alive, (old, old))
+    stale = beat_health(schedule)
+    assert stale.returncode == 1 and "last tick was" in stale.stderr, stale.stderr
 
 
 def test_service_commands(compose, shell_values):
@@ -500,7 +715,7 @@ def test_refuses_to_start_without_a_real_secret(compose, shell_values, tmp_path,
 def test_web_command_and_image_cmd_load_in_gunicorn(compose, shell_values, tmp_path):
     """``gunicorn --check-config`` parses the options and imports the WSGI application."""
     env = container_env(compose, "web", shell_values, tmp_path)
-    image_cmd = next(arguments for keyword, arguments in dockerfile_instructions() if keyword == "CMD")
+    image_cmd = final_stage().keyword("CMD")[-1]
     for command in (command_list(compose["services"]["web"]["command"]), yaml.safe_load(image_cmd)):
         result = run([*as_python_module(command[:1]), "--check-config", *command[1:]], env)
         assert result.returncode == 0, f"{command}\n{output(result)}"
@@ -528,52 +743,77 @@ def test_celery_command_loads_the_app_and_accepts_its_options(compose, shell_val
 # --- Dockerfile and image contents -------------------------------------------------------
 
 
-def test_dockerfile_base_user_port_and_command():
-    instructions = dockerfile_instructions()
-    assert instructions[0] == ("FROM", "python:3.11-slim-bookworm")
-    users = [arguments for keyword, arguments in instructions if keyword == "USER"]
+def test_dockerfile_is_multi_stage_and_runs_as_an_unprivileged_user():
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "build the virtualenv in a stage of its own (multi-stage)"
+    build, final = stages[0], stages[-1]
+    assert build.name, "the build stage needs a name (FROM … AS build) for COPY --from"
+    for stage in stages:
+        assert re.fullmatch(r"python:3\.11-slim-\w+", stage.base), stage.base
+    assert build.base == final.base, "the virtualenv must run on the Python it was built with"
+    # The build installs the requirements; the final image copies them and never runs pip.
+    assert any(tokens[:2] == ["pip", "install"] and "requirements.txt" in tokens for tokens in run_commands(build))
+    assert not any("pip" in tokens[:3] for tokens in run_commands(final)), "pip runs in the final stage"
+    copies = [shlex.split(arguments) for arguments in final.keyword("COPY")]
+    assert copies and all(tokens[0] == f"--from={build.name}" for tokens in copies), (
+        f"the final image only copies from {build.name}: {copies}"
+    )
+    copied = {tokens[-1] for tokens in copies}
+    assert {"/opt/venv", "/app"} <= copied, copied
+    assert dockerfile_env()["PATH"].startswith("/opt/venv/bin:"), "the virtualenv's programs come first"
+    assert not {"gcc", "build-essential", "python3-dev", "libpq-dev"} & apt_packages(final)
+    # A non-root user, created in the final stage, is the one the image runs as.
+    users = final.keyword("USER")
     assert users, "the image must switch to a non-root USER"
     user = users[-1].split(":")[0]
     assert user not in {"root", "0"}
-    assert re.search(rf"useradd\b[^&]*\b{re.escape(user)}\b", DOCKERFILE.read_text()), f"who creates {user}?"
-    assert ("EXPOSE", "8000") in instructions
-    volumes = " ".join(arguments for keyword, arguments in instructions if keyword == "VOLUME")
+    assert any(tokens[:1] == ["useradd"] and user in tokens for tokens in run_commands(final)), f"who creates {user}?"
+    after_user = final.instructions[[kw for kw, _ in final.instructions].index("USER") :]
+    assert not [kw for kw, _ in after_user if kw in {"RUN", "COPY", "ADD"}], "nothing runs as root after USER"
+    assert ("EXPOSE", "8000") in final.instructions
+    volumes = " ".join(final.keyword("VOLUME"))
     assert dockerfile_env()["BACKUPSITE_DATA_DIR"] in volumes
-    cmd = yaml.safe_load(next(arguments for keyword, arguments in instructions if keyword == "CMD"))
+    cmd = yaml.safe_load(final.keyword("CMD")[-1])
     assert cmd[:2] == ["gunicorn", "backupsite.wsgi:application"]
     assert "0.0.0.0:8000" in " ".join(cmd)
 
 
 def test_dockerfile_installs_pinned_requirements_and_collects_static():
-    runs = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "RUN"]
+    build = dockerfile_stages()[0]
+    runs = build.keyword("RUN")
     assert any("pip install" in command and "-r requirements.txt" in command for command in runs)
     for line in (ROOT / "requirements.txt").read_text().splitlines():
         line = line.split("#")[0].strip()
         if line and not line.startswith("-"):
             assert "==" in line, f"requirements.txt: {line!r} is not pinned"
-    (collect,) = [command for command in runs if "collectstatic" in command]
-    for variable in ("SECRET_KEY=", "FIELD_ENCRYPTION_KEYS=", "DEBUG=0"):
+    (collect,) = [
+        command for stage in dockerfile_stages() for command in stage.keyword("RUN") if "collectstatic" in command
+    ]
+    assert collect in runs, "collectstatic runs in the build stage"
+    for variable in (
+        "SECRET_KEY=",
+        "FIELD_ENCRYPTION_KEYS=",
+        "DEBUG=0",
+        f"STATIC_ROOT={dockerfile_env()['STATIC_ROOT']}",
+    ):
         assert variable in collect, f"collectstatic needs {variable} on its RUN line"
     assert "change-me" not in collect, "the settings refuse placeholder secrets"
     assert "Fernet.generate_key" in collect, "FIELD_ENCRYPTION_KEYS at build must be a real Fernet key"
-    env_keys = set(dockerfile_env())
-    assert not {"SECRET_KEY", "FIELD_ENCRYPTION_KEYS"} & env_keys, "secrets must not be baked into the image ENV"
+    for stage in dockerfile_stages():
+        env_keys = {token.partition("=")[0] for arguments in stage.keyword("ENV") for token in shlex.split(arguments)}
+        assert not {"SECRET_KEY", "FIELD_ENCRYPTION_KEYS"} & env_keys, "secrets must not be baked into an image ENV"
 
 
 def test_dockerfile_makes_the_data_volume_private():
     """A new named volume copies the mode of the image's folder: 0700, owned by the
     application's user, or the system check backupsite.W003 stops the web container."""
+    final = final_stage()
     data_dir = dockerfile_env()["BACKUPSITE_DATA_DIR"]
-    runs = " && ".join(arguments for keyword, arguments in dockerfile_instructions() if keyword == "RUN")
-    made = [
-        shlex.split(command)
-        for command in runs.split("&&")
-        if command.split()[:2] == ["install", "-d"] and command.split()[-1] == data_dir
-    ]
+    made = [tokens for tokens in run_commands(final) if tokens[:2] == ["install", "-d"] and tokens[-1] == data_dir]
     assert len(made) == 1, f"the Dockerfile must make {data_dir} with install -d -m 0700"
     (tokens,) = made
     assert tokens[tokens.index("-m") + 1] == "0700", tokens
-    user = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "USER"][-1].split(":")[0]
+    user = final.keyword("USER")[-1].split(":")[0]
     assert tokens[tokens.index("-o") + 1] == user, tokens
 
 
@@ -595,17 +835,37 @@ def test_dockerfile_installs_every_program_the_app_runs(compose, shell_values, t
     installed = apt_packages()
     for binary in binaries:
         assert binary in BINARY_PACKAGES, f"which Debian package provides {binary!r}? Add it to BINARY_PACKAGES"
-        assert BINARY_PACKAGES[binary] in installed, f"the Dockerfile does not install {BINARY_PACKAGES[binary]}"
-    assert {"zstd", "tar", "age", "postgresql-client", "mariadb-client"} <= installed
+        assert provides(BINARY_PACKAGES[binary], installed), (
+            f"the Dockerfile does not install {BINARY_PACKAGES[binary]}"
+        )
+    assert {"zstd", "tar", "age", "mariadb-client"} <= installed
+
+
+def test_the_image_pg_dump_dumps_the_compose_postgresql_and_newer(compose):
+    """pg_dump refuses a server of a newer major version than its own (Debian bookworm's
+    postgresql-client 15 cannot dump PostgreSQL 16 or 17): the image's client must be at
+    least the compose server's major version, and the README says which it is."""
+    image = compose["services"]["postgres"]["image"]
+    match = re.fullmatch(r"(?:docker\.io/)?(?:library/)?postgres:(\d+)(?:[.\-][\w.\-]*)?", image)
+    assert match, f"pin the compose PostgreSQL to a major version, not {image!r}"
+    server = int(match[1])
+    client = image_postgres_client_major(final_stage())
+    assert client >= server, f"the image's pg_dump is {client}, older than the compose PostgreSQL {server}"
+    assert client > DEBIAN_POSTGRES_CLIENT["bookworm"]
+    readme = README.read_text()
+    assert f"postgresql-client-{client}" in readme, f"README.md must say which pg_dump the image has ({client})"
+    assert f"PostgreSQL {server}" in readme, "README.md must say which PostgreSQL the compose stack runs"
 
 
 def test_entrypoint_script():
-    entrypoints = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "ENTRYPOINT"]
+    entrypoints = final_stage().keyword("ENTRYPOINT")
     assert entrypoints, "the Dockerfile has no ENTRYPOINT"
     (path,) = yaml.safe_load(entrypoints[-1])
     script = ROOT / PurePosixPath(path).relative_to("/app")
     assert script.is_file(), path
-    assert os.access(script, os.X_OK) or "chmod" in DOCKERFILE.read_text(), f"{path} is not executable"
+    assert os.access(script, os.X_OK) or f"chmod 0755 {script.relative_to(ROOT)}" in DOCKERFILE.read_text(), (
+        f"{path} is not executable"
+    )
     text = script.read_text()
     assert text.startswith("#!/bin/sh")
     assert re.search(r"^set -eu\b", text, re.MULTILINE)
@@ -624,13 +884,86 @@ def test_dockerignore_keeps_secrets_and_local_data_out():
     assert ".env" in patterns
     assert {".git", ".venv", "var"} <= {pattern.rstrip("/") for pattern in patterns}
     assert not any(pattern.rstrip("/") in {"docker", "docker/*"} for pattern in patterns)
+    assert not {"gunicorn.conf.py", "*.py"} & patterns, "gunicorn reads /app/gunicorn.conf.py (LOG_FORMAT=json)"
 
 
 def test_required_compose_variables_are_documented_in_env_example():
     required = sorted(set(_REQUIRED_VARIABLE.findall(COMPOSE_FILE.read_text())))
     assert required
-    if not ENV_EXAMPLE.is_file():
-        pytest.skip(".env.example does not exist yet: nothing to check the required variables against")
     text = ENV_EXAMPLE.read_text()
     missing = [name for name in required if not re.search(rf"^\s*(#\s*)?(export\s+)?{name}\s*=", text, re.MULTILINE)]
     assert not missing, f".env.example does not document {missing} (docker-compose.yml requires them)"
+
+
+# --- .env.example and README against the code -------------------------------------------
+
+
+def _call_name(node: ast.Call) -> str:
+    return ast.unparse(node.func)
+
+
+def settings_read_from_the_environment() -> dict[str, set[str]]:
+    """Every variable the application reads: the first argument of each call of the env
+    helpers (backupsite/env.py) and of ``os.environ.get`` / ``os.getenv`` / ``os.environ[…]``
+    with a literal name, in backupsite/settings.py and the rest of the application's
+    packages; name -> the files that read it."""
+    found: dict[str, set[str]] = {}
+    for package in APP_PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                name = None
+                if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+                    called = _call_name(node)
+                    if called.rsplit(".", 1)[-1] in ENV_HELPERS or called in {"os.environ.get", "os.getenv"}:
+                        name = node.args[0].value
+                elif (
+                    isinstance(node, ast.Subscript)
+                    and ast.unparse(node.value) == "os.environ"
+                    and isinstance(node.slice, ast.Constant)
+                ):
+                    name = node.slice.value
+                if isinstance(name, str):
+                    found.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def env_example_variables() -> set[str]:
+    """Variables set or shown commented out (``# NAME=…``) in .env.example."""
+    pattern = re.compile(r"^\s*(?:#\s*)?(?:export\s+)?([A-Z][A-Z0-9_]*)=", re.MULTILINE)
+    return set(pattern.findall(ENV_EXAMPLE.read_text()))
+
+
+def compose_variables() -> set[str]:
+    """Variables docker-compose.yml substitutes (``${NAME…}``, ``$NAME``), read from .env."""
+    names = set()
+    for match in _VARIABLE.finditer(COMPOSE_FILE.read_text()):
+        if match["named"]:
+            names.add(match["named"])
+        elif match["braced"]:
+            braced = _BRACED.fullmatch(match["braced"])
+            if braced:
+                names.add(braced["name"])
+    return names
+
+
+def test_env_example_lists_every_setting_the_app_reads_and_nothing_else():
+    read = settings_read_from_the_environment()
+    # The scan finds what it must (settings.py through the helpers, a direct os.environ read).
+    assert {"SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "LOG_FORMAT", "DEBUG"} <= set(read), sorted(read)
+    assert "backupsite/sensitive.py" in read["BACKUPSITE_ENV_FILE"]
+    documented = env_example_variables()
+    missing = sorted(set(read) - SYSTEM_VARIABLES - documented)
+    where = ", ".join(sorted(set().union(*(read[name] for name in missing)))) if missing else ""
+    assert not missing, f".env.example does not list {missing} (read in {where}): add each, with its default"
+    unknown = sorted(documented - set(read) - compose_variables())
+    assert not unknown, f".env.example lists {unknown}, which neither the application nor docker-compose.yml reads"
+
+
+def test_readme_documents_every_setting():
+    readme = README.read_text()
+    undocumented = sorted(
+        name for name in set(settings_read_from_the_environment()) - SYSTEM_VARIABLES if f"`{name}`" not in readme
+    )
+    assert not undocumented, f"README.md (Configuration) does not mention {undocumented}"

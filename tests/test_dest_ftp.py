@@ -41,6 +41,9 @@ from destinations.backends.ftp.tls import normalize_fingerprint
 from tests.conftest import REQUIRE_BINARIES
 from tests.tcpproxy import TcpProxy
 
+# Run once, in the default pass (tests/teststack.py): the FTP backend against its server, without the database.
+pytestmark = pytest.mark.stack_independent
+
 pytest_plugins = ["tests.kinds.ftp"]
 
 MB = 1024 * 1024

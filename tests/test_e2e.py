@@ -1,5 +1,6 @@
-"""The acceptance path, for real: the web server and a Celery worker (filesystem
-broker, embedded beat) as `make run` starts them, an administrator logging in with the
+"""The acceptance path, for real: the web server and a Celery worker (embedded beat) as
+`make run` starts them, on the suite's stack (tests/teststack.py: SQLite and the
+filesystem broker, or PostgreSQL and Redis), an administrator logging in with the
 printed password, "Run now", the progress fragment until done, the download, and the
 archive restored with stock zstd and tar.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import teststack
 from tests.conftest import require_binary, restore_with_stock_tools, trees_identical
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +109,8 @@ def stack(tmp_path_factory):
         "DEBUG": "1",
         "PYTHONUNBUFFERED": "1",
     }
+    installation = teststack.installation(data)
+    env.update(installation.env)
 
     def manage(*args):
         result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -158,7 +162,7 @@ def stack(tmp_path_factory):
         except OSError:
             time.sleep(0.3)
     try:
-        yield {"base": base, "password": password, "data": data, "logs": logs}
+        yield {"base": base, "password": password, "data": data, "logs": logs, "installation": installation}
     finally:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -253,22 +257,34 @@ def test_an_operator_cannot_become_administrator_through_the_panel_database(stac
     tar = subprocess.run(["tar", "-x", "-C", str(tmp_path)], stdin=zstd.stdout, capture_output=True)
     zstd.stdout.close()
     assert zstd.wait() == 0 and tar.returncode == 0, tar.stderr
-    dump = tmp_path / "panel-database" / "backupsite.sqlite3"
-    conn = sqlite3.connect(dump)
-    try:
-        assert conn.execute("SELECT COUNT(*) FROM django_session").fetchone() == (0,)
-        assert conn.execute("SELECT COUNT(*) FROM jobs_verifyticket").fetchone() == (0,)
-        assert {row[0] for row in conn.execute("SELECT username FROM auth_user")} == {"admin", "olga"}
-    finally:
-        conn.close()
+    installation = stack["installation"]
+    if installation.database:  # PostgreSQL: pg_dump -Fc, restored with stock pg_restore
+        dump = tmp_path / "panel-database" / "backupsite.pgdump"
+        server = teststack.POSTGRES
+        restored = server.create_database(owner=server.superuser)
+        args = [server.tool("pg_restore"), "--no-owner", "-h", server.host, "-p", str(server.port)]
+        args += ["-U", server.superuser, "-d", restored, str(dump)]
+        subprocess.run(args, env=server.env(), capture_output=True, check=True)
+        with server.connect(restored) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM django_session").fetchone() == (0,)
+            assert conn.execute("SELECT COUNT(*) FROM jobs_verifyticket").fetchone() == (0,)
+            assert {row[0] for row in conn.execute("SELECT username FROM auth_user")} == {"admin", "olga"}
+        # The dump is compressed: look for keys in its SQL text.
+        as_sql = [server.tool("pg_restore"), "-f", "-", str(dump)]
+        raw = subprocess.run(as_sql, capture_output=True, check=True).stdout
+    else:
+        dump = tmp_path / "panel-database" / "backupsite.sqlite3"
+        conn = sqlite3.connect(dump)
+        try:
+            assert conn.execute("SELECT COUNT(*) FROM django_session").fetchone() == (0,)
+            assert conn.execute("SELECT COUNT(*) FROM jobs_verifyticket").fetchone() == (0,)
+            assert {row[0] for row in conn.execute("SELECT username FROM auth_user")} == {"admin", "olga"}
+        finally:
+            conn.close()
+        raw = dump.read_bytes()
 
-    live = sqlite3.connect(f"file:{stack['data'] / 'db.sqlite3'}?mode=ro", uri=True)
-    try:
-        live_keys = {row[0] for row in live.execute("SELECT session_key FROM django_session")}
-    finally:
-        live.close()
+    live_keys = {row["session_key"] for row in installation.rows("SELECT session_key FROM django_session")}
     assert {admin.cookie("sessionid"), operator.cookie("sessionid")} <= live_keys
-    raw = dump.read_bytes()
     assert [key for key in live_keys if key.encode() in raw] == []
 
     # Replay: every session-key-shaped token in the dump, as the sessionid cookie, on the

@@ -17,6 +17,9 @@ from jobs.engine.archive import DIR, FILE, SYMLINK
 from jobs.engine.atomic import partial_name, remove_partials
 from tests.conftest import make_tree, require_binary, restore_with_stock_tools, trees_identical
 
+# Run once, in the default pass (tests/teststack.py): the archive engine imports no Django: nothing of the stack.
+pytestmark = pytest.mark.stack_independent
+
 
 def build(tmp_path: Path, src: Path) -> tuple[Path, dict]:
     archive = tmp_path / "out.tar.zst"

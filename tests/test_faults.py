@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import teststack
 from tests.conftest import require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,7 @@ def install(tmp_path_factory):
         "BACKUPSITE_STALE_RUN_SECONDS": "60",
         "BACKUPSITE_RUN_RESTARTS": "0",
     }
+    env.update(teststack.installation(data).env)  # its database and broker on the suite's stack
 
     def manage(*args, check=True):
         result = subprocess.run(

@@ -18,6 +18,10 @@ from backupsite.private import create_private_file, open_private, private_dir, s
 from jobs.engine.atomic import atomic_path
 from tests.conftest import require_binary
 
+# Run once, in the default pass (tests/teststack.py): the files of the embedded default
+# (SQLite, the filesystem broker), whatever the suite's stack.
+pytestmark = pytest.mark.stack_independent
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -10,6 +10,9 @@ import pytest
 from destinations import netguard
 from destinations.backends.base import ConfError, PermanentError
 
+# Run once, in the default pass (tests/teststack.py): address checks: pure functions.
+pytestmark = pytest.mark.stack_independent
+
 
 @pytest.mark.parametrize(
     "address",

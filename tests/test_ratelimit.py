@@ -1,10 +1,12 @@
-"""The shared rate limiter, on the database cache the embedded default uses."""
+"""The shared rate limiter, on the cache of the stack: the database cache of the
+embedded default, Redis on the PostgreSQL stack (as in production)."""
 
 from __future__ import annotations
 
 import pytest
 
 from backupsite import ratelimit
+from tests import teststack
 
 
 @pytest.fixture(autouse=True)
@@ -14,8 +16,9 @@ def clean_cache(db):
     cache.clear()
 
 
-def test_the_database_cache_is_what_counts(settings):
-    assert settings.CACHES["default"]["BACKEND"] == "django.core.cache.backends.db.DatabaseCache"
+def test_the_stack_cache_is_what_counts(settings):
+    expected = "redis.RedisCache" if teststack.is_postgres() else "db.DatabaseCache"
+    assert settings.CACHES["default"]["BACKEND"] == f"django.core.cache.backends.{expected}"
 
 
 def test_limit_per_window_then_refused_with_retry_after():

@@ -170,6 +170,7 @@ def test_remove_table_data_quotes_odd_names(tmp_path):
     conn.close()
 
 
+@pytest.mark.only_stack("default")  # copies the suite's own (SQLite) database
 @pytest.mark.django_db(transaction=True)  # the live copy below is read from committed data
 def test_panel_database_on_sqlite_leaves_out_sessions_and_tickets(client, alice, bob, folders, tmp_path, monkeypatch):
     """The panel's real schema and real sessions: two users logged in, a queued verification."""

@@ -13,13 +13,17 @@ It is the production app (``backupsite.celery``) plus two test-only kinds:
   refuses it, and the upload sees what a network destination sees (a reset, a refused
   connection: TransientError). It stands in for SFTP until that kind is on main.
 
+``chatty`` (a sleepy source that logs from two threads) feeds the structured-log tests.
+
 Claiming, heartbeats, the reaper, the sweep, uploads, retries and cancellation are the
 production code.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 
 import django
@@ -108,5 +112,27 @@ class RelayBackend(LocalBackend):
 
 
 DESTINATION_KINDS[RelayBackend.kind] = RelayBackend
+
+
+class ChattySource(SleepySource):
+    """Logs from the task's thread and from a thread of its own while it "dumps" (the
+    structured-log tests: every line of a run carries the run's id)."""
+
+    kind = "chatty"
+    label = "Chatty (tests only)"
+    title = "Chatty"
+    temp_prefix = "chatty"
+
+    def write_dump(self, target: Path, staging: Path) -> None:
+        log = logging.getLogger("tests.chatty")
+        log.info("chatty: dumping in the task's thread")
+        helper = threading.Thread(target=log.info, args=("chatty: from a helper thread",))
+        helper.start()
+        helper.join()
+        log.warning("chatty: a line with\na newline and “quotes”")
+        target.write_bytes(b"z")
+
+
+REGISTRY[ChattySource.kind] = ChattySource
 
 __all__ = ["app"]

@@ -1,7 +1,9 @@
 """A real installation with a real Celery worker that the crash-recovery tests SIGKILL.
 
-``install`` (module-scoped fixture): a fresh data dir with its own SQLite database and
-filesystem broker, two jobs writing to a local destination ("Slow": a ``sleepy`` source,
+``install`` (module-scoped fixture): a fresh data dir with a database and broker of its
+own on the suite's stack (``tests/teststack.py``: a SQLite file and the filesystem broker
+in the data dir by default; a PostgreSQL database and a Redis database on the PostgreSQL
+stack), two jobs writing to a local destination ("Slow": a ``sleepy`` source,
 see ``tests/worker_app.py``; "Quick": a small directory), the panel on a free port
 (``runserver``) with an administrator logged in over real HTTP, and :class:`Worker`
 processes (``celery worker --beat``, concurrency 2 as ``make run`` starts it) to start
@@ -11,29 +13,31 @@ and kill. The crash-recovery settings are lowered through the environment
 Every process gets its own process group (a SIGKILL of the group takes the pool
 processes, the embedded beat and their ``sleep`` with them, as a dead machine would) and
 a parent-death signal, so a killed pytest leaves nothing running. The test reads run
-rows straight from the installation's SQLite file (read only; WAL allows it beside the
-writers).
+rows straight from the installation's database (read only; on SQLite, WAL allows it
+beside the writers).
 
 Use it with ``pytest_plugins = ["tests.workers"]``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.cookiejar
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests import teststack
 from tests.conftest import require_binary
 from tests.servers import _die_with_parent, _tail, free_port
 
@@ -130,9 +134,19 @@ class Worker:
     def log(self) -> Path:
         return self.install.data / "logs" / f"worker-{self.number}.log"
 
-    def start(self) -> float:
-        """Start and wait until the worker says it is ready; returns that moment."""
-        args = [sys.executable, "-m", "celery", "-A", "tests.worker_app", "worker", "--beat"]
+    def start(self, *, quiet: bool = False) -> float:
+        """Start and wait until the worker says it is ready; returns that moment.
+        *quiet*: without Celery's start-up banner (``celery -q``)."""
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.worker_app",
+            *(["-q"] if quiet else []),
+            "worker",
+            "--beat",
+        ]
         args += ["--concurrency", "2", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
         args += ["--hostname", f"worker{self.number}@%h"]
         self.proc = _spawn(args, self.install.env, self.log)
@@ -169,6 +183,7 @@ class Install:
     env: dict
     browser: Browser
     jobs: dict[str, int]
+    stack: teststack.Installation
     workers: list[Worker] = field(default_factory=list)
 
     # --- processes ---------------------------------------------------------------
@@ -194,10 +209,9 @@ class Install:
 
     # --- the database, read only -------------------------------------------------
     def run(self, pk: int) -> dict:
-        with sqlite3.connect(f"file:{self.data / 'db.sqlite3'}?mode=ro", uri=True, timeout=30) as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM jobs_run WHERE id = ?", (pk,)).fetchone()
-        return dict(row)
+        row = self.stack.row("jobs_run", pk)
+        assert row is not None, f"run {pk} does not exist"
+        return row
 
     def wait_for(self, pk: int, states: set[str], timeout: float) -> dict:
         """Poll the run until its state is one of *states*; fail after *timeout* seconds."""
@@ -220,13 +234,16 @@ class Install:
         return self.data / "backups" / "backupsite" / job.lower()
 
 
-@pytest.fixture(scope="module")
-def install(tmp_path_factory):
+@contextlib.contextmanager
+def running_install(base: Path, extra_env: dict[str, str] | None = None) -> Iterator[Install]:
+    """An installation under *base* (see the module doc); *extra_env* goes to every one
+    of its processes (the web server, the setup, the workers): e.g. a broker of the test's own."""
     require_binary("zstd")
     require_binary("sleep")
-    data = tmp_path_factory.mktemp("workers") / "var"
+    data = base / "var"
     data.mkdir()
     (data / "logs").mkdir()
+    stack = teststack.installation(data)
     env = {
         "PATH": os.environ["PATH"],
         "DJANGO_SETTINGS_MODULE": "backupsite.settings",
@@ -236,6 +253,8 @@ def install(tmp_path_factory):
         "PYTHONUNBUFFERED": "1",
         "EMAIL_URL": f"file://{data / 'mail'}",
         **LOWERED,
+        **stack.env,
+        **(extra_env or {}),
     }
     setup = subprocess.run(
         [sys.executable, "-c", SETUP], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
@@ -246,25 +265,33 @@ def install(tmp_path_factory):
     port = free_port()
     web_log = data / "logs" / "web.log"
     web = _spawn([sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"], env, web_log)
-    browser = Browser(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            browser.get("/accounts/login/")
-            break
-        except OSError:
-            if web.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the panel did not start:\n{_tail(web_log)}") from None
-            time.sleep(0.2)
-    page = browser.post("/accounts/login/", {"username": "admin", "password": facts["password"]})
-    assert "Log out" in page.read().decode() or "logout" in page.geturl(), "could not log in"
-    installation = Install(data=data, env=env, browser=browser, jobs=facts["jobs"])
     try:
-        yield installation
+        browser = Browser(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                browser.get("/accounts/login/")
+                break
+            except OSError:
+                if web.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the panel did not start:\n{_tail(web_log)}") from None
+                time.sleep(0.2)
+        page = browser.post("/accounts/login/", {"username": "admin", "password": facts["password"]})
+        assert "Log out" in page.read().decode() or "logout" in page.geturl(), "could not log in"
+        installation = Install(data=data, env=env, browser=browser, jobs=facts["jobs"], stack=stack)
+        try:
+            yield installation
+        finally:
+            installation.stop_workers()
     finally:
-        installation.stop_workers()
         _killpg(web, signal.SIGTERM)
         try:
             web.wait(timeout=20)
         except subprocess.TimeoutExpired:
             _killpg(web, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def install(tmp_path_factory):
+    with running_install(tmp_path_factory.mktemp("workers")) as installation:
+        yield installation

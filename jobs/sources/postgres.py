@@ -12,13 +12,21 @@ With ``exclude_table_data`` (the panel's own database: sessions, tokens) each ta
 passed as ``--exclude-table-data`` with a double-quoted pattern, so its name is taken
 literally (no case folding, no ``*``/``?``/``.`` wildcards): the table is in the dump,
 its rows are not.
+
+``pg_dump`` refuses a server of a newer major version than its own ("server version
+mismatch"). Before each dump the source compares ``pg_dump --version`` with the server's
+``SHOW server_version_num`` and fails with a message that says which client to install;
+the system check ``backupsite.E005`` does the same for the panel's own database at
+start-up (``migrate``, ``check --database default``).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,9 +126,105 @@ def table_pattern(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# --- versions: pg_dump dumps servers of its own major version and older --------------
+_TOOL_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+_tool_versions: dict[tuple[str, int, int], Major | None] = {}
+
+
+@dataclass(frozen=True, order=True)
+class Major:
+    """A PostgreSQL major version: ``(17, 0)`` for 17.x, ``(9, 6)`` for 9.6.x (before
+    version 10 the first two numbers made the major version)."""
+
+    number: int
+    minor: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.number}.{self.minor}" if self.number < 10 else str(self.number)
+
+    @classmethod
+    def from_text(cls, text: str) -> Major | None:
+        """From ``pg_dump --version`` (``pg_dump (PostgreSQL) 15.18 (Debian …)``)."""
+        match = _TOOL_VERSION.search(text or "")
+        if not match:
+            return None
+        number = int(match[1])
+        return cls(number, int(match[2] or 0) if number < 10 else 0)
+
+    @classmethod
+    def from_server_version_num(cls, value: int | str) -> Major:
+        """From ``SHOW server_version_num`` (``170002`` → 17, ``90624`` → 9.6)."""
+        num = int(value)
+        return cls(num // 10000) if num >= 100000 else cls(num // 10000, (num // 100) % 100)
+
+
+def client_version(tool: str) -> Major | None:
+    """The major version of a PostgreSQL client program (``--version``, no password in
+    its environment), remembered per program file; None when it does not say."""
+    try:
+        stat = os.stat(tool)
+    except OSError:
+        return None
+    key = (str(tool), stat.st_mtime_ns, stat.st_size)
+    if key not in _tool_versions:
+        try:
+            proc = subprocess.run(
+                [tool, "--version"], capture_output=True, text=True, timeout=30, env=_env(None), check=False
+            )
+            _tool_versions[key] = Major.from_text(proc.stdout) if proc.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            _tool_versions[key] = None
+    return _tool_versions[key]
+
+
+def server_version(conf: PostgresConf, password: str | None) -> Major:
+    """The server's major version (``SHOW server_version_num``). psycopg.Error when
+    the server cannot be asked."""
+    import psycopg
+
+    with psycopg.connect(
+        conf.conninfo(), password=password or None, options=f"-c statement_timeout={QUERY_TIMEOUT * 1000}"
+    ) as conn:
+        row = conn.execute("SHOW server_version_num").fetchone()
+    return Major.from_server_version_num(row[0])
+
+
+def dump_version_problem(tool: str, tool_major: Major | None, server_major: Major, where: str) -> str | None:
+    """Why *tool* cannot dump a server of *server_major* (None: it can, or a program
+    that does not say its version, which pg_dump itself then judges)."""
+    if tool_major is None or tool_major >= server_major:
+        return None
+    return (
+        f"pg_dump {tool_major} ({tool}) cannot dump the PostgreSQL {server_major} server {where}: pg_dump "
+        f"only dumps servers of its own major version or older. Install the PostgreSQL {server_major} client "
+        f"or newer (Debian/Ubuntu: postgresql-client-{server_major} from apt.postgresql.org) and put its "
+        "pg_dump first on PATH."
+    )
+
+
+def check_dump_version(conf: PostgresConf, password: str | None, tool: str) -> None:
+    """SourceError when *tool* is older than *conf*'s server. A server that cannot be
+    asked is left to pg_dump itself, which then says why it cannot connect."""
+    import psycopg
+
+    try:
+        server_major = server_version(conf, password)
+    except psycopg.Error:
+        return
+    problem = dump_version_problem(tool, client_version(tool), server_major, conf.where())
+    if problem:
+        raise SourceError(problem)
+
+
 def pg_dump(conf: PostgresConf, password: str | None, target: Path, *, what: str = "") -> None:
-    """``pg_dump -Fc`` of *conf*'s database into *target*; SourceError on failure."""
-    args = [pg_tool("pg_dump"), "-Fc", "--no-password", f"--file={target}", f"--dbname={conf.conninfo()}"]
+    """``pg_dump -Fc`` of *conf*'s database into *target*; SourceError on failure
+    (before anything runs when this pg_dump is older than the server)."""
+    tool = pg_tool("pg_dump")
+    try:
+        check_dump_version(conf, password, tool)
+    except SourceError as exc:
+        raise SourceError(f"{what}: {exc}" if what else str(exc)) from None
+    args = [tool, "-Fc", "--no-password", f"--file={target}", f"--dbname={conf.conninfo()}"]
     args += [f"--exclude-table-data={table_pattern(name)}" for name in conf.exclude_table_data]
     code, stderr = run_tool(args, env=_env(password))
     if code != 0:
