@@ -26,7 +26,13 @@ def execute_run(run_id: int) -> str:
 
 @app.task(acks_late=True, ignore_result=True)
 def upload_archive(upload_id: int) -> str | None:
-    return uploads.upload_stage(upload_id)
+    from backupsite.logs import run_context
+    from jobs.models import Upload
+
+    # Its lines belong to the run it uploads (LOG_FORMAT=json tags them with run_id).
+    run_id = Upload.objects.filter(pk=upload_id).values_list("run_id", flat=True).first()
+    with run_context(run_id):
+        return uploads.upload_stage(upload_id)
 
 
 @app.task(acks_late=True, ignore_result=True)
@@ -64,6 +70,7 @@ def sweep_uploads() -> int:
     return len(sweep.sweep())
 
 
+@app.task(acks_late=True, ignore_result=True)
 def restore_ticket(restore_id: int) -> None:
     from jobs import restores
 

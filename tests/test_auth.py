@@ -206,6 +206,12 @@ ACCESS: dict[str, set[str]] = {
     "jobs:source_list": READERS,
     "jobs:source_detail": READERS,
     "jobs:source_measure": ADMINS,
+    "jobs:source_create": ADMINS,
+    "jobs:source_edit": ADMINS,
+    "jobs:source_test": ADMINS,
+    "jobs:source_delete": ADMINS,
+    "jobs:restore_detail": ADMINS,
+    "jobs:restore_progress": ADMINS,
 }
 #: The archive of a run that holds the panel's own database: administrators only
 #: (object level: the operator may download other runs, not this one).
@@ -235,13 +241,15 @@ def _kwargs(name: str, route: str, world: dict) -> dict:
 @pytest.fixture
 def world(job, alice, bob, charlie, dave):
     from jobs import services
-    from jobs.models import Run
+    from jobs.models import Restore, Run
 
     run = services.execute_run(services.create_run(job).pk)
     assert run.state == Run.State.SUCCEEDED, run.error
+    restore = Restore.objects.create(run=run, location="the local copy", target="/nonexistent/restore")
     return {
         "job": job.pk,
         "run": run.pk,
+        "restore": restore.pk,
         "source": job.sources.get().pk,
         "destination": job.destinations.get().pk,
         "user": bob.pk,

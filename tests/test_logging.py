@@ -185,11 +185,13 @@ def chatty_kind(monkeypatch):
     return ChattyDirectory.kind
 
 
-def test_every_line_of_an_eager_run_carries_its_id(job, chatty_kind):
+def test_every_line_of_an_eager_run_carries_its_id(job, chatty_kind, django_capture_on_commit_callbacks):
     job.sources.update(kind=chatty_kind)
     run = services.create_run(job)
     with Capture() as capture:
-        tasks.execute_run.delay(run.pk)
+        # The archive stage, then (after commit) the upload and the closing stage.
+        with django_capture_on_commit_callbacks(execute=True):
+            tasks.archive_run.delay(run.pk)
         logging.getLogger("jobs.test").info("after the run")
     run.refresh_from_db()
     assert run.state == Run.State.SUCCEEDED, run.error
@@ -199,14 +201,16 @@ def test_every_line_of_an_eager_run_carries_its_id(job, chatty_kind):
     assert "run_id" not in entries[-1] and entries[-1]["message"] == "after the run"
 
 
-def test_an_unexpected_error_is_logged_with_the_run_id_and_its_traceback(job, monkeypatch):
+def test_an_unexpected_error_is_logged_with_the_run_id_and_its_traceback(
+    job, monkeypatch, django_capture_on_commit_callbacks
+):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(services, "_execute", broken)
+    monkeypatch.setattr(services, "_archive", broken)
     run = services.create_run(job)
-    with Capture() as capture:
-        tasks.execute_run.delay(run.pk)
+    with Capture() as capture, django_capture_on_commit_callbacks(execute=True):  # the alert's outbox
+        tasks.archive_run.delay(run.pk)
     run.refresh_from_db()
     assert run.state == Run.State.FAILED
     (entry,) = [e for e in capture.entries() if e["level"] == "ERROR"]
@@ -317,7 +321,7 @@ def test_a_real_worker_writes_only_json_lines_and_tags_the_run(install):
     assert "chatty: dumping in the task's thread" in mine
     assert "chatty: from a helper thread" in mine
     assert "chatty: a line with\na newline and “quotes”" in mine
-    assert any(m.startswith("Task jobs.tasks.execute_run[") and " succeeded in " in m for m in mine), mine
+    assert any(m.startswith("Task jobs.tasks.archive_run[") and " succeeded in " in m for m in mine), mine
     # Outside the run (the worker starting, the reaper's ticks in the same pool): no id.
     assert {entry["run_id"] for entry in entries if "run_id" in entry} == {run}
     ready = [entry for entry in entries if entry["message"].endswith(" ready.")]

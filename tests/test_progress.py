@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from jobs import heartbeats, services, verification
+from jobs import heartbeats, restores, services, verification
 from jobs.models import Activity, ServiceHeartbeat
 from jobs.progress import RowProgress, Throttle, speed
 
@@ -61,7 +61,7 @@ def test_a_verification_records_its_progress_and_result_on_an_activity(client, c
 
 def test_a_restore_records_an_activity(job, tmp_path):
     run = services.execute_run(services.create_run(job).pk)
-    verification.restore_run(run, tmp_path / "restored")
+    restores.restore_run(run, tmp_path / "restored")
     activity = Activity.objects.get(run=run, kind=Activity.Kind.RESTORE)
     assert activity.state == Activity.State.SUCCEEDED and activity.bytes_done == run.archive_size
     assert str(tmp_path / "restored") in activity.message
