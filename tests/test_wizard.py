@@ -679,3 +679,20 @@ def test_migrate_creates_the_rate_limiters_table_the_connection_test_needs(setti
         cursor.execute("DROP TABLE IF EXISTS backupsite_cache")
     emit_post_migrate_signal(verbosity=0, interactive=False, db="default")  # as migrate ends
     assert "backupsite_cache" in connection.introspection.table_names()
+
+
+@pytest.mark.parametrize("zone", ["", "Not/AZone", "../../etc"])
+def test_a_step_link_never_jumps_past_a_step_with_errors(admin_client, job, zone):
+    """The step list's links (wizard_goto_step) from step 1 with a bad time zone, and from
+    the summary after step 1 was changed to one: step 1 comes back with its error, never
+    a summary built from it (it was a 500)."""
+    wizard = Wizard(admin_client)
+    wizard.post("general", general(timezone=zone), wizard_goto_step="summary")
+    assert wizard.page.status_code == 200 and wizard.current_step() == "general"
+    assert errors_at(wizard.html, "id_general-timezone")
+    wizard = to_step(Wizard(admin_client), "summary", job)
+    wizard.post("summary", {}, wizard_goto_step="general")
+    wizard.post("general", general(timezone=zone), wizard_goto_step="summary")
+    assert wizard.page.status_code == 200 and wizard.current_step() == "general"
+    wizard.post("general", general(), wizard_goto_step="summary")
+    assert wizard.current_step() == "summary"

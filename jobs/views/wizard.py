@@ -230,8 +230,17 @@ class JobWizard(SessionWizardView):
         return self.render(self._quiet(new_form), **kwargs)
 
     def render_goto_step(self, goto_step, **kwargs):
+        """Jump to *goto_step* (the step list's links); forward only as far as the steps
+        before it are valid: the first one with errors is shown instead, with them (the
+        summary must never be built from a step that does not validate)."""
+        order = list(self.get_form_list())
+        for step in order[: order.index(goto_step)]:
+            form = self.get_form(step, data=self.storage.get_step_data(step))
+            if not form.is_valid():
+                self.storage.current_step = step
+                return self.render(form, **kwargs)
         self.storage.current_step = goto_step
-        form = self.get_form(data=self.storage.get_step_data(goto_step))
+        form = self.get_form(goto_step, data=self.storage.get_step_data(goto_step))
         return self.render(self._quiet(form), **kwargs)
 
     @staticmethod
