@@ -167,7 +167,8 @@ _lock = threading.Lock()
 
 def report(names: Iterable[str] | None = None) -> Report:
     """The report for *names* (every check by default), at most :data:`CACHE_SECONDS` old."""
-    key = tuple(CHECKS) if names is None else tuple(name for name in CHECKS if name in set(names))
+    wanted = set(CHECKS if names is None else names)
+    key = tuple(name for name in CHECKS if name in wanted)
     with _lock:
         cached = _cache.get(key)
         if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
