@@ -258,7 +258,7 @@ HAS_EXPORTS = apps.all_models["jobs"].get("exportrun") is not None
 
 
 @pytest.mark.django_db
-def test_without_export_models_no_export_figures(client, token):
+def test_export_figures_only_with_the_export_models(client, token):
     samples = scrape(client)
     names = {name for name, _ in samples}
     assert ("backupsite_export_runs" in names) is HAS_EXPORTS
