@@ -26,6 +26,7 @@ from backupsite.env import (
     env_list,
     env_secret,
     env_str,
+    is_placeholder,
     new_fernet_key,
     new_secret_key,
     required_secret,
@@ -380,6 +381,20 @@ BACKUPSITE_RESTORE_ROOTS = env_list("BACKUPSITE_RESTORE_ROOTS", [str(DATA_DIR / 
 # E-mail destinations refuse a backup whose attachments (archive, manifest, key file)
 # total more than this many MiB, before anything is sent; a destination may set its own.
 BACKUPSITE_EMAIL_ATTACHMENT_LIMIT_MB = env_int("BACKUPSITE_EMAIL_ATTACHMENT_LIMIT_MB", 20, minimum=1)
+# Monitoring (README, "Health and monitoring"). /healthz answers everyone with the status
+# of each check; given BACKUPSITE_HEALTH_TOKEN (Authorization: Bearer, or ?token=) it also
+# names the stale jobs. /metrics answers only with BACKUPSITE_METRICS_TOKEN, and is not
+# there at all (404) while it is unset. Both may come from a file (..._FILE).
+BACKUPSITE_HEALTH_TOKEN = env_secret("BACKUPSITE_HEALTH_TOKEN") or ""
+BACKUPSITE_METRICS_TOKEN = env_secret("BACKUPSITE_METRICS_TOKEN") or ""
+for _name in ("BACKUPSITE_HEALTH_TOKEN", "BACKUPSITE_METRICS_TOKEN"):
+    _token = globals()[_name]
+    if _token and not DEBUG and (is_placeholder(_token) or len(_token) < 16):
+        raise ImproperlyConfigured(f"{_name} must be a random value of 16 characters or more, or unset.")
+# A load balancer or Prometheus often asks over plain HTTP inside the network: answer it
+# there instead of redirecting to HTTPS (the answer is the same, and a token was sent
+# with the first request anyway).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 # The panel's public address, used for links in e-mails.
 BACKUPSITE_SITE_URL = env_str("BACKUPSITE_SITE_URL", "http://127.0.0.1:8000")
 # An unfinished wizard (its steps, its encrypted secrets) is dropped this long after its

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from backupsite.views import accounts, audit, users
+from backupsite.views import accounts, audit, monitoring, users
 from jobs.views.dashboard import dashboard
 
 user_patterns = (
@@ -16,6 +16,10 @@ user_patterns = (
 )
 
 urlpatterns = [
+    # For machines (load balancers, uptime checkers, Prometheus): outside the login, and
+    # outside any language prefix the UI may get.
+    path("healthz", monitoring.healthz, name="healthz"),
+    path("metrics", monitoring.metrics, name="metrics"),
     path("", dashboard, name="dashboard"),
     path("accounts/login/", accounts.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -246,34 +246,58 @@ def stale_plan(jobs, now):
     again only when another twice-the-interval has passed since the last alert."""
     due = []
     for pk, interval, last_success, created, alerted in jobs:
-        if interval is None or interval <= timedelta(0):
-            continue
-        since = last_success or created
-        if now - since <= 2 * interval:
+        if not is_stale(interval, last_success, created, now):
             continue
         if alerted is not None and now - alerted <= 2 * interval:
             continue
-        due.append((pk, now - since))
+        due.append((pk, now - (last_success or created)))
     return due
 
 
-def check_stale(now=None) -> int:
-    """The dispatcher tick's part: stale alerts. Returns how many were queued."""
+def is_stale(interval, last_success, created, now) -> bool:
+    """Pure: a scheduled job is stale when its last success (or, never successful, its
+    creation) is more than twice its interval ago. Manual jobs (no interval) never are."""
+    if interval is None or interval <= timedelta(0):
+        return False
+    return now - (last_success or created) > 2 * interval
+
+
+def scheduled_jobs(now):
+    """The enabled scheduled jobs that could be stale now, each annotated with
+    ``last_success_at`` (one query; the stale alerts and ``/healthz`` read it)."""
     from django.db.models import Max
     from django.db.models.functions import Coalesce
 
     from jobs.models import Job, Run
 
-    now = now or timezone.now()
     # Twice the shortest possible interval (a cron job every minute): nothing younger can
     # be stale, so a tick right after 10,000 jobs were made looks at none of them.
-    jobs = list(
+    return list(
         Job.objects.filter(enabled=True)
         .exclude(interval=Job.Interval.MANUAL)
         .annotate(last_success_at=Max("runs__finished_at", filter=Q(runs__state=Run.State.SUCCEEDED)))
         .annotate(since=Coalesce("last_success_at", "created_at"))
         .filter(since__lt=now - timedelta(minutes=2))
     )
+
+
+def stale_jobs(now=None) -> list[tuple]:
+    """(job, time since its last success or creation) of every stale job, oldest first."""
+    now = now or timezone.now()
+    found = [
+        (job, now - (job.last_success_at or job.created_at))
+        for job in scheduled_jobs(now)
+        if is_stale(job.typical_interval, job.last_success_at, job.created_at, now)
+    ]
+    return sorted(found, key=lambda item: item[1], reverse=True)
+
+
+def check_stale(now=None) -> int:
+    """The dispatcher tick's part: stale alerts. Returns how many were queued."""
+    from jobs.models import Job
+
+    now = now or timezone.now()
+    jobs = scheduled_jobs(now)
     rows = [(j.pk, j.typical_interval, j.last_success_at, j.created_at, j.stale_alerted_at) for j in jobs]
     by_pk = {j.pk: j for j in jobs}
     sent = 0

@@ -11,6 +11,10 @@ PUBLIC = {"login", "password_reset", "password_reset_done", "password_reset_conf
 # Called by machines with a job's secret instead of a login (tests/test_triggers.py): an
 # anonymous call without the right secret finds nothing.
 TOKEN_AUTHENTICATED = {"jobs:job_trigger", "jobs:job_trigger_token"}
+# For monitoring machines, token-authenticated too (tests/test_health.py, tests/test_metrics.py):
+# /healthz answers anyone with the status only (200 or 503; details need its token);
+# /metrics is not there while BACKUPSITE_METRICS_TOKEN is unset (404), and 401 without it.
+MONITORING = {"healthz": {"get": {200, 503}, "post": {405}}, "metrics": {"get": {401, 404}, "post": {405}}}
 
 
 def iter_patterns(resolver=None, prefix="", namespace=""):
@@ -41,10 +45,26 @@ def test_the_url_walk_finds_the_pages():
 @pytest.mark.django_db
 @pytest.mark.parametrize(("name", "url"), all_urls())
 def test_anonymous_access_is_redirected_to_login_or_refused(client, name, url):
+    if name in MONITORING:  # a stale job the monitoring pages must not name without a token
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        from backupsite import health
+        from jobs.models import Job
+
+        days_ago = timezone.now() - timedelta(days=3)
+        stale = Job.objects.create(name="Payroll of ACME", interval=Job.Interval.DAILY, first_run_at=days_ago)
+        Job.objects.filter(pk=stale.pk).update(created_at=days_ago)
+        health.clear_cache()
     for method in ("get", "post"):
         response = getattr(client, method)(url)
         if name in PUBLIC:
             assert response.status_code in (200, 302, 403, 405)
+            continue
+        if name in MONITORING:
+            assert response.status_code in MONITORING[name][method], (url, method, response.status_code)
+            assert b"ACME" not in response.content
             continue
         if name in TOKEN_AUTHENTICATED:
             assert response.status_code in (404, 405), (url, method, response.status_code)
@@ -219,7 +239,7 @@ SENSITIVE = {"jobs:run_download", "jobs:run_manifest", "jobs:run_key_file", "job
 
 
 def test_every_url_has_an_access_rule():
-    names = {name for name, _ in all_urls()} - PUBLIC - TOKEN_AUTHENTICATED
+    names = {name for name, _ in all_urls()} - PUBLIC - TOKEN_AUTHENTICATED - set(MONITORING)
     missing = sorted(names - set(ACCESS))
     assert missing == [], f"add these URL names to ACCESS in tests/test_auth.py with the roles allowed: {missing}"
     assert sorted(set(ACCESS) - names) == []  # no rule for a URL that is gone
