@@ -50,7 +50,8 @@ POSTGRES_TOOLS = ("createdb", "pg_restore", "psql")
 
 PLAIN_STEPS = ["list", "newest", "check-archive", "extract-plain", "sources", "check-files"]
 ENCRYPTED_STEPS = ["list", "newest", "check-archive", "extract-encrypted", "sources", "check-files"]
-SOURCE_STEPS = ["restore-folder", "restore-postgresql", "check-panel-sqlite", "restore-panel-sqlite"]
+SOURCE_STEPS = ["restore-folder", "restore-postgresql", "check-panel-sqlite", "restore-panel-sqlite", "restore-mysql"]
+MY_CNF = re.compile(r"```ini\n(\[client\]\n.*?)\n```", re.S)
 
 
 def guide_blocks() -> dict[str, str]:
@@ -143,7 +144,7 @@ def stock_path(work: Path, server) -> str:
     bin_dir.mkdir()
     for name in STOCK_TOOLS:
         (bin_dir / name).symlink_to(require_binary(name))
-    for name in POSTGRES_TOOLS:
+    for name in POSTGRES_TOOLS if server is not None else ():
         (bin_dir / name).symlink_to(server.tool(name))  # the server's own version, as the guide asks
     return str(bin_dir)
 
@@ -334,3 +335,57 @@ def test_the_guides_checks_catch_a_wrong_password_and_a_damaged_file(installatio
     code, printed = follow(["newest", "check-archive"], cwd=copy, path=path)
     assert code != 0
     assert f"{archive.name}: FAILED" in printed and "did NOT match" in printed
+
+
+def test_a_mysql_database_restores_by_the_guide(db, folders, tmp_path, mariadb_server):
+    shop = mariadb_server.create_database()
+    mariadb_server.sql(
+        "CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(100) NOT NULL, photo BLOB);"
+        "INSERT INTO customers VALUES (1, 'Zoë Ünïcødé', 0x00FF10), (2, 'Bob', NULL);",
+        shop,
+    )
+    source = Source.objects.create(
+        name="Shop database",
+        kind="mysql",
+        settings=mariadb_server.settings(shop),
+        secrets={"password": mariadb_server.password},
+    )
+    job = Job.objects.create(name="Shop backup")
+    job.sources.set([source])
+    job.destinations.set(
+        [Destination.objects.create(name="Local disk", kind="local", settings={"path": str(folders["backups"])})]
+    )
+    run(job)
+    work = tmp_path / "work"
+    work.mkdir()
+    copy = copy_of_the_destination(folders["backups"], job, work)
+    # ~/.my.cnf as the guide shows it, with this server's values.
+    (sample,) = MY_CNF.findall(GUIDE.read_text())
+    keys = [line.split("=", 1)[0] for line in sample.splitlines()[1:]]
+    assert keys == ["host", "port", "user", "password"]
+    values = {"host": mariadb_server.host, "port": mariadb_server.port, "user": mariadb_server.user}
+    values["password"] = mariadb_server.password
+    home = work / "home"
+    home.mkdir()
+    (home / ".my.cnf").write_text("[client]\n" + "".join(f"{key}={values[key]}\n" for key in keys))
+    (home / ".my.cnf").chmod(0o600)
+    bin_dir = stock_path(work, None)
+    (Path(bin_dir) / "mysql").symlink_to(require_binary("mysql"))
+    newdb = f"{shop}_restored"
+
+    code, printed = follow(
+        ["newest", "extract-plain", ("restore-mysql", {"DUMP": f"restore/shop-database/{shop}.sql", "NEWDB": newdb})],
+        cwd=copy,
+        path=bin_dir,
+    )
+    assert code == 0, printed
+    assert "customers" in printed  # SHOW TABLES
+    query = "SELECT id, name, HEX(photo) FROM customers ORDER BY id"
+    assert (
+        mariadb_server.sql(query, newdb)
+        == mariadb_server.sql(query, shop)
+        == [
+            ["1", "Zoë Ünïcødé", "00FF10"],
+            ["2", "Bob", "NULL"],
+        ]
+    )
