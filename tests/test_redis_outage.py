@@ -74,7 +74,12 @@ def broker():
 def install(tmp_path_factory, broker):
     # A queued run is handed over again after the grace period: long enough here for the
     # worker's consumer to reconnect after its beat (their retries are timed apart).
-    extra = {"CELERY_BROKER_URL": broker.url(), "BACKUPSITE_QUEUE_GRACE_SECONDS": "20"}
+    # The sweep hands an upload whose task could not be sent over again: every 5 s here.
+    extra = {
+        "CELERY_BROKER_URL": broker.url(),
+        "BACKUPSITE_QUEUE_GRACE_SECONDS": "20",
+        "BACKUPSITE_SWEEP_SECONDS": "5",
+    }
     with running_install(tmp_path_factory.mktemp("redis-outage"), extra) as install:
         made = subprocess.run(
             [sys.executable, "-c", NAP_JOB], cwd=ROOT, env=install.env, capture_output=True, text=True, timeout=120
@@ -103,12 +108,15 @@ def test_redis_down_mid_run_loses_nothing_says_so_and_the_schedule_resumes(insta
     # A user presses "Run now" while the broker is gone: the run is kept, queued.
     quick = install.run_now("Quick")
     assert install.run(quick)["state"] == "queued"
-    wait_for_text(install.data / "logs" / "web.log", f"Could not hand run {quick} to the workers", timeout=30)
+    wait_for_text(install.data / "logs" / "web.log", f"Could not hand archive_run[{quick}] to the workers", timeout=30)
     wait_for_text(worker.log, "Connection to broker lost", timeout=30)  # the worker says so
 
-    # The run in progress does not need the broker to finish, and is recorded.
-    row = install.wait_for(nap, FINAL, timeout=60)
-    assert row["state"] == "succeeded", row["error"]
+    # The archive in progress does not need the broker: it is written and recorded. Its
+    # upload task cannot be sent while the broker is gone (it succeeds if the worker's
+    # own connection still sent it); the sweep hands it over once the broker is back.
+    row = install.wait_for(nap, FINAL | {"uploading"}, timeout=60)
+    assert row["state"] in ("succeeded", "uploading"), row["error"]
+    assert "Archive written" in row["log"], row["log"]
     assert install.run(quick)["state"] == "queued"  # nothing ran it, nothing dropped it
 
     # Celery 5.7.0 then ends the worker ("Unrecoverable error": closing the lost
@@ -125,7 +133,10 @@ def test_redis_down_mid_run_loses_nothing_says_so_and_the_schedule_resumes(insta
         assert worker.proc.returncode != 0, "a supervisor restarting on failure would not start it again"
         install.worker().start()
 
-    # The worker and its beat are connected again; the reaper hands the queued run over again.
+    # The worker and its beat are connected again; the reaper hands the queued run over
+    # again, the sweep the upload of the first.
+    row = install.wait_for(nap, FINAL, timeout=90)
+    assert row["state"] == "succeeded", f"{row['error']}\n{install.worker_logs()}"
     row = install.wait_for(quick, FINAL, timeout=90)
     assert row["state"] == "succeeded", f"{row['error']}\n{install.worker_logs()}"
     assert "Handed to the workers again" in row["log"], row["log"]
