@@ -25,11 +25,14 @@ What this module adds to the library, because a backup destination needs it:
   8 MiB, several in flight, sent by a second thread from reused buffers and signed (or
   encrypted with AES-GCM) incrementally, without the six to eight copies of every
   payload byte that building the request through smbprotocol's structures costs, plus
-  a FLUSH every 128 MiB so the final one before the rename has little left to do.
-  Measured on loopback against Samba 4.17 with 500 MiB (``bench/dest_smb.py``): about
-  twice the throughput of ``Open.write``; 0.55–0.62 of ``smbclient put``, which hashes
-  nothing, does not sign by default and does not flush (without the flush: 0.72; with
-  encryption on both sides: 0.80). This uses a few of smbprotocol's private attributes
+  a FLUSH every 128 MiB, outstanding beside the writes (see :class:`_Writer`), so the
+  server's disk writes while the rest arrives and the final FLUSH before the rename has
+  little left to do. Measured on loopback against Samba 4.17 with 500 MiB
+  (``bench/dest_smb.py``, the README has the table): about twice the throughput of
+  ``Open.write``; 0.3–0.6 of ``smbclient put`` depending on the machine's load, which
+  hashes nothing, does not sign by default and does not flush (without the flush and the
+  sha256 of the local copy: 0.79; against a signed ``smbclient put`` followed by an fsync
+  on the server: 1.05). This uses a few of smbprotocol's private attributes
   (the credit window, the table of outstanding requests, the transport's socket);
   :func:`fast_path_available` checks they are there and falls back to ``Open.write``
   otherwise, and the tests run both paths with every dialect.
@@ -107,8 +110,10 @@ from destinations.netguard import Target
 
 # Uploads: WRITE requests of up to 8 MiB (Samba's and Windows' usual maximum; fewer,
 # larger requests were clearly faster on loopback than 1 MiB ones), 4 in flight, and a
-# FLUSH every 128 MiB sent along with them, so the server writes the file to its disk
-# while the rest arrives and the final FLUSH (before the rename) has little left to do.
+# FLUSH every 128 MiB sent beside them (not counted among them, at most one outstanding),
+# so the server writes the file to its disk while the rest arrives and the final FLUSH
+# (before the rename) has little left to do. 8 in flight, 6 buffers, 4 MiB requests or a
+# FLUSH every 16–64 MiB measured the same within the noise (2026-12-02).
 WRITE_CHUNK = 8 << 20
 WRITE_DEPTH = 4
 WRITE_BUFFERS = 3  # buffers between the reading and the sending thread
