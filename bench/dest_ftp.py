@@ -36,7 +36,8 @@ Method
 
 Result keys: ``ftp_up_ratio`` (kind MB/s ÷ ``curl -T`` MB/s over FTPS, medians; target
 ≥ 0.8), ``ftp_up_mbps``, ``curl_up_mbps``, ``ftp_plain_up_ratio`` (with ``--plain``) and
-``ftp_up_client_cpu_ratio`` (the kind's client CPU ÷ curl's, FTPS) and ``rows`` (one per
+``ftp_up_client_cpu_ratio`` (the kind's client CPU ÷ curl's, FTPS), ``ftp_load_avg`` (the
+1-minute load average at the start and after each round) and ``rows`` (one per
 variant: ``variant``, ``mb_s``, ``seconds``, ``ratio``, ``client_cpu_s``, ``server_cpu_s``,
 ``runs``).
 """
@@ -170,6 +171,7 @@ def run(args, workdir) -> dict:
     times: dict[str, list[float]] = {}
     client_cpu: dict[str, list[float]] = {}
     server_cpu: dict[str, list[float]] = {}
+    load = [os.getloadavg()[0]]  # the 1-minute load average at the start and after each round
 
     def server_seconds() -> float:
         fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -233,6 +235,7 @@ def run(args, workdir) -> dict:
                         file=sys.stderr,
                         flush=True,
                     )
+                load.append(os.getloadavg()[0])
     finally:
         server_program.stop(proc)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -263,6 +266,7 @@ def run(args, workdir) -> dict:
             statistics.median(client_cpu["kind, FTPS"]) / statistics.median(client_cpu["curl -T, FTPS"]), 3
         ),
         "ftp_size_mb": size_mb,
+        "ftp_load_avg": [round(v, 2) for v in load],
         "rows": rows,
     }
     if plain:
@@ -296,6 +300,7 @@ def main(argv: list[str]) -> int:
         print(f"dest_ftp: skipped: {result['skipped']}", file=sys.stderr)
         return 0
     print(format_rows(result["rows"]))
+    print(f"load average (1 min) at the start and after each round: {result['ftp_load_avg']}")
     print(f"ftp_up_ratio {result['ftp_up_ratio']:.3f} (target >= {TARGET_RATIO})")
     if args.json:
         print(json.dumps(result))

@@ -494,6 +494,46 @@ def test_uploads_work_from_one_thread_too(smb_kind, tmp_path, monkeypatch):
     roundtrip(backend(smb_kind), tmp_path)
 
 
+def test_writes_go_on_while_the_periodic_flush_runs(smb_server, smb_kind, tmp_path, monkeypatch):
+    """The FLUSH sent every ``flush_every`` bytes (so the server's disk writes while the
+    rest arrives) is not among the writes in flight: the upload waits for it only when
+    the next one is due, or at the end; the file arrives whole."""
+    flush_every = 4 * MIB
+    monkeypatch.setattr(smb_client, "WRITE_CHUNK", 256 * 1024)
+    monkeypatch.setattr("destinations.backends.smb.backend.FLUSH_EVERY", flush_every)
+    sent = [0]
+    flush_waits: list[int] = []  # bytes sent when the upload waited for a FLUSH's answer
+    send_write, wait = SmbClient._send_write, SmbClient.wait
+
+    def counting_send(self, handle, data, offset, charge, credit_request):
+        request = send_write(self, handle, data, offset, charge, credit_request)
+        sent[0] += len(data)
+        return request
+
+    def watching_wait(self, request, what):
+        if request.message["command"].get_value() == Commands.SMB2_FLUSH:
+            flush_waits.append(sent[0])
+        return wait(self, request, what)
+
+    monkeypatch.setattr(SmbClient, "_send_write", counting_send)
+    monkeypatch.setattr(SmbClient, "wait", watching_wait)
+    size = 6 * flush_every + 12345
+    path, sha = random_file(tmp_path, size)
+    with backend(smb_kind).session() as session:
+        session.upload(path, "backupsite/job", "flushed.bin", expected_size=size, expected_sha256=sha)
+    target = share_dir(smb_kind, smb_server) / "backupsite" / "job" / "flushed.bin"
+    try:
+        assert hashlib.sha256(target.read_bytes()).hexdigest() == sha
+    finally:
+        target.unlink()
+    # Six periodic FLUSHes and the final one before the rename; the k-th periodic one
+    # (k = 1, 2, ...) is waited for only once the (k+1)-th was due, or at the end.
+    assert len(flush_waits) == 7, flush_waits
+    for k, at in enumerate(flush_waits[:-2], start=1):
+        assert at >= (k + 1) * flush_every, flush_waits
+    assert flush_waits[-2:] == [size, size]
+
+
 def test_encrypted_uploads_with_aes_ccm_use_the_library_path(smb_kind, tmp_path, monkeypatch):
     monkeypatch.setattr(SmbBackend, "dialect", Dialects.SMB_3_0_2)  # SMB 3.0.x encrypts with AES-128-CCM
     result = backend(smb_kind, encrypt=True).test()
