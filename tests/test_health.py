@@ -170,6 +170,7 @@ def test_database_check():
     assert report.ok and report.results["database"].detail == {"vendor": connection.vendor}
 
 
+@pytest.mark.only_stack("default")  # the filesystem broker is the default stack's
 @pytest.mark.django_db
 def test_filesystem_broker_check_fails_without_its_queue_folder(settings):
     from backupsite import brokers

@@ -77,7 +77,7 @@ def _run(job, state, *, size=None, seconds=None, finished_ago=0.0, **extra):
 
 
 @pytest.fixture
-def world(job, token):
+def world(job, token, settings):
     destination = job.destinations.get()
     payroll = Job.objects.create(
         name="Payroll", interval=Job.Interval.DAILY, first_run_at=timezone.now() - timedelta(days=5)
@@ -123,12 +123,23 @@ def world(job, token):
     ServiceHeartbeat.objects.create(name="dispatcher", role=ServiceHeartbeat.Role.DISPATCHER, beat_at=tick)
     from backupsite import brokers
 
-    folder = brokers.broker().folder
-    for queue in ("archives", "archives", "celery", "host.machine-a", "some-other-queue"):
-        (folder / f"{int(timezone.now().timestamp() * 1000)}_{uuid.uuid4()}.{queue}.msg").write_text("{}")
-    yield {"job": job, "payroll": payroll, "tick": tick}
-    for path in folder.glob("*.msg"):
-        path.unlink()
+    broker = brokers.broker()
+    queued = ("archives", "archives", "celery", "host.machine-a", "some-other-queue")
+    if isinstance(broker, brokers.FilesystemBroker):  # the default stack: one file per message
+        folder = broker.folder
+        for queue in queued:
+            (folder / f"{int(timezone.now().timestamp() * 1000)}_{uuid.uuid4()}.{queue}.msg").write_text("{}")
+        yield {"job": job, "payroll": payroll, "tick": tick}
+        for path in folder.glob("*.msg"):
+            path.unlink()
+    else:  # the PostgreSQL stack's Redis: kombu's list per queue (priority 0 is the bare name)
+        import redis
+
+        client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        for queue in queued:
+            client.lpush(queue, "{}")
+        yield {"job": job, "payroll": payroll, "tick": tick}
+        client.delete(*set(queued))
 
 
 @pytest.mark.django_db
