@@ -350,6 +350,8 @@ def perform_upload(upload: Upload, archive_path: Path, *, progress=None, cancel=
             if backend.can(READ):
                 for key_file in key_files:
                     _ensure_key_file(session, folder, key_file)
+                for key_file in _other_key_files(run, upload.destination_id, archive_path.parent):
+                    _ensure_key_file(session, folder, key_file, only_if_missing=True)
             else:  # write-only kinds (e-mail): the backup's own key travels with it
                 own = key_files[0]
                 items.insert(0, UploadItem(own, KEY_FILE_NAME, own.stat().st_size))
@@ -379,14 +381,41 @@ def _local_key_files(run: Run, staging: Path) -> list[Path]:
     return [own] if own == current else [own, current]
 
 
-def _ensure_key_file(session, folder: str, key_file: Path) -> None:
-    """Upload a key file beside the backups unless the same file is there. A key's own
-    file (``backupsite-key-<key id>.age``) is only ever replaced by the same key (a
-    changed backup password re-wraps it); ``backupsite-key.age`` follows the newest key."""
+def _other_key_files(run: Run, destination_id: int, staging: Path) -> list[Path]:
+    """The key files of the job's other keys whose backups were uploaded to this
+    destination (its key was replaced since), from the runs' own copies: put back
+    beside the backups if they are missing there, before ``backupsite-key.age`` moves
+    on to the newest key."""
+    if run.job_id is None:
+        return []
+    rows = (
+        Run.objects.filter(
+            job_id=run.job_id, uploads__destination_id=destination_id, uploads__state=Upload.State.SUCCEEDED
+        )
+        .exclude(age_identity_wrapped="")
+        .order_by()
+        .values_list("config__job__age_recipient", "age_identity_wrapped")
+        .distinct()
+    )
+    found: dict[str, str] = {}
+    for recipient, wrapped in rows:
+        if isinstance(recipient, str) and recipient and recipient != run.recipient:
+            found.setdefault(recipient, wrapped)
+    return [
+        agekeys.write_key_file(staging, agekeys.key_file_name(recipient), agekeys.from_text(wrapped))
+        for recipient, wrapped in found.items()
+    ]
+
+
+def _ensure_key_file(session, folder: str, key_file: Path, *, only_if_missing: bool = False) -> None:
+    """Upload a key file beside the backups unless the same file (or, *only_if_missing*,
+    any file of that name) is there. A key's own file (``backupsite-key-<key id>.age``)
+    is only ever replaced by the same key (a changed backup password re-wraps it);
+    ``backupsite-key.age`` follows the newest key."""
     wanted = key_file.read_bytes()
     try:
         with session.open(folder, key_file.name) as fh:
-            if fh.read(len(wanted) + 1) == wanted:
+            if only_if_missing or fh.read(len(wanted) + 1) == wanted:
                 return
     except NotFoundError:
         pass

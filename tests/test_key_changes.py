@@ -206,3 +206,31 @@ def test_a_row_without_its_own_key_uses_the_jobs_only_if_it_is_the_same_key(job)
     older.refresh_from_db()
     assert older.key_file is None
     assert pyrage.x25519.Recipient.from_str(older.recipient)  # the snapshot still names the archive's key
+
+
+def test_a_missing_key_file_of_an_older_key_is_put_back_on_the_next_upload(three_runs, job, folders):
+    remote = folders["backups"] / "backupsite" / job.slug
+    first_name = agekeys.key_file_name(three_runs["first_key"])
+    (remote / first_name).unlink()  # e.g. uploaded before key files had their own names
+    run(job)
+    assert public_key_in((remote / first_name).read_bytes(), FIRST) == three_runs["first_key"]
+
+
+def test_the_migration_gives_older_rows_a_copy_of_their_key_while_it_is_the_jobs(job):
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("jobs.migrations.0015_runs_keep_their_key")
+    set_encryption(job, Job.Encryption.PASSWORD, password=FIRST)
+    same_key = run(job, hours_ago=2)
+    done = {"job": job, "job_name": job.name, "state": Run.State.SUCCEEDED}
+    plain = Run.objects.create(**done, config={"job": {"encryption": "none", "age_recipient": ""}})
+    other_key = Run.objects.create(
+        **done,
+        config={"job": {"encryption": "password", "age_recipient": agekeys.new_identity()[1]}},
+    )
+    Run.objects.filter(pk=same_key.pk).update(age_identity_wrapped="")  # as made before runs kept their key
+    migration.keep_run_keys(apps, None)
+    wrapped = dict(Run.objects.values_list("pk", "age_identity_wrapped"))
+    assert wrapped == {same_key.pk: job.age_identity_wrapped, plain.pk: "", other_key.pk: ""}
