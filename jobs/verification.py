@@ -145,11 +145,15 @@ def load_manifest(location: Location) -> dict:
 
 def _key_files(run: Run, manifest: dict, location: Location) -> Iterator[bytes]:
     """The key files that may open this archive, best first: the run's own (or its job's,
-    if it is the archive's key), then at *location* the key file its manifest names
-    (``archive.encryption.key_file``), then ``backupsite-key.age``."""
+    if it is the archive's key), the job's current wrapping of the same key (a password
+    change that crossed the run's archive stage), then at *location* the key file its
+    manifest names (``archive.encryption.key_file``), then ``backupsite-key.age``."""
     key_file = run.key_file
     if key_file is not None:
         yield key_file
+    job = run.job if run.job_id is not None else None
+    if job is not None and job.key_file not in (None, key_file) and run.recipient == job.age_recipient:
+        yield job.key_file
     encryption = (manifest.get("archive") or {}).get("encryption")
     named = encryption.get("key_file") if isinstance(encryption, dict) else None
     names = [named] if isinstance(named, str) and agekeys.is_key_file_name(named) else []

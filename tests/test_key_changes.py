@@ -234,3 +234,16 @@ def test_the_migration_gives_older_rows_a_copy_of_their_key_while_it_is_the_jobs
     migration.keep_run_keys(apps, None)
     wrapped = dict(Run.objects.values_list("pk", "age_identity_wrapped"))
     assert wrapped == {same_key.pk: job.age_identity_wrapped, plain.pk: "", other_key.pk: ""}
+
+
+def test_a_run_that_kept_the_old_wrapping_of_the_same_key_opens_with_the_new_password(job):
+    """A password change that crossed the run's archive stage leaves the run the old
+    wrapping of the same key: the job's current wrapping opens it with the new password."""
+    set_encryption(job, Job.Encryption.PASSWORD, password=FIRST)
+    made = run(job)
+    before = made.age_identity_wrapped
+    set_encryption(job, Job.Encryption.PASSWORD, password=SECOND, old_password_checked=FIRST)
+    Run.objects.filter(pk=made.pk).update(age_identity_wrapped=before)  # the worker wrote its copy back late
+    made.refresh_from_db()
+    assert verify_run(made, password=SECOND).ok
+    assert verify_run(made, password=FIRST).ok  # and its own copy still opens with the old one
