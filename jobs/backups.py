@@ -7,8 +7,9 @@ whatever the job's rules say.
 *Delete this backup* removes the archive and its manifest from this server and from
 every destination it was uploaded to whose kind can delete (write-only kinds, such as
 e-mail, keep their copy: the page says so before). A one-off run's key file goes too
-(it belongs to that backup alone); a job's ``backupsite-key.age`` stays, its other
-backups need it. The run stays in the history, with what was deleted in its log.
+(it belongs to that backup alone); a job's key files (``backupsite-key.age``,
+``backupsite-key-<key id>.age``) stay, its other backups need them. The run stays in
+the history, with what was deleted in its log.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ def set_keep_forever(run: Run, keep: bool, *, user=None) -> None:
 
 def _names(run: Run, remote_name: str) -> list[str]:
     names = [remote_name, remote_name + MANIFEST_SUFFIX]
-    if run.is_oneoff:
-        names.append(KEY_FILE_NAME)
+    if run.is_oneoff:  # its keys are its own; a job's key files stay for its other backups
+        names.extend(dict.fromkeys([KEY_FILE_NAME, run.key_file_name]))
     return names
 
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
@@ -233,7 +233,13 @@ class Job(models.Model):
         # Also without full_clean() (the shell, scripts). Fixtures and update() bypass save():
         # every place that builds a path checks again (safe_folder_name).
         validate_folder_slug(self.slug)
-        super().save(*args, **kwargs)
+        if not getattr(self, "_key_rewrapped", False):
+            super().save(*args, **kwargs)
+            return
+        with transaction.atomic():
+            super().save(*args, **kwargs)
+            self._rewrap_runs()
+        self._key_rewrapped = False
 
     def get_absolute_url(self) -> str:
         return reverse("jobs:job_detail", args=[self.pk])
@@ -445,13 +451,15 @@ class Job(models.Model):
 
         The first time, a new identity is made. Later, *old_password* unwraps the same
         identity and *password* re-wraps it, so older backups stay readable with the new
-        password. (Not saved: call save().)"""
+        password (the runs' copies of the key are re-wrapped by save()). A new identity
+        leaves the runs of the old one their own copy. (Not saved: call save().)"""
         from jobs.engine import agekeys
 
         if self.age_identity_wrapped and self.encryption == self.Encryption.PASSWORD:
             if old_password is None:
                 raise agekeys.KeyError_("The current backup password is needed to change it.")
             wrapped = agekeys.rewrap(agekeys.from_text(self.age_identity_wrapped), old_password, password)
+            self._key_rewrapped = True  # save() re-wraps the runs' copies too
         else:
             identity, recipient = agekeys.new_identity()
             wrapped = agekeys.wrap_identity(identity, password)
@@ -466,6 +474,15 @@ class Job(models.Model):
         self.age_recipient = agekeys.validate_recipient(recipient)
         self.age_identity_wrapped = ""
         self.encryption = self.Encryption.RECIPIENT
+
+    def _rewrap_runs(self) -> None:
+        """A new backup password re-wrapped the job's key: the runs keeping a copy of the
+        same key (:attr:`Run.age_identity_wrapped`) take the new wrapping, so the new
+        password opens every backup made with this key. Runs of an earlier key keep theirs
+        (and the password that was set then)."""
+        Run.objects.filter(job=self, config__job__age_recipient=self.age_recipient).exclude(
+            age_identity_wrapped=""
+        ).update(age_identity_wrapped=self.age_identity_wrapped)
 
     def identity(self, password: str) -> str:
         """The job's age identity, unwrapped with the backup password (verify, restore)."""
@@ -563,9 +580,12 @@ class Run(models.Model):
     verify_message = models.TextField(blank=True)
     #: Retention never removes this run's archive (here or at a destination).
     keep_forever = models.BooleanField(default=False)
-    #: A one-off run's own key file (``backupsite-key.age``, base64), as a job keeps its
-    #: own in ``Job.age_identity_wrapped``: the run's identity wrapped with the password
-    #: typed in the wizard. Empty for job runs (they use their job's).
+    #: The key file (base64) of the identity this run's archive is encrypted to, wrapped
+    #: with the backup password: a one-off run's own (the password typed in the wizard), or
+    #: a copy of its job's ``age_identity_wrapped`` taken when the run archived (re-wrapped
+    #: with the job's when its password changes), so replacing the job's key later loses
+    #: nothing. Empty when not encrypted with a password (and for rows made before runs
+    #: kept their key: :attr:`key_file` falls back to the job's, if it is the same key).
     age_identity_wrapped = models.TextField(blank=True)
     #: When "delete this backup" removed the archive (the run stays in the history).
     deleted_at = models.DateTimeField(null=True, blank=True)
@@ -743,14 +763,40 @@ class Run(models.Model):
         return bool((self.config or {}).get("job", {}).get("oneoff"))
 
     @property
+    def recipient(self) -> str:
+        """The age public key the archive was (or will be) encrypted to, as the snapshot says."""
+        return (self.config or {}).get("job", {}).get("age_recipient") or ""
+
+    @property
     def key_file(self) -> bytes | None:
-        """The content of ``backupsite-key.age`` for this run: a one-off run's own, else
-        its job's current one (None: not encrypted with a password, or the job is gone)."""
+        """The key file of this run's archive: the identity it was encrypted to, wrapped
+        with the backup password. The run's own (kept when it archived, so a later key
+        change of the job loses nothing); for an older row without one, its job's current
+        key, but only if that is the key the archive was encrypted to. None: not encrypted
+        with a password, or the key is not here."""
         from jobs.engine import agekeys
 
         if self.age_identity_wrapped:
             return agekeys.from_text(self.age_identity_wrapped)
-        return self.job.key_file if self.job_id is not None and self.job is not None else None
+        job = self.job if self.job_id is not None else None
+        if job is None or job.key_file is None:
+            return None
+        if (self.config or {}).get("job", {}).get("encryption", Job.Encryption.PASSWORD) != Job.Encryption.PASSWORD:
+            return None  # made without encryption or to a public key
+        if self.recipient and self.recipient != job.age_recipient:
+            return None  # the job's key was replaced since: this is not the archive's key
+        return job.key_file
+
+    @property
+    def key_file_name(self) -> str:
+        """The name of this run's key file beside its archive (``backupsite-key-<key id>.age``;
+        ``backupsite-key.age`` when the snapshot names no key)."""
+        from jobs.engine import agekeys
+
+        job = (self.config or {}).get("job", {})
+        if self.recipient and job.get("encryption") == Job.Encryption.PASSWORD:
+            return agekeys.key_file_name(self.recipient)
+        return agekeys.KEY_FILE_NAME
 
     @property
     def encrypted_with_key_file(self) -> bool:

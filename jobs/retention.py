@@ -10,7 +10,8 @@ deletion only if
   last, so an archive without one is unfinished or not ours).
 
 Everything else (other jobs' archives, a user's own files, hidden temporary files,
-archives without a manifest, ``backupsite-key.age``) is never touched. Among the
+archives without a manifest, the key files ``backupsite-key.age`` and
+``backupsite-key-<key id>.age``) is never touched. Among the
 candidates:
 
 * the newest one (by modification time, ties broken by name) is always kept, and so is
@@ -51,7 +52,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 
 from destinations.backends.base import DestinationError, RemoteFile, check_slug, job_folder
-from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
+from jobs.engine.agekeys import AGE_SUFFIX, is_key_file_name
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, validate_template
 
 log = logging.getLogger(__name__)
@@ -190,8 +191,8 @@ def plan(
         why = ""
         if name.startswith("."):
             why = "hidden or temporary file"
-        elif name == KEY_FILE_NAME:
-            why = "the job's encryption key"
+        elif is_key_file_name(name):
+            why = "an encryption key of the job's backups"
         elif name.endswith(MANIFEST_SUFFIX):
             archive = name[: -len(MANIFEST_SUFFIX)]
             match = pattern.fullmatch(archive)

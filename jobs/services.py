@@ -44,7 +44,7 @@ from destinations.backends import DestinationError
 from destinations.backends.base import job_folder
 from destinations.models import Destination
 from jobs import enqueue, notifications, reconcile, slots, uploads
-from jobs.engine import ArchiveError, Cancelled, Entry, atomic_path, write_archive, write_manifest
+from jobs.engine import ArchiveError, Cancelled, Entry, agekeys, atomic_path, write_archive, write_manifest
 from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
 from jobs.engine.atomic import remove_partials
 from jobs.models import Job, Run, Source, Upload
@@ -409,6 +409,7 @@ WORKER_FIELDS = (
     "error",
     "finished_at",
     "released_at",
+    "age_identity_wrapped",
 )
 
 
@@ -443,7 +444,8 @@ def _archive(run: Run, progress: Progress) -> None:
     job = config["job"]
     staging = private_dir(archive_dir_for(job["slug"]))
     if job.get("encryption") == "password":
-        write_key_file(job["slug"], run.key_file)  # a one-off run's own, else its job's
+        keep_run_key(run)
+        write_key_files(job["slug"], run)
     for leftover in remove_partials(staging):
         run.append_log(f"Removed a temporary file left by an interrupted run: {leftover.name}")
 
@@ -508,7 +510,7 @@ def _archive(run: Run, progress: Progress) -> None:
                 "size": result.size,
                 "sha256": result.sha256,
                 "compression": "zstd",
-                "encryption": {"scheme": "age", "recipient": recipients[0]} if recipients else None,
+                "encryption": _encryption_header(job, recipients),
             },
             "file_count": result.file_count,
         }
@@ -562,15 +564,44 @@ def _archived(run: Run, size: int) -> None:
             raise LostRun(run.pk)
 
 
-def write_key_file(job_slug: str, key_file: bytes | None) -> None:
-    """Keep the local copy of the key file in the job's staging folder current."""
-    path = archive_dir_for(job_slug) / KEY_FILE_NAME
+def _encryption_header(job: dict, recipients: list[str]) -> dict | None:
+    """The manifest's ``archive.encryption``: the recipient, and for a password-protected
+    key the name of its key file beside the archive (``backupsite-key-<key id>.age``)."""
+    if not recipients:
+        return None
+    header = {"scheme": "age", "recipient": recipients[0]}
+    if job.get("encryption") == "password":
+        header["key_file"] = agekeys.key_file_name(recipients[0])
+    return header
+
+
+def keep_run_key(run: Run) -> None:
+    """Give a password-encrypted run its own copy of the key it archives with (one-off
+    runs have theirs already). Refuses when the job's key is no longer the one the run's
+    snapshot encrypts to (the key was replaced while the run was queued): an archive
+    whose key is nowhere must never be written."""
+    if run.age_identity_wrapped:
+        return
+    recipient = run.recipient
+    current = Job.objects.filter(pk=run.job_id).values("encryption", "age_recipient", "age_identity_wrapped").first()
+    if (
+        current is None
+        or current["encryption"] != Job.Encryption.PASSWORD
+        or not current["age_identity_wrapped"]
+        or current["age_recipient"] != recipient
+    ):
+        raise ArchiveError("The job's encryption key changed after this run was queued: run it again.")
+    run.age_identity_wrapped = current["age_identity_wrapped"]
+
+
+def write_key_files(job_slug: str, run: Run) -> None:
+    """Keep the run's key file in the job's staging folder: under its own name
+    (``backupsite-key-<key id>.age``), and as ``backupsite-key.age``, the newest key."""
+    key_file = run.key_file
     if key_file is None:
         return
-    if path.is_file() and path.read_bytes() == key_file:
-        return
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(key_file)
+    for name in (run.key_file_name, KEY_FILE_NAME):
+        agekeys.write_key_file(archive_dir_for(job_slug), name, key_file)
 
 
 def check_free_space(staging: Path, job_id: int | None, input_bytes: int) -> None:

@@ -37,7 +37,7 @@ from destinations.backends import DestinationError, NotFoundError
 from destinations.backends.base import READ, UploadItem, job_folder
 from destinations.models import Destination
 from jobs import enqueue, notifications, retention, sweep
-from jobs.engine import Cancelled
+from jobs.engine import Cancelled, agekeys
 from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
 from jobs.models import Run, Upload
 from jobs.naming import MANIFEST_SUFFIX
@@ -331,7 +331,7 @@ def perform_upload(upload: Upload, archive_path: Path, *, progress=None, cancel=
         raise PermanentError("The destination was deleted.") from None
     backend = destination.backend()
     folder = job_folder(job_slug)
-    key_file = archive_path.parent / KEY_FILE_NAME
+    key_files = _local_key_files(run, archive_path.parent)
     items = [
         UploadItem(archive_path, upload.remote_name or archive_path.name, size, run.archive_sha256 or None),
         UploadItem(
@@ -346,11 +346,15 @@ def perform_upload(upload: Upload, archive_path: Path, *, progress=None, cancel=
         ).exclude(pk=upload.pk)
         if run.job_id is None or not others.exists():
             session.remove_partials(folder)
-        if archive_path.name.endswith(AGE_SUFFIX) and key_file.is_file():
+        if archive_path.name.endswith(AGE_SUFFIX) and key_files:
             if backend.can(READ):
-                _ensure_key_file(session, folder, key_file)
-            else:  # write-only kinds (e-mail): the key travels with every backup
-                items.insert(0, UploadItem(key_file, KEY_FILE_NAME, key_file.stat().st_size))
+                for key_file in key_files:
+                    _ensure_key_file(session, folder, key_file)
+                for key_file in _other_key_files(run, upload.destination_id, archive_path.parent):
+                    _ensure_key_file(session, folder, key_file, only_if_missing=True)
+            else:  # write-only kinds (e-mail): the backup's own key travels with it
+                own = key_files[0]
+                items.insert(0, UploadItem(own, KEY_FILE_NAME, own.stat().st_size))
         # replace=True: a name repeats on purpose with templates such as
         # "{job}-{weekday}" (last Monday's backup is replaced by this Monday's).
         session.upload_files(
@@ -362,17 +366,60 @@ def perform_upload(upload: Upload, archive_path: Path, *, progress=None, cancel=
         )
 
 
-def _ensure_key_file(session, folder: str, key_file: Path) -> None:
-    """Upload ``backupsite-key.age`` beside the backups unless the same file is there
-    (a changed backup password re-wraps the key: the new file replaces the old one)."""
+def _local_key_files(run: Run, staging: Path) -> list[Path]:
+    """The key files to put beside this run's archive, from the staging folder: the run's
+    own key under its name (``backupsite-key-<key id>.age``, written again from the run
+    row if it is missing here) and ``backupsite-key.age`` (the newest backup's key), when
+    that one exists here. Empty when the run is not encrypted with a password."""
+    key_file = run.key_file
+    if key_file is None:
+        return []
+    own = agekeys.write_key_file(staging, run.key_file_name, key_file)
+    current = staging / KEY_FILE_NAME
+    if not current.is_file():
+        agekeys.write_key_file(staging, KEY_FILE_NAME, key_file)
+    return [own] if own == current else [own, current]
+
+
+def _other_key_files(run: Run, destination_id: int, staging: Path) -> list[Path]:
+    """The key files of the job's other keys whose backups were uploaded to this
+    destination (its key was replaced since), from the runs' own copies: put back
+    beside the backups if they are missing there, before ``backupsite-key.age`` moves
+    on to the newest key."""
+    if run.job_id is None:
+        return []
+    rows = (
+        Run.objects.filter(
+            job_id=run.job_id, uploads__destination_id=destination_id, uploads__state=Upload.State.SUCCEEDED
+        )
+        .exclude(age_identity_wrapped="")
+        .order_by()
+        .values_list("config__job__age_recipient", "age_identity_wrapped")
+        .distinct()
+    )
+    found: dict[str, str] = {}
+    for recipient, wrapped in rows:
+        if isinstance(recipient, str) and recipient and recipient != run.recipient:
+            found.setdefault(recipient, wrapped)
+    return [
+        agekeys.write_key_file(staging, agekeys.key_file_name(recipient), agekeys.from_text(wrapped))
+        for recipient, wrapped in found.items()
+    ]
+
+
+def _ensure_key_file(session, folder: str, key_file: Path, *, only_if_missing: bool = False) -> None:
+    """Upload a key file beside the backups unless the same file (or, *only_if_missing*,
+    any file of that name) is there. A key's own file (``backupsite-key-<key id>.age``)
+    is only ever replaced by the same key (a changed backup password re-wraps it);
+    ``backupsite-key.age`` follows the newest key."""
     wanted = key_file.read_bytes()
     try:
-        with session.open(folder, KEY_FILE_NAME) as fh:
-            if fh.read(len(wanted) + 1) == wanted:
+        with session.open(folder, key_file.name) as fh:
+            if only_if_missing or fh.read(len(wanted) + 1) == wanted:
                 return
     except NotFoundError:
         pass
-    session.upload(key_file, folder, KEY_FILE_NAME, expected_size=len(wanted), replace=True)
+    session.upload(key_file, folder, key_file.name, expected_size=len(wanted), replace=True)
 
 
 # --- closing the run ------------------------------------------------------------------------

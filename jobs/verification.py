@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -143,43 +143,59 @@ def load_manifest(location: Location) -> dict:
         raise VerificationError(f"Reading the manifest from {location.label} failed: {exc.strerror or exc}") from None
 
 
-def _key_file(run: Run, location: Location) -> bytes | None:
-    key_file = run.key_file  # a one-off run's own, else its job's current one
+def _key_files(run: Run, manifest: dict, location: Location) -> Iterator[bytes]:
+    """The key files that may open this archive, best first: the run's own (or its job's,
+    if it is the archive's key), the job's current wrapping of the same key (a password
+    change that crossed the run's archive stage), then at *location* the key file its
+    manifest names (``archive.encryption.key_file``), then ``backupsite-key.age``."""
+    key_file = run.key_file
     if key_file is not None:
-        return key_file
-    if not location.is_local:
-        with contextlib.suppress(DestinationError, OSError), location.open(agekeys.KEY_FILE_NAME) as fh:
-            return fh.read(KEY_FILE_LIMIT)
-    return None
+        yield key_file
+    job = run.job if run.job_id is not None else None
+    if job is not None and job.key_file not in (None, key_file) and run.recipient == job.age_recipient:
+        yield job.key_file
+    encryption = (manifest.get("archive") or {}).get("encryption")
+    named = encryption.get("key_file") if isinstance(encryption, dict) else None
+    names = [named] if isinstance(named, str) and agekeys.is_key_file_name(named) else []
+    for name in [*names, agekeys.KEY_FILE_NAME]:
+        with contextlib.suppress(DestinationError, OSError), location.open(name) as fh:
+            found = fh.read(KEY_FILE_LIMIT)
+            if found and found != key_file:
+                yield found
 
 
 def identities_for(run: Run, manifest: dict, location: Location, password, identities, checksum_only: bool):
-    """The age identities to decrypt with, or None (not encrypted / checksum only)."""
+    """The age identities to decrypt with, or None (not encrypted / checksum only). With a
+    password: the identity of the first key file (:func:`_key_files`) that the password
+    opens and that is the archive's key."""
     encryption = (manifest.get("archive") or {}).get("encryption")
     if not encryption:
         return None
     if identities:
         return list(identities)
+    candidates = _key_files(run, manifest, location)
     if not password:
         if checksum_only:
             return None
-        if _key_file(run, location) is not None:
+        if next(candidates, None) is not None:
             raise VerificationError("This backup is encrypted: the backup password is needed to check its contents.")
         raise VerificationError(
             "This backup is encrypted to a key that is not on this server: give the age identity file "
             "(or check only the stored file's checksum)."
         )
-    key_file = _key_file(run, location)
-    if key_file is None:
-        raise VerificationError("The job's key file (backupsite-key.age) is not available.")
-    try:
-        identity = agekeys.unwrap_identity(key_file, password)
-    except agekeys.KeyError_ as exc:
-        raise VerificationError(str(exc)) from None
     recipient = encryption.get("recipient") if isinstance(encryption, dict) else None
-    if recipient and str(agekeys.identity_object(identity).to_public()) != recipient:
-        raise VerificationError(f"This archive was encrypted to {recipient}, which is not the job's current key.")
-    return [identity]
+    problems = []  # the best candidate's problem is the one to tell
+    for key_file in candidates:
+        try:
+            identity = agekeys.unwrap_identity(key_file, password)
+        except agekeys.KeyError_ as exc:
+            problems.append(str(exc))
+            continue
+        if recipient and str(agekeys.identity_object(identity).to_public()) != recipient:
+            problems.append(f"This archive was encrypted to {recipient}; no key file here holds that key.")
+            continue
+        return [identity]
+    raise VerificationError(problems[0] if problems else "The backup's key file is not available.")
 
 
 # --- verify ---------------------------------------------------------------------------

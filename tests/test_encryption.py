@@ -59,7 +59,9 @@ def test_an_encrypted_run_restores_with_stock_age_key_file_and_password(encrypte
     assert run.archive_name.endswith(".tar.zst.age")
     remote = folders["backups"] / "backupsite" / encrypted_job.slug
     names = sorted(p.name for p in remote.iterdir())
-    assert names == sorted([run.archive_name, run.archive_name + ".manifest.json", agekeys.KEY_FILE_NAME])
+    own_key = agekeys.key_file_name(encrypted_job.age_recipient)
+    assert names == sorted([run.archive_name, run.archive_name + ".manifest.json", agekeys.KEY_FILE_NAME, own_key])
+    assert (remote / own_key).read_bytes() == (remote / agekeys.KEY_FILE_NAME).read_bytes() == run.key_file
     archive = remote / run.archive_name
     assert archive.read_bytes().startswith(b"age-encryption.org/v1\n")
     assert b"Invoice 42" not in archive.read_bytes()
@@ -76,7 +78,11 @@ def test_backing_up_never_needs_the_password_and_the_manifest_names_the_recipien
 
     run = services.execute_run(services.create_run(encrypted_job).pk)
     manifest = json.loads(run.local_file.with_name(run.archive_name + ".manifest.json").read_text())
-    assert manifest["archive"]["encryption"] == {"scheme": "age", "recipient": encrypted_job.age_recipient}
+    assert manifest["archive"]["encryption"] == {
+        "scheme": "age",
+        "recipient": encrypted_job.age_recipient,
+        "key_file": f"backupsite-key-{agekeys.key_id(encrypted_job.age_recipient)}.age",
+    }
     assert "correct horse" not in json.dumps(run.config) and "AGE-SECRET-KEY" not in json.dumps(run.config)
 
 
@@ -94,10 +100,14 @@ def test_changing_the_password_keeps_old_backups_readable(encrypted_job, folders
     assert pyrage.decrypt(first.local_file.read_bytes(), [identity])
     with pytest.raises(agekeys.KeyError_):
         encrypted_job.identity("correct horse battery staple")
-    # The next run uploads the re-wrapped key file beside the backups.
+    # The first run's own copy of the key was re-wrapped too: the new password opens it.
+    first.refresh_from_db()
+    assert first.key_file == encrypted_job.key_file
+    # The next run uploads the re-wrapped key file beside the backups, under both names.
     services.execute_run(services.create_run(encrypted_job).pk)
-    remote_key = folders["backups"] / "backupsite" / encrypted_job.slug / agekeys.KEY_FILE_NAME
-    assert remote_key.read_bytes() == encrypted_job.key_file
+    remote = folders["backups"] / "backupsite" / encrypted_job.slug
+    assert (remote / agekeys.KEY_FILE_NAME).read_bytes() == encrypted_job.key_file
+    assert (remote / agekeys.key_file_name(recipient)).read_bytes() == encrypted_job.key_file
 
 
 def test_public_key_mode_keeps_no_key_on_the_server(job, folders):
@@ -107,8 +117,8 @@ def test_public_key_mode_keeps_no_key_on_the_server(job, folders):
     run = services.execute_run(services.create_run(job).pk)
     assert run.state == Run.State.SUCCEEDED
     remote = folders["backups"] / "backupsite" / job.slug
-    assert not (remote / agekeys.KEY_FILE_NAME).exists()
-    assert job.key_file is None
+    assert not [p.name for p in remote.iterdir() if agekeys.is_key_file_name(p.name)]
+    assert job.key_file is None and run.key_file is None and not run.age_identity_wrapped
     with pytest.raises(agekeys.KeyError_):
         job.identity("anything")
     assert pyrage.decrypt((remote / run.archive_name).read_bytes(), [pyrage.x25519.Identity.from_str(identity)])
@@ -123,7 +133,7 @@ def test_run_page_shows_the_age_restore_command(client, bob, encrypted_job):
     run = services.execute_run(services.create_run(encrypted_job).pk)
     client.force_login(bob)
     html = client.get(run.get_absolute_url()).content.decode()
-    assert f"age -d -i backupsite-key.age {run.archive_name}" in html
+    assert f"age -d -i {agekeys.key_file_name(encrypted_job.age_recipient)} {run.archive_name}" in html
 
 
 def test_not_enough_free_space_fails_before_writing(job, settings):
@@ -177,7 +187,7 @@ def test_job_model_encryption_choices_are_consistent(db):
 def test_the_key_file_downloads_from_the_run_page_and_opens_the_downloaded_archive(
     client, bob, charlie, encrypted_job, tmp_path
 ):
-    """A user who only has the browser: the archive and backupsite-key.age from the run
+    """A user who only has the browser: the archive and its key file from the run
     page, the password, and the stock age CLI are enough."""
     run = services.execute_run(services.create_run(encrypted_job).pk)
     client.force_login(bob)
@@ -185,8 +195,9 @@ def test_the_key_file_downloads_from_the_run_page_and_opens_the_downloaded_archi
     assert reverse("jobs:run_key_file", args=[run.pk]) in html
     response = client.get(reverse("jobs:run_key_file", args=[run.pk]))
     assert response.status_code == 200
-    assert response["Content-Disposition"] == 'attachment; filename="backupsite-key.age"'
-    key = tmp_path / "backupsite-key.age"
+    name = agekeys.key_file_name(encrypted_job.age_recipient)
+    assert response["Content-Disposition"] == f'attachment; filename="{name}"'
+    key = tmp_path / name
     key.write_bytes(response.content)
     archive = tmp_path / run.archive_name
     archive.write_bytes(b"".join(client.get(reverse("jobs:run_download", args=[run.pk])).streaming_content))

@@ -23,6 +23,7 @@ import shlex
 import shutil
 import sqlite3
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -283,7 +284,7 @@ def test_the_encrypted_backup_restores_by_the_guide_with_the_password(installati
     work = tmp_path / "work"
     work.mkdir()
     copy = copy_of_the_destination(installation["backups"], job, work)
-    assert (copy / KEY_FILE_NAME).is_file()
+    assert (copy / KEY_FILE_NAME).is_file() and (copy / newest.key_file_name).is_file()
     data_dir = the_old_panel_data_dir(work)
     newdb = f"{installation['shop']}_restored_enc"
 
@@ -295,13 +296,42 @@ def test_the_encrypted_backup_restores_by_the_guide_with_the_password(installati
         password=PASSWORD,
     )
     assert code == 0, printed
-    assert 'Enter passphrase for identity file "backupsite-key.age"' in printed  # as the guide quotes it
+    assert newest.key_file_name != KEY_FILE_NAME
+    assert f'Enter passphrase for identity file "{newest.key_file_name}"' in printed  # as the guide quotes it
     assert f"{newest.archive_name}: OK" in printed
     assert "Every file matches the manifest." in printed
     assert trees_identical(tree, copy / "restore" / "office-files")
     assert trees_identical(tree, work / "srv" / "office")
     assert pg_rows(server, newdb) == pg_rows(server, installation["shop"])
     assert_panel_restored(data_dir, printed)
+
+
+def test_an_older_backup_of_a_replaced_key_restores_by_the_guide_with_its_password(installation, tmp_path):
+    """The job's key was replaced (no encryption, then a new password): the older
+    backup opens with the key file its manifest names and the password of its time;
+    ``backupsite-key.age`` is the newest key and would not open it."""
+    job = installation["jobs"]["Encrypted backup"]
+    queued = services.create_run(job)  # an hour ago: its name ({date}-{time}) differs from the newest's
+    Run.objects.filter(pk=queued.pk).update(created_at=queued.created_at - timedelta(hours=1))
+    older = services.execute_run(queued.pk)
+    assert older.state == Run.State.SUCCEEDED, older.error
+    job.encryption, job.age_recipient, job.age_identity_wrapped = Job.Encryption.NONE, "", ""  # as the wizard does
+    job.save()
+    job.set_backup_password("a new password, not the first")
+    job.save()
+    newest = run(job)
+    assert newest.key_file_name != older.key_file_name
+    work = tmp_path / "work"
+    work.mkdir()
+    copy = copy_of_the_destination(installation["backups"], job, work)
+    path = stock_path(work, installation["server"])
+
+    steps = [("check-archive", {"ARCHIVE": older.archive_name}), "extract-encrypted", "check-files"]
+    code, printed = follow(steps, cwd=copy, path=path, password=PASSWORD)
+    assert code == 0, printed
+    assert f'Enter passphrase for identity file "{older.key_file_name}"' in printed
+    assert f"{older.archive_name}: OK" in printed and "Every file matches the manifest." in printed
+    assert trees_identical(installation["tree"], copy / "restore" / "office-files")
 
 
 def test_the_guides_checks_catch_a_wrong_password_and_a_damaged_file(installation, tmp_path):

@@ -211,13 +211,19 @@ def test_partial_and_hidden_files_are_never_touched():
 
 def test_the_key_file_is_never_touched():
     files, names = backups("office", 0, 1, suffix=".tar.zst.age")
-    key = [RemoteFile("backupsite-key.age", 400, stamp(900)), RemoteFile("backupsite-key.age" + M, 1, stamp(900))]
+    own = "backupsite-key-0123456789ab.age"  # a key's own file (jobs.engine.agekeys.key_file_name)
+    key = [
+        RemoteFile("backupsite-key.age", 400, stamp(900)),
+        RemoteFile("backupsite-key.age" + M, 1, stamp(900)),
+        RemoteFile(own, 400, stamp(900)),
+    ]
     for template in (TEMPLATE, "backupsite-key", "{job}"):
         result = make_plan(files + key, template=template, slug="office", keep_last=1, max_age_days=0)
-        assert "backupsite-key.age" in result.ignored
-        assert "backupsite-key.age" not in result.files_to_delete
+        assert {"backupsite-key.age", own} <= set(result.ignored)
+        assert not {"backupsite-key.age", own} & set(result.files_to_delete)
     result = make_plan(files + key, keep_last=1)
-    assert result.reasons["backupsite-key.age"] == "never touched: the job's encryption key"
+    assert result.reasons["backupsite-key.age"] == "never touched: an encryption key of the job's backups"
+    assert result.reasons[own] == "never touched: an encryption key of the job's backups"
     assert result.delete == [names[1]]
 
 

@@ -10,16 +10,31 @@ destination plus the password restores with the stock tool::
 
 (``age`` asks for the password.) Changing the password re-wraps the same identity, so
 old backups stay readable with the new password.
+
+A job whose key is replaced (encryption switched off or to a public key, then a password
+again) gets a new identity; its older backups still need the old one. So each key also has
+a file of its own, ``backupsite-key-<key id>.age`` (:func:`key_file_name`, the key id a
+short hash of the public key), written beside the backups once per key and never removed
+by retention; the manifest of an archive names it (``archive.encryption.key_file``).
+``backupsite-key.age`` is the newest backup's key, for the simple case.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
+from pathlib import Path
 
 import pyrage
 
+from jobs.engine.atomic import atomic_path
+
 KEY_FILE_NAME = "backupsite-key.age"
 AGE_SUFFIX = ".age"
+KEY_ID_LENGTH = 12
+#: Every key file name: ``backupsite-key.age`` and ``backupsite-key-<key id>.age``.
+KEY_FILE_PATTERN = re.compile(rf"backupsite-key(?:-[0-9a-f]{{{KEY_ID_LENGTH}}})?\.age")
 
 
 class KeyError_(Exception):
@@ -39,6 +54,29 @@ def validate_recipient(recipient: str) -> str:
     except Exception:  # noqa: BLE001 - pyrage raises several types for bad input
         raise KeyError_("This is not an age public key (it starts with “age1”).") from None
     return recipient
+
+
+def key_id(recipient: str) -> str:
+    """A short, stable name of a public key ("age1…"): the first hex digits of its sha256."""
+    return hashlib.sha256(recipient.strip().encode()).hexdigest()[:KEY_ID_LENGTH]
+
+
+def key_file_name(recipient: str) -> str:
+    """The name of the key file of *recipient*'s identity: ``backupsite-key-<key id>.age``."""
+    return f"backupsite-key-{key_id(recipient)}{AGE_SUFFIX}"
+
+
+def is_key_file_name(name: str) -> bool:
+    return KEY_FILE_PATTERN.fullmatch(name) is not None
+
+
+def write_key_file(folder: Path, name: str, key_file: bytes) -> Path:
+    """Write *key_file* as *folder*/*name* (atomically, unless the same bytes are there)."""
+    path = folder / name
+    if not (path.is_file() and path.read_bytes() == key_file):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(key_file)
+    return path
 
 
 def wrap_identity(identity: str, password: str) -> bytes:

@@ -9,7 +9,7 @@ from backupsite import audit
 from backupsite.pagination import EndAwarePaginator
 from destinations.backends.base import ROOT_FOLDER
 from jobs import downloads
-from jobs.engine.agekeys import AGE_SUFFIX, KEY_FILE_NAME
+from jobs.engine.agekeys import AGE_SUFFIX
 from jobs.models import Run, Upload
 from jobs.services import CancelOutcome, cancel_run
 
@@ -97,10 +97,11 @@ def run_download(request, pk: int, what: str = "archive"):
 
 @permission_required("jobs.download_run", raise_exception=True)
 def run_key_file(request, pk: int):
-    """``backupsite-key.age`` of an encrypted run: the job's age identity, itself
-    encrypted with the backup password, so a downloaded archive restores with the stock
-    ``age -d -i backupsite-key.age`` (which asks for that password) without a visit to
-    the destination."""
+    """The key file of an encrypted run (``backupsite-key-<key id>.age``): the age identity
+    its archive is encrypted to, itself encrypted with the backup password, so a
+    downloaded archive restores with the stock ``age -d -i backupsite-key-<key id>.age``
+    (which asks for that password) without a visit to the destination. Always the run's
+    own key, also after the job's key was replaced."""
     run = get_object_or_404(Run.objects.select_related("job"), pk=pk)
     refused = refuse_sensitive(request, run)
     if refused is not None:
@@ -109,7 +110,7 @@ def run_key_file(request, pk: int):
     if key_file is None:
         raise Http404("This backup has no key file here.")
     response = HttpResponse(key_file, content_type="application/octet-stream")
-    response["Content-Disposition"] = f'attachment; filename="{KEY_FILE_NAME}"'
+    response["Content-Disposition"] = f'attachment; filename="{run.key_file_name}"'
     return response
 
 
