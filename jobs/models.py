@@ -678,3 +678,26 @@ class Upload(models.Model):
         from destinations.backends.base import READ
 
         return self.state == self.State.SUCCEEDED and self.destination is not None and self.destination.can(READ)
+
+
+# Planning exports (issue 10) live in their own module; importing them here makes them
+# models of this app.
+from jobs.exports.models import (  # noqa: E402
+    ExportDataset,
+    ExportRun,
+    ExportUpload,
+    PlanningExport,
+)
+
+__all__ = [
+    "ExportDataset",
+    "ExportRun",
+    "ExportUpload",
+    "Job",
+    "PlanningExport",
+    "Run",
+    "SlotLock",
+    "Source",
+    "Upload",
+    "VerifyTicket",
+]

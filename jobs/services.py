@@ -160,6 +160,20 @@ def hand_over(run_ids: list[int]) -> None:
 
 
 # --- claiming -----------------------------------------------------------------------
+def heavy_work_in_progress() -> int:
+    """How much heavy work holds a slot now: backups that are running or uploading, and
+    planning exports that are running (an export and a backup never run at once).
+    Called under the slot lock by every claim (``claim`` here and
+    ``jobs.exports.service.claim_heavy_slot``)."""
+    return Run.objects.filter(state__in=Run.HELD_STATES).count() + exports_in_progress()
+
+
+def exports_in_progress() -> int:
+    from jobs.models import ExportRun
+
+    return ExportRun.objects.filter(state=ExportRun.State.RUNNING).count()
+
+
 def claim(run_id: int) -> str:
     """Move a queued/waiting run to running if a heavy slot is free.
 
@@ -180,8 +194,7 @@ def claim(run_id: int) -> str:
                 state=Run.State.CANCELLED, finished_at=now, error="Cancelled before it started."
             )
             return "gone"
-        busy = Run.objects.filter(state__in=[Run.State.RUNNING, Run.State.UPLOADING]).count()
-        if busy >= settings.BACKUPSITE_MAX_CONCURRENT_RUNS:
+        if heavy_work_in_progress() >= settings.BACKUPSITE_MAX_CONCURRENT_RUNS:
             Run.objects.filter(pk=run_id, state=Run.State.QUEUED).update(state=Run.State.WAITING)
             return "busy"
         now = timezone.now()
@@ -359,12 +372,19 @@ def _work_on(run: Run, listener: Callable[[Run], None] | None) -> bool:
 
 
 def _release_slot() -> None:
-    """This run gave its slot back: let the reconcile hand it to the next waiting run.
-    A failure here never changes the outcome already stored (the reaper retries)."""
+    """This run gave its slot back: let the reconcile hand it to the next waiting run,
+    and wake a waiting planning export. A failure here never changes the outcome
+    already stored (the reaper and the exports' tick retry)."""
     try:
         reconcile_runs()
     except Exception:
         log.exception("Could not hand the free slot to a waiting run; the reaper will")
+    try:
+        from jobs.exports.service import wake_waiting
+
+        wake_waiting()
+    except Exception:
+        log.exception("Could not hand the free slot to a waiting export; its tick will")
 
 
 def _timed_out_message() -> str:
@@ -693,7 +713,8 @@ def _limits() -> reconcile.Limits:
     return reconcile.Limits(
         stale_seconds=settings.BACKUPSITE_STALE_RUN_SECONDS,
         grace_seconds=settings.BACKUPSITE_QUEUE_GRACE_SECONDS,
-        slots=settings.BACKUPSITE_MAX_CONCURRENT_RUNS,
+        # A running planning export holds a slot too (it has no Run row).
+        slots=max(0, settings.BACKUPSITE_MAX_CONCURRENT_RUNS - exports_in_progress()),
     )
 
 
