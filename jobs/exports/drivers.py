@@ -203,7 +203,9 @@ class MysqlDriver(Driver):
                 host=conf.host,
                 port=conf.port,
                 user=conf.user or None,
-                password=self._password,
+                # As bytes: PyMySQL would encode a str password as Latin-1, so one with
+                # characters beyond it (ü in UTF-8, as every other client sends it) fails.
+                password=self._password.encode("utf-8"),
                 database=conf.database,
                 charset="utf8mb4",
                 connect_timeout=CONNECT_TIMEOUT,
