@@ -48,7 +48,7 @@ def test_values_keep_their_types_and_aware_times_move_to_the_site_zone(tmp_path)
     # 08:30 UTC is 09:30 in Berlin (Excel has no time zones: the site's wall time).
     assert ws["D2"].value == dt.datetime(2026, 11, 24, 9, 30)
     assert ws["C2"].is_date and ws["D2"].is_date and ws["C2"].number_format == "yyyy-mm-dd"
-    assert ws["D2"].number_format == "yyyy-mm-dd h:mm:ss"
+    assert ws["D2"].number_format == "yyyy-mm-dd hh:mm"
     assert ws["E2"].data_type == "n" and ws["F3"].data_type == "n" and ws["G2"].data_type == "b"
     assert ws["H2"].value is None  # NULL: an empty cell
     assert result.column_kinds == ["integer", "text", "date", "datetime", "number", "number", "boolean", "text"]
@@ -168,3 +168,12 @@ def test_progress_is_reported_and_sheet_titles_are_checked(tmp_path):
         with pytest.raises(SheetError):
             check_sheet_title(bad)
     assert check_sheet_title("Termine 24.–28.") == "Termine 24.–28."
+
+
+def test_datetimes_show_seconds_only_where_they_have_them(tmp_path):
+    rows = [(dt.datetime(2026, 11, 24, 9, 30), dt.datetime(2026, 11, 24, 9, 30, 15), dt.time(14, 5), dt.time(1, 2, 3))]
+    path = tmp_path / "s.xlsx"
+    write_sheet(path, "S", ["a", "b", "c", "d"], iter(rows))
+    ws, _, back = read_sheet(path)
+    assert [c.number_format for c in ws[2]] == ["yyyy-mm-dd hh:mm", "yyyy-mm-dd hh:mm:ss", "hh:mm", "hh:mm:ss"]
+    assert back == [list(rows[0])]

@@ -10,8 +10,9 @@ collected into a shared-strings table). What the sheet looks like:
 * column widths come from the header and the first :data:`SAMPLE_ROWS` rows (the
   widths must be written before the rows), between :data:`MIN_WIDTH` and
   :data:`MAX_WIDTH` characters;
-* dates, datetimes and times are real date cells with a number format (openpyxl's
-  ``yyyy-mm-dd``, ``yyyy-mm-dd h:mm:ss``, ``h:mm:ss``: unambiguous in every language);
+* dates, datetimes and times are real date cells with ISO number formats, readable in
+  every language: ``yyyy-mm-dd``, ``yyyy-mm-dd hh:mm`` (``hh:mm:ss`` where the value has
+  seconds), ``hh:mm``;
   an aware datetime is converted to the site's time zone first (Excel has no time
   zones), a naive one is taken as it is; text in ISO form (``2026-11-24``, ``2026-11-24 09:30:00``,
   with an optional offset) becomes a date cell too where the driver says its column
@@ -27,8 +28,8 @@ collected into a shared-strings table). What the sheet looks like:
 * characters XML cannot hold (control characters other than tab, CR and LF) are
   dropped, and text longer than a cell holds (32,767 characters) is cut; both are
   counted in the result so the run log can say so;
-* bytes become hexadecimal text, anything else (UUIDs, JSON, arrays, intervals of types
-  Excel has no cell for) its text.
+* durations (intervals) are duration cells (``[hh]:mm:ss``); bytes become hexadecimal
+  text; anything else (UUIDs, JSON, arrays) its text.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ MAX_CELL_TEXT = 32_767
 SAMPLE_ROWS = 100
 MIN_WIDTH = 8
 MAX_WIDTH = 60
+DATETIME_FORMAT = "yyyy-mm-dd hh:mm"
+DATETIME_SECONDS_FORMAT = "yyyy-mm-dd hh:mm:ss"
+TIME_FORMAT = "hh:mm"
+TIME_SECONDS_FORMAT = "hh:mm:ss"
 #: First characters that make spreadsheet programs read text as a formula (OWASP).
 RISKY_FIRST = frozenset("=+-@\t\r")
 ERROR_CODES = frozenset(("#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A"))
@@ -126,6 +131,7 @@ class Converter:
         self.tz = tz
         self.parse_text_dates = parse_text_dates
         self.result = SheetResult()
+        self._styles: dict[str, object] = {}
         self._by_type: dict[type, Callable] = {
             str: self.text,
             int: self.integer,
@@ -153,12 +159,29 @@ class Converter:
     def decimal_(self, value: decimal.Decimal):
         return value if value.is_finite() else self.text_cell(str(value))
 
-    def datetime(self, value: dt.datetime) -> dt.datetime:
-        # openpyxl gives a naive datetime its date-time number format by itself.
-        return value if value.tzinfo is None else value.astimezone(self.tz).replace(tzinfo=None)
+    def datetime(self, value: dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(self.tz).replace(tzinfo=None)
+        return self._dated(value, DATETIME_SECONDS_FORMAT if value.second or value.microsecond else DATETIME_FORMAT)
 
-    def time(self, value: dt.time) -> dt.time:
-        return value if value.tzinfo is None else value.replace(tzinfo=None)
+    def time(self, value: dt.time):
+        value = value.replace(tzinfo=None)
+        return self._dated(value, TIME_SECONDS_FORMAT if value.second or value.microsecond else TIME_FORMAT)
+
+    def _dated(self, value, number_format: str):
+        """A date cell with *number_format*, its style built once per format (setting
+        ``number_format`` on every cell would look the format up every time)."""
+        if self.ws is None:  # (the Preview converts values without a sheet)
+            return value
+        style = self._styles.get(number_format)
+        if style is None:
+            template = WriteOnlyCell(self.ws)
+            template.number_format = number_format
+            style = self._styles[number_format] = template._style
+        cell = Cell(self.ws, row=1, column=1, style_array=style)
+        cell._value = value
+        cell.data_type = "d"
+        return cell
 
     def binary(self, value) -> str:
         return bytes(value).hex()
@@ -213,7 +236,7 @@ def _display_length(value) -> int:
     if value is None:
         return 0
     if isinstance(value, dt.datetime):
-        return 19  # yyyy-mm-dd h:mm:ss
+        return 19 if value.second or value.microsecond else 16
     if isinstance(value, dt.date):
         return 10
     if isinstance(value, str):
