@@ -296,3 +296,31 @@ def test_runexport_fails_with_one_line(planning):
     with pytest.raises(CommandError) as info:
         call_command("runexport", "Newsroom", stdout=io.StringIO())
     assert "no such table: missing_table" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_loaddemo_makes_an_enabled_demo_export_that_writes_real_files(db, folders, settings, tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(Source, "measure", lambda self: None)  # the test database is in memory
+    settings.DATA_DIR = tmp_path / "data"
+    settings.BACKUPSITE_LOCAL_BACKUP_DIR = folders["backups"]
+    seen = []
+    configwrite.config_changed.connect(
+        lambda sender, change, **kw: seen.append(change.model), weak=False, dispatch_uid="t"
+    )
+    try:
+        for _ in range(2):  # idempotent
+            call_command("loaddemo", stdout=open(os.devnull, "w"))  # noqa: SIM115
+    finally:
+        configwrite.config_changed.disconnect(dispatch_uid="t")
+    export = PlanningExport.objects.get(name="Demo planning export")
+    assert export.enabled and export.next_run_at is not None and export.folder == "planning"
+    assert seen.count("jobs.planningexport") == 1 and seen.count("jobs.exportdataset") == 2
+    database = settings.DATA_DIR / "demo" / "planning.sqlite3"
+    assert oct(database.stat().st_mode & 0o777) == "0o600"
+    run = run_now(export)
+    assert run.state == ExportRun.State.SUCCEEDED, run.error
+    out = folders["backups"] / "planning"
+    assert sorted(p.name for p in out.iterdir()) == ["appointments.xlsx", "topics.xlsx"]
+    _, header, rows = read_sheet(out / "topics.xlsx")
+    assert header[1] == "Thema / Ämne" and any("ö" in (r[1] or "") for r in rows)
