@@ -67,7 +67,6 @@ RISKY_FIRST = frozenset("=+-@\t\r")
 ERROR_CODES = frozenset(("#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A"))
 _ILLEGAL = re.compile(r"[\000-\010\013\014\016-\037]")
 _EXACT_FLOAT = 2**53
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?\Z")
 #: Sheet titles: at most 31 characters, none of these.
 SHEET_TITLE_FORBIDDEN = set("[]:*?/\\")
@@ -178,7 +177,7 @@ class Converter:
             template = WriteOnlyCell(self.ws)
             template.number_format = number_format
             style = self._styles[number_format] = template._style
-        cell = Cell(self.ws, row=1, column=1, style_array=style)
+        cell = _DateCell(self.ws, row=1, column=1, style_array=style)
         cell._value = value
         cell.data_type = "d"
         return cell
@@ -187,7 +186,7 @@ class Converter:
         return bytes(value).hex()
 
     def text(self, value: str):
-        if self.parse_text_dates and value[4:5] == "-" and value[:1].isdigit():
+        if self.parse_text_dates:
             parsed = parse_iso(value)
             if parsed is not None:
                 return self.datetime(parsed) if type(parsed) is dt.datetime else parsed
@@ -219,11 +218,25 @@ class Converter:
         return self.plain_text(str(value))
 
 
+class _DateCell(Cell):
+    """A date cell built by :meth:`Converter._dated`. openpyxl's ``append()`` first tries
+    every value as a plain value and formats the ``repr`` of a cell into the message of
+    the exception it then discards: a cheap ``repr`` saves about a tenth of the time of a
+    sheet with three date columns (measured with bench/export.py)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<date cell>"
+
+
 def parse_iso(text: str) -> dt.date | dt.datetime | None:
     """``2026-11-24`` → a date, ``2026-11-24 09:30[:00[.123]][Z|+01:00]`` → a datetime
     (aware if it has an offset); None when the text is not one of those."""
+    if len(text) < 10 or text[4:5] != "-" or text[7:8] != "-" or not text[:4].isdigit():
+        return None
     try:
-        if _ISO_DATE.match(text):
+        if len(text) == 10:
             return dt.date.fromisoformat(text)
         if _ISO_DATETIME.match(text):
             return dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
