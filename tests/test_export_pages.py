@@ -269,3 +269,11 @@ def test_an_active_run_page_polls_its_progress(client, bob, export):
     client.force_login(bob)
     page = client.get(reverse("jobs:export_run_progress", args=[run.pk])).content.decode()
     assert 'data-poll-active="true"' in page and "1,234" in page and "topics.xlsx" in page
+
+
+def test_a_destination_an_export_writes_to_is_not_deleted(client, alice, export, local):
+    client.force_login(alice)
+    response = client.post(reverse("destinations:delete", args=[local.pk]))
+    assert response.status_code == 409
+    assert "Nightly plan" in response.content.decode()
+    assert Destination.objects.filter(pk=local.pk).exists()

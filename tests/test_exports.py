@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import sqlite3
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -324,3 +325,13 @@ def test_loaddemo_makes_an_enabled_demo_export_that_writes_real_files(db, folder
     assert sorted(p.name for p in out.iterdir()) == ["appointments.xlsx", "topics.xlsx"]
     _, header, rows = read_sheet(out / "topics.xlsx")
     assert header[1] == "Thema / Ämne" and any("ö" in (r[1] or "") for r in rows)
+
+
+def test_exports_have_their_own_queue_and_a_beat_entry_that_expires():
+    from backupsite.celery import app
+
+    assert app.conf.task_routes["jobs.tasks.run_export"] == {"queue": "exports"}
+    tick = app.conf.beat_schedule["export-tick"]
+    assert tick["task"] == "jobs.tasks.export_tick" and tick["options"]["expires"] == tick["schedule"]
+    procfile = (Path(__file__).resolve().parent.parent / "Procfile.dev").read_text()
+    assert "-Q celery,exports" in procfile  # make run's worker consumes the exports queue
