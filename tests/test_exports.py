@@ -335,3 +335,20 @@ def test_exports_have_their_own_queue_and_a_beat_entry_that_expires():
     assert tick["task"] == "jobs.tasks.export_tick" and tick["options"]["expires"] == tick["schedule"]
     procfile = (Path(__file__).resolve().parent.parent / "Procfile.dev").read_text()
     assert "-Q celery,exports" in procfile  # make run's worker consumes the exports queue
+
+
+def test_a_queued_run_nobody_takes_is_handed_over_once_then_failed(planning, settings, monkeypatch):
+    handed = []
+    monkeypatch.setattr(service, "hand_over", lambda ids: handed.extend(ids))  # no worker here, on purpose
+    run = service.create_run(planning["export"])
+    old = timezone.now() - dt.timedelta(seconds=settings.BACKUPSITE_QUEUE_GRACE_SECONDS + 5)
+    ExportRun.objects.filter(pk=run.pk).update(enqueued_at=old)
+    service.tick()
+    run.refresh_from_db()
+    assert run.state == ExportRun.State.QUEUED and run.requeues == 1 and handed == [run.pk]
+    assert "Handed to the workers again" in run.log
+    ExportRun.objects.filter(pk=run.pk).update(enqueued_at=old)
+    assert service.tick()["ended"] == [run.pk]
+    run.refresh_from_db()
+    assert run.state == ExportRun.State.FAILED and "exports queue" in run.error
+    assert len(mail.outbox) == 1

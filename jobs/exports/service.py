@@ -555,12 +555,13 @@ def reap_stale(now=None) -> list[int]:
 
     if heavy_work_in_progress() < settings.BACKUPSITE_MAX_CONCURRENT_RUNS:
         for run in ExportRun.objects.filter(state=ExportRun.State.QUEUED, enqueued_at__lt=grace):
-            if run.config.get("requeues", 0) < MAX_REQUEUES:
-                config = {**run.config, "requeues": run.config.get("requeues", 0) + 1}
+            if run.requeues < MAX_REQUEUES:
                 if ExportRun.objects.filter(
-                    pk=run.pk, state=ExportRun.State.QUEUED, enqueued_at=run.enqueued_at
+                    pk=run.pk, state=ExportRun.State.QUEUED, enqueued_at=run.enqueued_at, requeues=run.requeues
                 ).update(
-                    enqueued_at=now, config=config, log=_log_append("Handed to the workers again: nobody took it.")
+                    enqueued_at=now,
+                    requeues=run.requeues + 1,
+                    log=_log_append("Handed to the workers again: nobody took it."),
                 ):
                     hand_over([run.pk])
                 continue
