@@ -28,7 +28,10 @@ Method
   not the interpreter's start, not making the in-memory rows of the bare writers.
 * **Rounds.** ``--repeat`` rounds alternate the variants (openpyxl, xlsxwriter, sqlite,
   postgresql, openpyxl, …) so the noise of a shared machine falls on all of them; the
-  ratios are of the medians.
+  ratios are of the medians. Wall time is what the target is about; CPU seconds (user +
+  system of the worker, plus, for PostgreSQL, of the server's processes, reaped backends
+  included) are reported beside it because they hardly move when other work shares the
+  cores, where single wall times vary by a factor of two.
 * **Memory.** Peak RSS is the kernel's high-water mark (``VmHWM``) of the panel's worker
   process, read just before it exits. The panel's variants also run once with twice the
   rows: the peak must stay flat (the writer streams; the bare writers' processes hold all
@@ -40,9 +43,11 @@ Targets (``--check`` exits 1 when one is missed): each panel variant ≤ 1.2 × 
 openpyxl loop (with lxml installed, as in requirements.txt); peak RSS ≤ 120 MB and
 growing by less than 10 MB when the rows double.
 
-JSON keys: ``ratio_openpyxl`` and ``ratio_xlsxwriter`` (the worse of the two databases;
-``*_by_database`` has each), ``peak_rss_mb`` (the highest panel peak; ``*_by_variant`` and
-``peak_rss_mb_double_rows`` have the details), ``rss_growth_mb``, ``seconds`` (medians),
+JSON keys: ``ratio_openpyxl`` and ``ratio_xlsxwriter`` (wall time; the worse of the two
+databases; ``*_by_database`` has each), ``ratio_openpyxl_cpu`` (the same in CPU seconds),
+``peak_rss_mb`` (the highest panel peak; ``*_by_variant`` and
+``peak_rss_mb_double_rows`` have the details), ``rss_growth_mb``, ``seconds`` and
+``cpu_seconds`` (medians),
 ``rows``, ``lxml``.
 """
 
@@ -54,6 +59,7 @@ import decimal
 import json
 import os
 import random
+import resource
 import signal
 import sqlite3
 import statistics
@@ -121,32 +127,48 @@ def fail(message: str) -> None:
 
 
 # --- the workers (one process each) -------------------------------------------------------
-def worker_openpyxl(count: int, out: Path, _: dict) -> float:
+class Timer:
+    """Wall and CPU seconds (this process, user + system) of a block."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), _cpu()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, _cpu() - self.cpu
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def worker_openpyxl(count: int, out: Path, _: dict) -> Timer:
     from openpyxl import Workbook
 
     data = list(rows(count))
-    started = time.perf_counter()
-    wb = Workbook(write_only=True)
-    ws = wb.create_sheet("Planung")
-    ws.append(COLUMNS)
-    for row in data:
-        ws.append(row)
-    wb.save(out)
-    return time.perf_counter() - started
+    with Timer() as timer:
+        wb = Workbook(write_only=True)
+        ws = wb.create_sheet("Planung")
+        ws.append(COLUMNS)
+        for row in data:
+            ws.append(row)
+        wb.save(out)
+    return timer
 
 
-def worker_xlsxwriter(count: int, out: Path, _: dict) -> float:
+def worker_xlsxwriter(count: int, out: Path, _: dict) -> Timer:
     import xlsxwriter
 
     data = list(rows(count))
-    started = time.perf_counter()
-    wb = xlsxwriter.Workbook(str(out), {"constant_memory": True, "default_date_format": "yyyy-mm-dd hh:mm"})
-    ws = wb.add_worksheet("Planung")
-    ws.write_row(0, 0, COLUMNS)
-    for index, row in enumerate(data, start=1):
-        ws.write_row(index, 0, [float(v) if isinstance(v, decimal.Decimal) else v for v in row])
-    wb.close()
-    return time.perf_counter() - started
+    with Timer() as timer:
+        wb = xlsxwriter.Workbook(str(out), {"constant_memory": True, "default_date_format": "yyyy-mm-dd hh:mm"})
+        ws = wb.add_worksheet("Planung")
+        ws.write_row(0, 0, COLUMNS)
+        for index, row in enumerate(data, start=1):
+            ws.write_row(index, 0, [float(v) if isinstance(v, decimal.Decimal) else v for v in row])
+        wb.close()
+    return timer
 
 
 def _django() -> None:
@@ -160,7 +182,7 @@ def _django() -> None:
     django.setup()
 
 
-def _panel(driver, out: Path) -> float:
+def _panel(driver, out: Path) -> Timer:
     from zoneinfo import ZoneInfo
 
     from jobs.exports.window import window
@@ -168,13 +190,12 @@ def _panel(driver, out: Path) -> float:
 
     tz = ZoneInfo(ZONE)
     start, end = window(BASE.replace(tzinfo=tz), 5, 0, tz)
-    started = time.perf_counter()
-    with driver.query(driver.prepare(SQL), start, end) as result:
+    with Timer() as timer, driver.query(driver.prepare(SQL), start, end) as result:
         write_sheet(out, "Planung", result.columns, result.rows, tz=tz, parse_text_dates=driver.text_dates)
-    return time.perf_counter() - started
+    return timer
 
 
-def worker_sqlite(count: int, out: Path, spec: dict) -> float:
+def worker_sqlite(count: int, out: Path, spec: dict) -> Timer:
     _django()
     from zoneinfo import ZoneInfo
 
@@ -183,7 +204,7 @@ def worker_sqlite(count: int, out: Path, spec: dict) -> float:
     return _panel(SqliteDriver({"path": spec["sqlite"]}, {}, tz=ZoneInfo(ZONE), timeout=600, name="bench"), out)
 
 
-def worker_postgresql(count: int, out: Path, spec: dict) -> float:
+def worker_postgresql(count: int, out: Path, spec: dict) -> Timer:
     _django()
     from zoneinfo import ZoneInfo
 
@@ -275,6 +296,23 @@ class Postgres:
                 conn.execute("ANALYZE planning")
             self.databases[count] = name
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the whole server so far: the postmaster, its live children and
+        the children it has reaped (a backend that served a connection and exited)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid, ppid = int(stat.parent.name), int(fields[1])
+            if pid == self.proc.pid:
+                total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+            elif ppid == self.proc.pid:
+                total += int(fields[11]) + int(fields[12])
+        return total / tick
+
     def spec(self, count: int) -> dict:
         return {"settings": self.server.settings(self.databases[count]), "password": self.server.password}
 
@@ -336,8 +374,8 @@ def main(argv) -> int:
     args = parse_args(argv)
     if args.worker:
         spec = json.loads(sys.stdin.read() or "{}")
-        seconds = WORKERS[args.worker](args.rows, Path(args.out), spec)
-        print(json.dumps({"seconds": seconds, "vmhwm_kib": vmhwm_kib()}))
+        timer = WORKERS[args.worker](args.rows, Path(args.out), spec)
+        print(json.dumps({"seconds": timer.wall, "cpu_seconds": timer.cpu, "vmhwm_kib": vmhwm_kib()}))
         return 0
 
     import openpyxl
@@ -357,11 +395,15 @@ def main(argv) -> int:
         for round_ in range(args.repeat):
             for variant in variants:
                 out = out_dir / f"{variant}.xlsx"
+                server_before = postgres.cpu_seconds() if variant == "postgresql" else 0.0
                 sample = run_worker(variant, args.rows, out, worker_spec(args.rows))
+                if variant == "postgresql":
+                    sample["server_cpu_seconds"] = postgres.cpu_seconds() - server_before
                 samples[variant].append(sample)
+                server = f" + {sample['server_cpu_seconds']:.2f} s server" if "server_cpu_seconds" in sample else ""
                 print(
                     f"  round {round_ + 1} {variant:<11} {sample['seconds']:7.2f} s  "
-                    f"{sample['vmhwm_kib'] / 1024:6.1f} MB"
+                    f"CPU {sample['cpu_seconds']:6.2f} s{server}  {sample['vmhwm_kib'] / 1024:6.1f} MB"
                 )
                 if variant in PANEL and round_ == 0:
                     check_file(out, args.rows)
@@ -382,6 +424,9 @@ def main(argv) -> int:
         out_dir.rmdir()
 
     medians = {v: statistics.median(s["seconds"] for s in samples[v]) for v in variants}
+    cpu = {
+        v: statistics.median(s["cpu_seconds"] + s.get("server_cpu_seconds", 0.0) for s in samples[v]) for v in variants
+    }
     panel = [v for v in variants if v in PANEL]
     ratio_openpyxl = {v: medians[v] / medians["openpyxl"] for v in panel}
     ratio_xlsxwriter = {v: medians[v] / medians["xlsxwriter"] for v in panel}
@@ -394,6 +439,9 @@ def main(argv) -> int:
         "seconds": {v: round(medians[v], 3) for v in variants},
         "ratio_openpyxl": round(max(ratio_openpyxl.values()), 3),
         "ratio_openpyxl_by_database": {v: round(r, 3) for v, r in ratio_openpyxl.items()},
+        "ratio_openpyxl_cpu": round(max(cpu[v] / cpu["openpyxl"] for v in panel), 3),
+        "ratio_openpyxl_cpu_by_database": {v: round(cpu[v] / cpu["openpyxl"], 3) for v in panel},
+        "cpu_seconds": {v: round(cpu[v], 3) for v in variants},
         "ratio_xlsxwriter": round(max(ratio_xlsxwriter.values()), 3),
         "ratio_xlsxwriter_by_database": {v: round(r, 3) for v, r in ratio_xlsxwriter.items()},
         "peak_rss_mb": round(max(peak.values()), 1),
@@ -405,12 +453,16 @@ def main(argv) -> int:
         },
     }
     print()
-    print(f"{'variant':<12}{'median s':>10}{'vs openpyxl':>13}{'vs xlsxwriter':>15}{'peak RSS':>11}")
+    print(
+        f"{'variant':<12}{'median s':>10}{'vs openpyxl':>13}{'vs xlsxwriter':>15}{'CPU s':>8}{'CPU vs':>8}"
+        f"{'peak RSS':>10}"
+    )
     for v in variants:
         vo = f"{medians[v] / medians['openpyxl']:.2f}×"
         vx = f"{medians[v] / medians['xlsxwriter']:.2f}×"
+        co = f"{cpu[v] / cpu['openpyxl']:.2f}×"
         rss = f"{max(s['vmhwm_kib'] for s in samples[v]) / 1024:.0f} MB"
-        print(f"{v:<12}{medians[v]:>10.2f}{vo:>13}{vx:>15}{rss:>11}")
+        print(f"{v:<12}{medians[v]:>10.2f}{vo:>13}{vx:>15}{cpu[v]:>8.2f}{co:>8}{rss:>10}")
     missed = []
     if report["ratio_openpyxl"] > TARGET_RATIO:
         missed.append(f"ratio_openpyxl {report['ratio_openpyxl']} > {TARGET_RATIO}")

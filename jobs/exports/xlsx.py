@@ -67,7 +67,6 @@ RISKY_FIRST = frozenset("=+-@\t\r")
 ERROR_CODES = frozenset(("#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A"))
 _ILLEGAL = re.compile(r"[\000-\010\013\014\016-\037]")
 _EXACT_FLOAT = 2**53
-_ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?\Z")
 #: Sheet titles: at most 31 characters, none of these.
 SHEET_TITLE_FORBIDDEN = set("[]:*?/\\")
 
@@ -143,10 +142,52 @@ class Converter:
             memoryview: self.binary,
         }
 
+        #: One function per column, chosen by :meth:`plan` from the first rows.
+        self._columns: list[Callable] | None = None
+
+    def value(self, value):
+        """Any database value as openpyxl takes it (the general path)."""
+        if type(value) in self.PASSTHROUGH:
+            return value
+        return self._by_type.get(type(value), self.other)(value)
+
     def row(self, values: Sequence) -> list:
         """One database row as openpyxl's ``append`` takes it."""
-        passthrough, by_type, other = self.PASSTHROUGH, self._by_type, self.other
-        return [value if type(value) in passthrough else by_type.get(type(value), other)(value) for value in values]
+        columns = self._columns
+        if columns is None or len(columns) != len(values):
+            value = self.value
+            return [value(v) for v in values]
+        return [convert(v) for convert, v in zip(columns, values, strict=True)]
+
+    def plan(self, sample: Sequence[Sequence]) -> None:
+        """Pick a fast function per column from the first non-NULL value each column has
+        in *sample*: a value of that column's type takes a short path, anything else
+        (NULL, a SQLite column holding mixed types) the general one. A SQLite text column
+        is a date column when its first value is ISO text; its values are then parsed
+        (and stay text where they do not parse)."""
+        width = len(sample[0]) if sample else 0
+        firsts: list = [None] * width
+        for row in sample:
+            for index, v in enumerate(row):
+                if firsts[index] is None and v is not None:
+                    firsts[index] = v
+        self._columns = [self._column(first) for first in firsts]
+
+    def _column(self, first) -> Callable:
+        general = self.value
+        kind = type(first)
+        if kind is int:
+            low, high = -_EXACT_FLOAT, _EXACT_FLOAT
+            return lambda v: v if type(v) is int and low <= v <= high else general(v)
+        if kind is str:
+            if self.parse_text_dates and parse_iso(first) is not None:
+                text = self.text
+                return lambda v: text(v) if type(v) is str else general(v)
+            plain = self.plain_text
+            return lambda v: plain(v) if type(v) is str else general(v)
+        if kind in (dt.date, bool, dt.timedelta):
+            return lambda v: v if type(v) is kind else general(v)
+        return general
 
     # --- one value each (never None) ----------------------------------------------------
     def integer(self, value: int):
@@ -177,9 +218,12 @@ class Converter:
             template = WriteOnlyCell(self.ws)
             template.number_format = number_format
             style = self._styles[number_format] = template._style
-        cell = _DateCell(self.ws, row=1, column=1, style_array=style)
-        cell._value = value
-        cell.data_type = "d"
+        # Cell.__init__ without its work: every date cell of a format shares one style
+        # array (the writer only reads it); openpyxl sets row and column when it writes.
+        cell = _DateCell.__new__(_DateCell)
+        cell.parent, cell._style, cell._value, cell.data_type = self.ws, style, value, "d"
+        cell._hyperlink = cell._comment = None
+        cell.row = cell.column = 1
         return cell
 
     def binary(self, value) -> str:
@@ -193,6 +237,11 @@ class Converter:
         return self.plain_text(value)
 
     def plain_text(self, value: str):
+        if value[:1] in RISKY_FIRST or len(value) > MAX_CELL_TEXT or value in ERROR_CODES or _ILLEGAL.search(value):
+            return self._odd_text(value)
+        return value  # (the usual case: checked, nothing to do)
+
+    def _odd_text(self, value: str):
         if _ILLEGAL.search(value):
             value = _ILLEGAL.sub("", value)
             self.result.cleaned_cells += 1
@@ -238,8 +287,8 @@ def parse_iso(text: str) -> dt.date | dt.datetime | None:
     try:
         if len(text) == 10:
             return dt.date.fromisoformat(text)
-        if _ISO_DATETIME.match(text):
-            return dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+        if text[10:11] in ("T", " ") and text[13:14] == ":" and len(text) <= 35:
+            return dt.datetime.fromisoformat(text)  # (Python 3.11: offsets and "Z" too)
     except ValueError:
         return None
     return None
@@ -301,6 +350,7 @@ def write_sheet(
     result = converter.result
     result.columns = len(header)
 
+    converter.plan(sample)
     converted_sample = [converter.row(row) for row in sample]
     for index, width in enumerate(column_widths(header, _plain(converted_sample)), start=1):
         ws.column_dimensions[get_column_letter(index)].width = width
