@@ -12,11 +12,11 @@ collected into a shared-strings table). What the sheet looks like:
   :data:`MAX_WIDTH` characters;
 * dates, datetimes and times are real date cells with ISO number formats, readable in
   every language: ``yyyy-mm-dd``, ``yyyy-mm-dd hh:mm`` (``hh:mm:ss`` where the value has
-  seconds), ``hh:mm``;
-  an aware datetime is converted to the site's time zone first (Excel has no time
-  zones), a naive one is taken as it is; text in ISO form (``2026-11-24``, ``2026-11-24 09:30:00``,
-  with an optional offset) becomes a date cell too where the driver says its column
-  types are not known (SQLite stores dates as text);
+  seconds), ``hh:mm``. An aware datetime is converted to the site's time zone first
+  (Excel has no time zones), a naive one is taken as it is. Where the driver stores
+  dates as text (SQLite), a column whose first value is ISO text (``2026-11-24``,
+  ``2026-11-24 09:30:00``, with an optional offset) becomes a date column: its values
+  are parsed, and stay text where they do not parse;
 * numbers stay numbers (int, float, Decimal), booleans stay booleans, NULL is an empty
   cell; integers beyond 2**53 (which Excel would round) and NaN/infinity are text;
 * **formula injection** (OWASP "CSV injection", RELIABILITY 21): openpyxl would turn a
@@ -365,9 +365,8 @@ def write_sheet(
     bold = Font(bold=True)
     header_cells = []
     for name in header:
-        cell = (
-            converter.text_cell(name) if (name[:1] in RISKY_FIRST or name in ERROR_CODES) else WriteOnlyCell(ws, name)
-        )
+        value = converter.plain_text(name)  # a column alias can look like a formula too
+        cell = value if isinstance(value, Cell) else WriteOnlyCell(ws, value)
         cell.font = bold
         header_cells.append(cell)
     ws.append(header_cells)
