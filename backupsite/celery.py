@@ -75,6 +75,9 @@ def configure(app: Celery) -> None:
         task_time_limit=settings.CELERY_HARD_TIME_LIMIT,
         task_always_eager=settings.CELERY_TASK_ALWAYS_EAGER,
         task_eager_propagates=True,
+        # Planning exports have a queue of their own (workers consume "celery,exports"),
+        # so a long export never sits in front of the next backup's hand-over.
+        task_routes={"jobs.tasks.run_export": {"queue": "exports"}},
         timezone=settings.TIME_ZONE,
         enable_utc=True,
         worker_hijack_root_logger=False,
@@ -89,6 +92,14 @@ def configure(app: Celery) -> None:
                 "task": "jobs.tasks.reap_stale_runs",
                 "schedule": float(settings.BACKUPSITE_REAPER_SECONDS),
                 "options": {"expires": float(settings.BACKUPSITE_REAPER_SECONDS)},
+            },
+            # Planning exports: start the due ones, end runs whose worker died, wake
+            # waiting ones. A beat entry of its own until the scheduling dispatcher's
+            # tick takes this over (it calls jobs.exports.service.tick).
+            "export-tick": {
+                "task": "jobs.tasks.export_tick",
+                "schedule": float(settings.BACKUPSITE_EXPORT_TICK_SECONDS),
+                "options": {"expires": float(settings.BACKUPSITE_EXPORT_TICK_SECONDS)},
             },
             # Wizards left unfinished (a closed tab): their steps and encrypted secrets
             # leave the session table within the TTL plus this interval.

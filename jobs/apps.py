@@ -7,7 +7,7 @@ class JobsConfig(AppConfig):
 
     def ready(self) -> None:
         from backupsite import configwrite
-        from jobs.models import Job, Source
+        from jobs.models import ExportDataset, Job, PlanningExport, Source
 
         configwrite.register(
             Job,
@@ -23,4 +23,9 @@ class JobsConfig(AppConfig):
             Source,
             exclude=["size_bytes", "file_count", "size_measured_at"],
             labels={"secrets": "credentials"},
+        )
+        configwrite.register(PlanningExport, exclude=["next_run_at"])
+        configwrite.register(
+            ExportDataset,
+            labels={"file_name": "file name", "sheet_title": "sheet title", "sql": "SQL query"},
         )
