@@ -75,9 +75,6 @@ def configure(app: Celery) -> None:
         task_time_limit=settings.CELERY_HARD_TIME_LIMIT,
         task_always_eager=settings.CELERY_TASK_ALWAYS_EAGER,
         task_eager_propagates=True,
-        # Planning exports have a queue of their own (workers consume "celery,exports"),
-        # so a long export never sits in front of the next backup's hand-over.
-        task_routes={"jobs.tasks.run_export": {"queue": "exports"}},
         timezone=settings.TIME_ZONE,
         enable_utc=True,
         worker_hijack_root_logger=False,
@@ -93,14 +90,6 @@ def configure(app: Celery) -> None:
                 "schedule": float(settings.BACKUPSITE_REAPER_SECONDS),
                 "options": {"expires": float(settings.BACKUPSITE_REAPER_SECONDS)},
             },
-            # Planning exports: start the due ones, end runs whose worker died, wake
-            # waiting ones. A beat entry of its own until the scheduling dispatcher's
-            # tick takes this over (it calls jobs.exports.service.tick).
-            "export-tick": {
-                "task": "jobs.tasks.export_tick",
-                "schedule": float(settings.BACKUPSITE_EXPORT_TICK_SECONDS),
-                "options": {"expires": float(settings.BACKUPSITE_EXPORT_TICK_SECONDS)},
-            },
             # Wizards left unfinished (a closed tab): their steps and encrypted secrets
             # leave the session table within the TTL plus this interval.
             # Audit events past BACKUPSITE_AUDIT_RETENTION_DAYS are pruned, and
@@ -115,8 +104,8 @@ def configure(app: Celery) -> None:
                 "schedule": 600.0,
                 "options": {"expires": 600.0},
             },
-            # Start the jobs whose time has come (two beats never start one twice:
-            # jobs/dispatch.py claims each with a conditional update).
+            # Start the jobs and planning exports whose time has come (two beats never
+            # start one twice: jobs/dispatch.py claims each with a conditional update).
             "dispatch-tick": {
                 "task": "jobs.tasks.dispatch_tick",
                 "schedule": float(settings.BACKUPSITE_DISPATCH_SECONDS),

@@ -391,8 +391,6 @@ BACKUPSITE_SITE_URL = env_str("BACKUPSITE_SITE_URL", "http://127.0.0.1:8000")
 # is stopped (PostgreSQL statement_timeout per fetch, MySQL max_execution_time / MariaDB
 # max_statement_time for the whole query, SQLite a progress handler).
 BACKUPSITE_EXPORT_STATEMENT_TIMEOUT = env_int("BACKUPSITE_EXPORT_STATEMENT_TIMEOUT", 300, minimum=1)
-# How often (seconds) the exports' tick looks for due exports and stopped export runs.
-BACKUPSITE_EXPORT_TICK_SECONDS = env_int("BACKUPSITE_EXPORT_TICK_SECONDS", 60, minimum=5)
 # An unfinished wizard (its steps, its encrypted secrets) is dropped this long after its
 # last use; the beat task purge-abandoned-wizards removes it from stored sessions too.
 BACKUPSITE_WIZARD_TTL_MINUTES = env_int("BACKUPSITE_WIZARD_TTL_MINUTES", 60, minimum=1)

@@ -24,6 +24,12 @@ class JobsConfig(AppConfig):
             exclude=["size_bytes", "file_count", "size_measured_at"],
             labels={"secrets": "credentials"},
         )
+        # The kinds of heavy work register with jobs.slots when their module is imported;
+        # every process imports them all, so each claim counts every kind's holders (and
+        # the dispatcher tick has the exports' hook).
+        import jobs.exports.service
+        import jobs.services  # noqa: F401
+
         configwrite.register(PlanningExport, exclude=["next_run_at"])
         configwrite.register(
             ExportDataset,

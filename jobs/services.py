@@ -195,20 +195,6 @@ def hand_over(run_ids: list[int]) -> None:
 
 
 # --- claiming -----------------------------------------------------------------------
-def heavy_work_in_progress() -> int:
-    """How much heavy work holds a slot now: backups that are running or uploading, and
-    planning exports that are running (an export and a backup never run at once).
-    Called under the slot lock by every claim (``claim`` here and
-    ``jobs.exports.service.claim_heavy_slot``)."""
-    return Run.objects.filter(state__in=Run.HELD_STATES).count() + exports_in_progress()
-
-
-def exports_in_progress() -> int:
-    from jobs.models import ExportRun
-
-    return ExportRun.objects.filter(state=ExportRun.State.RUNNING).count()
-
-
 def claim(run_id: int) -> str:
     """Move a queued/waiting run to running if a heavy slot is free (``jobs.slots``).
 
@@ -379,19 +365,13 @@ def _work_on(run: Run, listener: Callable[[Run], None] | None) -> bool:
 
 
 def _release_slot() -> None:
-    """This run gave its slot back: let the reconcile hand it to the next waiting run,
-    and wake a waiting planning export. A failure here never changes the outcome
-    already stored (the reaper and the exports' tick retry)."""
+    """This run gave its slot back: let the reconcile hand it to the next waiting row of
+    any kind (a backup, a planning export). A failure here never changes the outcome
+    already stored (the reaper retries)."""
     try:
         reconcile_runs()
     except Exception:
         log.exception("Could not hand the free slot to a waiting run; the reaper will")
-    try:
-        from jobs.exports.service import wake_waiting
-
-        wake_waiting()
-    except Exception:
-        log.exception("Could not hand the free slot to a waiting export; its tick will")
 
 
 def _timed_out_message() -> str:

@@ -84,15 +84,8 @@ def purge_abandoned_wizards() -> int:
 
 @app.task(acks_late=True)
 def run_export(export_run_id: int) -> str:
-    # Routed to the "exports" queue (backupsite/celery.py). Like execute_run: a run that
-    # finds the heavy slot taken is parked as waiting and woken when the slot frees.
+    # Sent to the "exports" queue by jobs.enqueue.export. Like archive_run: a run that
+    # finds every heavy slot taken is parked as waiting and woken when a slot frees.
     from jobs.exports import service
 
     return service.execute(export_run_id).state
-
-
-@app.task(ignore_result=True)
-def export_tick() -> dict:
-    from jobs.exports import service
-
-    return service.tick()

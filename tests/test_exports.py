@@ -1,13 +1,13 @@
 """Planning exports end to end on SQLite and the local destination: the files, cell by
 cell against the database; the window's edges in a site zone other than UTC; refused
-and slow queries; the shared heavy slot; the tick; crash recovery; ``runexport``."""
+and slow queries; the shared heavy slot (``jobs.slots``); the dispatcher tick; crash
+recovery through the slot's reconcile; ``runexport``."""
 
 from __future__ import annotations
 
 import datetime as dt
 import io
 import sqlite3
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -17,8 +17,9 @@ from django.utils import timezone
 
 from backupsite import configwrite
 from destinations.models import Destination
+from jobs import dispatch, reconcile, services, slots
 from jobs.exports import demo, service
-from jobs.models import ExportDataset, ExportRun, ExportUpload, PlanningExport, Run, Source
+from jobs.models import ExportDataset, ExportRun, ExportUpload, Notification, PlanningExport, Run, Source
 from tests.export_helpers import assert_same_cells, read_sheet
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -203,24 +204,51 @@ def test_an_export_waits_while_a_backup_runs_and_starts_when_it_ends(planning, j
     backup = Run.objects.create(job=job, job_name=job.name, state=Run.State.RUNNING, heartbeat_at=timezone.now())
     run = service.create_run(planning["export"])
     assert service.execute(run.pk).state == ExportRun.State.WAITING
-    Run.objects.filter(pk=backup.pk).update(state=Run.State.SUCCEEDED, finished_at=timezone.now())
+    assert "the backup of “Office backup”" in slots.waiting_for()
+    Run.objects.filter(pk=backup.pk).update(
+        state=Run.State.SUCCEEDED, finished_at=timezone.now(), released_at=timezone.now()
+    )
     with django_capture_on_commit_callbacks(execute=True):
         from jobs.services import _release_slot
 
         _release_slot()  # what a finishing backup does
     run.refresh_from_db()
     assert run.state == ExportRun.State.SUCCEEDED  # woken and run (eager Celery in the tests)
+    assert services.reconcile_runs() == []  # nothing left over
 
 
-def test_a_backup_waits_while_an_export_runs(planning, job):
+def test_a_backup_waits_while_an_export_runs_and_starts_when_it_ends(planning, job, django_capture_on_commit_callbacks):
     from jobs.services import claim, create_run
 
-    ExportRun.objects.create(
-        export=planning["export"], export_name="x", state=ExportRun.State.RUNNING, heartbeat_at=timezone.now()
-    )
+    export_run = service.create_run(planning["export"])
+    assert slots.claim(service.EXPORT, export_run.pk) == slots.CLAIMED
+    assert slots.in_use() == 1
     backup = create_run(job)
-    assert claim(backup.pk) == "busy"
+    assert claim(backup.pk) == slots.BUSY
     assert Run.objects.get(pk=backup.pk).state == Run.State.WAITING
+    assert f"the planning export “Newsroom” (export run #{export_run.pk}" in slots.waiting_for()
+    # The export's worker carries on and ends: its release wakes the backup.
+    ExportRun.objects.filter(pk=export_run.pk).update(state=ExportRun.State.SUCCEEDED, finished_at=timezone.now())
+    with django_capture_on_commit_callbacks(execute=True):
+        service._release_slot()
+    assert Run.objects.get(pk=backup.pk).state == Run.State.SUCCEEDED
+
+
+def test_with_two_slots_an_export_and_a_backup_run_side_by_side(planning, job, settings):
+    from jobs.services import claim, create_run
+
+    settings.BACKUPSITE_MAX_CONCURRENT_RUNS = 2
+    export_run = service.create_run(planning["export"])
+    assert slots.claim(service.EXPORT, export_run.pk) == slots.CLAIMED
+    assert claim(create_run(job).pk) == slots.CLAIMED
+    assert slots.in_use() == 2
+
+
+def test_a_duplicate_delivery_of_an_export_run_does_nothing(planning):
+    run = run_now(planning["export"])
+    assert run.state == ExportRun.State.SUCCEEDED
+    assert slots.claim(service.EXPORT, run.pk) == slots.GONE
+    assert service.execute(run.pk).state == ExportRun.State.SUCCEEDED and slots.in_use() == 0
 
 
 def test_one_active_run_per_export(planning):
@@ -229,7 +257,7 @@ def test_one_active_run_per_export(planning):
         service.create_run(planning["export"])
 
 
-# --- the tick ---------------------------------------------------------------------------------
+# --- the dispatcher tick, crash recovery ------------------------------------------------------
 def test_a_due_export_starts_once_however_many_ticks_and_missed_nights_run_once(
     planning, django_capture_on_commit_callbacks
 ):
@@ -237,14 +265,28 @@ def test_a_due_export_starts_once_however_many_ticks_and_missed_nights_run_once(
     week_ago = timezone.now() - dt.timedelta(days=7)
     PlanningExport.objects.filter(pk=export.pk).update(next_run_at=week_ago)
     with django_capture_on_commit_callbacks(execute=True):
-        first = service.tick()
-        second = service.tick()
-    assert len(first["started"]) == 1 and second["started"] == []
-    run = ExportRun.objects.get()
+        dispatch.tick()
+        dispatch.tick()
+    run = ExportRun.objects.get()  # one run for a week of missed nights and two ticks
     assert run.trigger == ExportRun.Trigger.SCHEDULE and run.state == ExportRun.State.SUCCEEDED
     export.refresh_from_db()
     assert export.next_run_at > timezone.now()
     assert timezone.localtime(export.next_run_at, BERLIN).time() == dt.time(2, 0)
+
+
+def test_the_exports_hook_claims_each_night_once():
+    assert service.start_due_exports in dispatch.DUE_HOOKS
+    assert dispatch.DUE_HOOKS.count(service.start_due_exports) == 1
+
+
+def test_a_due_export_whose_previous_run_is_still_active_is_skipped(planning):
+    export = planning["export"]
+    service.create_run(export)
+    PlanningExport.objects.filter(pk=export.pk).update(next_run_at=timezone.now() - dt.timedelta(minutes=1))
+    assert service.start_due_exports() == 0
+    assert ExportRun.objects.count() == 1
+    export.refresh_from_db()
+    assert export.next_run_at > timezone.now()  # the night passes; the next one is scheduled
 
 
 def test_disabled_exports_are_not_scheduled(planning):
@@ -259,25 +301,39 @@ def test_disabled_exports_are_not_scheduled(planning):
     assert export.next_run_at is not None
 
 
-def test_a_run_whose_worker_died_is_interrupted_and_frees_the_slot(planning, settings):
+def test_a_run_whose_worker_died_is_interrupted_and_frees_the_slot_for_a_waiting_backup(
+    planning, job, settings, django_capture_on_commit_callbacks
+):
+    from jobs.services import claim, create_run, reap_stale_runs
+
+    settings.BACKUPSITE_RUN_RESTARTS = 2  # backups would be started again; exports are not
+    run = service.create_run(planning["export"])
+    assert slots.claim(service.EXPORT, run.pk) == slots.CLAIMED
+    backup = create_run(job)
+    assert claim(backup.pk) == slots.BUSY
     old = timezone.now() - dt.timedelta(seconds=settings.BACKUPSITE_STALE_RUN_SECONDS + 5)
-    run = ExportRun.objects.create(
-        export=planning["export"],
-        export_name="Newsroom",
-        state=ExportRun.State.RUNNING,
-        phase=ExportRun.Phase.UPLOAD,
-        heartbeat_at=old,
-        started_at=old,
-        config=service.snapshot(planning["export"]),
-    )
-    result = service.tick()
-    assert run.pk in result["ended"]
+    ExportRun.objects.filter(pk=run.pk).update(phase=ExportRun.Phase.UPLOAD, heartbeat_at=old, started_at=old)
+    staging = service.staging_dir(run.pk)
+    staging.mkdir(parents=True)
+    (staging / "topics.xlsx").write_bytes(b"half")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reap_stale_runs() == 1  # the reaper's reconcile (the dispatcher tick calls the same)
     run.refresh_from_db()
     assert run.state == ExportRun.State.INTERRUPTED and "uploading" in run.error
-    assert len(mail.outbox) == 1
-    from jobs.services import heavy_work_in_progress
+    assert "Interrupted: the worker stopped while uploading (no heartbeat for" in run.log
+    assert not staging.exists()
+    assert Run.objects.get(pk=backup.pk).state == Run.State.SUCCEEDED  # woken in the same pass, and run
+    assert slots.in_use() == 0
+    alerts = Notification.objects.filter(kind="export_failed")
+    assert [n.recipients for n in alerts] == [["desk@example.com"]]
+    assert len(mail.outbox) == 1 and "Interrupted" in mail.outbox[0].body
 
-    assert heavy_work_in_progress() == 0
+
+def test_a_worker_that_is_alive_after_all_keeps_its_export_run(planning, settings):
+    run = service.create_run(planning["export"])
+    assert slots.claim(service.EXPORT, run.pk) == slots.CLAIMED
+    assert services.reconcile_runs() == []
+    assert ExportRun.objects.get(pk=run.pk).state == ExportRun.State.RUNNING
 
 
 # --- runexport ----------------------------------------------------------------------------------
@@ -327,14 +383,22 @@ def test_loaddemo_makes_an_enabled_demo_export_that_writes_real_files(db, folder
     assert header[1] == "Thema / Ämne" and any("ö" in (r[1] or "") for r in rows)
 
 
-def test_exports_have_their_own_queue_and_a_beat_entry_that_expires():
+def test_export_runs_are_sent_through_enqueue_to_the_exports_queue_after_commit(
+    planning, monkeypatch, django_capture_on_commit_callbacks
+):
     from backupsite.celery import app
+    from jobs import enqueue
 
-    assert app.conf.task_routes["jobs.tasks.run_export"] == {"queue": "exports"}
-    tick = app.conf.beat_schedule["export-tick"]
-    assert tick["task"] == "jobs.tasks.export_tick" and tick["options"]["expires"] == tick["schedule"]
-    procfile = (Path(__file__).resolve().parent.parent / "Procfile.dev").read_text()
-    assert "-Q celery,exports" in procfile  # make run's worker consumes the exports queue
+    sent = []
+    monkeypatch.setattr(enqueue, "_send", lambda name, args, *, queue, countdown=None: sent.append((name, args, queue)))
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        run = service.enqueue(planning["export"])
+    assert sent == []  # nothing before the commit
+    for callback in callbacks:
+        callback()
+    assert sent == [("run_export", [run.pk], enqueue.EXPORTS)]
+    assert "export-tick" not in app.conf.beat_schedule  # the dispatcher tick starts exports
+    assert "exports" in [q.name for q in app.conf.task_queues]  # a worker without -Q consumes it
 
 
 def test_a_queued_run_nobody_takes_is_handed_over_once_then_failed(planning, settings, monkeypatch):
@@ -343,12 +407,14 @@ def test_a_queued_run_nobody_takes_is_handed_over_once_then_failed(planning, set
     run = service.create_run(planning["export"])
     old = timezone.now() - dt.timedelta(seconds=settings.BACKUPSITE_QUEUE_GRACE_SECONDS + 5)
     ExportRun.objects.filter(pk=run.pk).update(enqueued_at=old)
-    service.tick()
+    applied = services.reconcile_runs()
+    assert [(d.run.kind, d.action) for d in applied] == [("export", reconcile.REQUEUE)]
     run.refresh_from_db()
     assert run.state == ExportRun.State.QUEUED and run.requeues == 1 and handed == [run.pk]
     assert "Handed to the workers again" in run.log
     ExportRun.objects.filter(pk=run.pk).update(enqueued_at=old)
-    assert service.tick()["ended"] == [run.pk]
+    applied = services.reconcile_runs()
+    assert [(d.run.kind, d.action) for d in applied] == [("export", reconcile.FAIL)]
     run.refresh_from_db()
     assert run.state == ExportRun.State.FAILED and "exports queue" in run.error
-    assert len(mail.outbox) == 1
+    assert len(mail.outbox) == 1 and mail.outbox[0].to == ["desk@example.com"]

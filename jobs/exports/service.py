@@ -4,8 +4,10 @@ A run (:class:`~jobs.exports.models.ExportRun`) is created with a snapshot of th
 export's configuration and its window, handed to the ``exports`` queue, and executed by
 :func:`execute`:
 
-1. **claim** the heavy-work slot (:func:`claim_heavy_slot`): an export and a backup never
-   run at once; a run that finds the slot taken waits and is woken when it frees;
+1. **claim** a heavy-work slot (``jobs.slots``, where :class:`ExportWork` registers
+   exports as a kind of heavy work beside backups): an export and a backup never run at
+   once beyond ``BACKUPSITE_MAX_CONCURRENT_RUNS``; a run that finds every slot taken is
+   parked as *waiting* and woken by whoever frees one (``slots.reconcile``);
 2. **write the files**: for each dataset, its query over the window (read-only, with a
    statement timeout, streamed from a server-side cursor: :mod:`jobs.exports.drivers`)
    into one ``.xlsx`` (:mod:`jobs.exports.xlsx`) in a private staging folder. The files
@@ -17,13 +19,15 @@ export's configuration and its window, handed to the ``exports`` queue, and exec
    leaves the previous file in place. Each destination's result is an
    :class:`~jobs.exports.models.ExportUpload` row; a failing destination does not stop
    the others (the run is then *partial*);
-4. **finish**: the staging folder is removed; a run that did not fully succeed e-mails
-   the export's report-to addresses.
+4. **finish**: the staging folder is removed, the slot is handed on
+   (``slots.reconcile``, as a finishing backup does); a run that did not fully succeed
+   e-mails the export's report-to addresses through the notifications outbox.
 
 Progress (the dataset, its rows so far, then bytes uploaded) and a heartbeat are written
-to the run row about once a second; :func:`tick` (every minute, a beat entry of its own
-until the scheduling dispatcher absorbs it) starts due exports, marks runs whose worker
-died *interrupted*, hands lost hand-overs to the workers again and wakes waiting runs.
+to the run row about once a second. Due exports are started by the dispatcher tick
+(``jobs.dispatch``, through the hook :func:`start_due_exports`); runs whose worker died,
+lost hand-overs and waiting runs are the slot's reconcile's (:class:`ExportWork.apply`),
+which the reaper and the dispatcher tick call.
 """
 
 from __future__ import annotations
@@ -39,23 +43,24 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
-from django.db.models import F, Value
+from django.db.models import F, Max, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
 from backupsite.private import private_dir
 from destinations.backends.base import REPLACE, DestinationError, UploadItem, check_folder
 from destinations.models import Destination
+from jobs import dispatch, notifications, reconcile, slots
+from jobs.enqueue import export as send_export
 from jobs.exports import drivers, xlsx
 from jobs.exports.models import ExportRun, ExportUpload, PlanningExport, site_zone
 from jobs.exports.query import QueryRefused
-from jobs.models import SlotLock, Source
+from jobs.models import Source
 
 log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 1.0
-#: How often the tick hands a queued run nobody took to the workers again, then fails it.
-MAX_REQUEUES = 1
+EXPORT = "export"  # this module's kind of heavy work in jobs.slots
 
 
 class AlreadyRunning(Exception):
@@ -118,81 +123,158 @@ def enqueue(export: PlanningExport, *, trigger: str = ExportRun.Trigger.MANUAL, 
 
 
 def hand_over(run_ids: list[int]) -> None:
-    """Send runs to the ``exports`` queue once the transaction commits (the one place
-    that enqueues ``run_export``). A broker that cannot be reached is logged: the tick
-    hands a run nobody took over again."""
-
-    def send() -> None:
-        from jobs import tasks
-
-        for run_id in run_ids:
-            try:
-                tasks.run_export.delay(run_id)
-            except Exception:
-                log.exception("Could not hand export run %s to the workers", run_id)
-
-    if run_ids:
-        transaction.on_commit(send)
+    """Send runs to the ``exports`` queue once the transaction commits (through
+    ``jobs.enqueue``, the one module that sends tasks). A broker that cannot be reached
+    is logged there: the slot's reconcile hands a run nobody took over again."""
+    for run_id in run_ids:
+        send_export(run_id)
 
 
 # --- the heavy slot ----------------------------------------------------------------------
-def claim_heavy_slot(run_id: int) -> str:
-    """Take the heavy-work slot for an export run (the one the backups use:
-    ``jobs.services.HEAVY_SLOT``, locked the same way). Returns "claimed", "busy" (parked
-    as waiting; woken when the slot frees) or "gone" (taken by another delivery, or
-    ended). The scheduling work re-points this one function at its generic slot."""
-    from jobs.services import HEAVY_SLOT, heavy_work_in_progress
+class ExportWork(slots.HeavyKind):
+    """Planning exports as heavy work (``jobs.slots``): a run holds a slot while it runs,
+    queries and uploads alike, so an export and a backup never run at once beyond
+    ``BACKUPSITE_MAX_CONCURRENT_RUNS``.
 
-    with transaction.atomic():
-        SlotLock.objects.get_or_create(name=HEAVY_SLOT)
-        SlotLock.objects.select_for_update().get(name=HEAVY_SLOT)
-        run = ExportRun.objects.filter(pk=run_id).first()
-        if run is None or run.state not in (ExportRun.State.QUEUED, ExportRun.State.WAITING):
-            return "gone"
-        if heavy_work_in_progress() >= settings.BACKUPSITE_MAX_CONCURRENT_RUNS:
-            ExportRun.objects.filter(pk=run_id, state=ExportRun.State.QUEUED).update(state=ExportRun.State.WAITING)
-            return "busy"
-        now = timezone.now()
-        ExportRun.objects.filter(pk=run_id).update(
+    A run whose worker died is *interrupted*, never started again
+    (``RunInfo.restartable`` False): report-to is told, files already replaced at a
+    destination are complete, the others keep last night's, and the next night (or
+    *Run now*) writes them all. Exports have no cancel, so the reconcile never asks this
+    kind to cancel or restart a row."""
+
+    name = EXPORT
+
+    def held_count(self) -> int:
+        return ExportRun.objects.filter(state=ExportRun.State.RUNNING).count()
+
+    def holders(self) -> list[str]:
+        texts = []
+        for run in ExportRun.objects.filter(state=ExportRun.State.RUNNING).only(
+            "pk", "export_name", "phase", "started_at"
+        ):
+            since = timezone.localtime(run.started_at).strftime("%H:%M") if run.started_at else "?"
+            texts.append(
+                f"the planning export “{run.export_name}” (export run #{run.pk}, "
+                f"{run.get_phase_display().lower()}, since {since})"
+            )
+        return texts
+
+    def active(self) -> list[reconcile.RunInfo]:
+        fields = ("pk", "state", "created_at", "heartbeat_at", "started_at", "enqueued_at", "requeues")
+        return [
+            reconcile.RunInfo(**row, kind=EXPORT, ref=f"export run #{row['pk']}", restartable=False)
+            for row in ExportRun.objects.filter(state__in=ExportRun.ACTIVE_STATES).values(*fields)
+        ]
+
+    def last_release(self):
+        return ExportRun.objects.filter(started_at__isnull=False).aggregate(at=Max("finished_at"))["at"]
+
+    def prepare(self, pk: int, now) -> bool:
+        return ExportRun.objects.filter(pk=pk, state__in=reconcile.PENDING).exists()
+
+    def start(self, pk: int, now) -> None:
+        ExportRun.objects.filter(pk=pk).update(
             state=ExportRun.State.RUNNING, phase=ExportRun.Phase.QUERY, started_at=now, heartbeat_at=now
         )
-        return "claimed"
+
+    def park(self, pk: int) -> None:
+        ExportRun.objects.filter(pk=pk, state=ExportRun.State.QUEUED).update(state=ExportRun.State.WAITING)
+
+    def apply(self, decision: reconcile.Decision, now) -> bool:
+        action = _APPLY.get(decision.action)
+        if action is None:  # cancel / restart: not asked of a row that is not restartable and has no cancel
+            log.warning("Export run %s: %s is not done for exports (%s)", decision.pk, decision.action, decision.reason)
+            return False
+        return action(decision, now)
 
 
-def release_heavy_slot() -> None:
-    """Hand the freed slot on: to a waiting backup (the backups' reconcile) and to
-    waiting exports. Never raises (the tick and the reaper try again)."""
-    from jobs.services import reconcile_runs
+def _log_append(line: str) -> Concat:
+    from django.db import models
 
+    return Concat(F("log"), Value(ExportRun.log_line(line)), output_field=models.TextField())
+
+
+def _apply_interrupt(decision: reconcile.Decision, now) -> bool:
+    """A running export whose worker stopped sending heartbeats: interrupted (conditional
+    on the heartbeat the plan saw, so a worker alive after all keeps its run), its open
+    uploads failed, its staging folder removed, report-to told."""
+    info = decision.run
+    run = ExportRun.objects.filter(pk=info.pk).first()
+    if run is None:
+        return False
+    silent = int((now - reconcile.last_sign_of_life(info)).total_seconds())
+    message = (
+        f"Interrupted: the worker stopped while {run.get_phase_display().lower()} (no heartbeat for "
+        f"{silent} s). Files already replaced at a destination are complete; the others keep last night's."
+    )
+    with transaction.atomic():
+        ended = ExportRun.objects.filter(
+            pk=info.pk, state=ExportRun.State.RUNNING, heartbeat_at=info.heartbeat_at
+        ).update(state=ExportRun.State.INTERRUPTED, finished_at=now, error=message, log=_log_append(message))
+        if not ended:
+            return False
+        ExportUpload.objects.filter(
+            run_id=info.pk, state__in=[ExportUpload.State.PENDING, ExportUpload.State.UPLOADING]
+        ).update(state=ExportUpload.State.FAILED, error="The worker stopped during this upload.", finished_at=now)
+    # The staging folder is on the dead worker's machine: removed here when that is this
+    # one (export runs record no host, so on another machine it stays until removed by hand).
+    shutil.rmtree(staging_dir(info.pk), ignore_errors=True)
+    notify_failed(ExportRun.objects.get(pk=info.pk))
+    return True
+
+
+def _apply_wake(decision: reconcile.Decision, now) -> bool:
+    woken = ExportRun.objects.filter(pk=decision.pk, state=ExportRun.State.WAITING).update(
+        state=ExportRun.State.QUEUED, enqueued_at=now
+    )
+    if woken:
+        hand_over([decision.pk])
+    return bool(woken)
+
+
+def _apply_requeue(decision: reconcile.Decision, now) -> bool:
+    info = decision.run
+    requeued = ExportRun.objects.filter(pk=info.pk, state=ExportRun.State.QUEUED, requeues=info.requeues).update(
+        requeues=info.requeues + 1, enqueued_at=now, log=_log_append(f"Handed to the workers again: {decision.reason}.")
+    )
+    if requeued:
+        hand_over([info.pk])
+    return bool(requeued)
+
+
+def _apply_fail(decision: reconcile.Decision, now) -> bool:
+    info = decision.run
+    message = (
+        f"No worker took this export run: it waited more than {settings.BACKUPSITE_QUEUE_GRACE_SECONDS} s with a "
+        "free slot, was handed to the workers once more and waited again. Check that a Celery worker consumes "
+        "the exports queue (make run starts one; with Docker Compose, the worker service)."
+    )
+    failed = ExportRun.objects.filter(
+        pk=info.pk, state=ExportRun.State.QUEUED, requeues=info.requeues, enqueued_at=info.enqueued_at
+    ).update(state=ExportRun.State.FAILED, finished_at=now, error=message, log=_log_append(message))
+    if failed:
+        notify_failed(ExportRun.objects.get(pk=info.pk))
+    return bool(failed)
+
+
+_APPLY = {
+    reconcile.INTERRUPT: _apply_interrupt,
+    reconcile.WAKE: _apply_wake,
+    reconcile.REQUEUE: _apply_requeue,
+    reconcile.FAIL: _apply_fail,
+}
+
+slots.register(ExportWork())
+
+
+def _release_slot() -> None:
+    """This run gave its slot back: the reconcile hands it to the next waiting row of any
+    kind (what a finishing backup calls). Never raises: the reaper and the dispatcher
+    tick reconcile again."""
     try:
-        reconcile_runs()
+        slots.reconcile()
     except Exception:
-        log.exception("Could not hand the free slot to a waiting backup; the reaper will")
-    try:
-        wake_waiting()
-    except Exception:
-        log.exception("Could not wake a waiting export; the next tick will")
-
-
-def wake_waiting() -> list[int]:
-    """Hand waiting export runs (oldest first) to the workers while slots are free."""
-    from jobs.services import heavy_work_in_progress
-
-    free = settings.BACKUPSITE_MAX_CONCURRENT_RUNS - heavy_work_in_progress()
-    if free <= 0:
-        return []
-    woken = []
-    for run_id in (
-        ExportRun.objects.filter(state=ExportRun.State.WAITING)
-        .order_by("created_at", "pk")
-        .values_list("pk", flat=True)[:free]
-    ):
-        if ExportRun.objects.filter(pk=run_id, state=ExportRun.State.WAITING).update(
-            state=ExportRun.State.QUEUED, enqueued_at=timezone.now()
-        ):
-            woken.append(run_id)
-    hand_over(woken)
-    return woken
+        log.exception("Could not hand the free slot to waiting work; the reaper will")
 
 
 # --- progress and heartbeat ------------------------------------------------------------------
@@ -262,14 +344,14 @@ def staging_dir(run_id: int) -> Path:
 def execute(run_id: int, *, listener: Callable[[ExportRun], None] | None = None) -> ExportRun:
     """Claim and execute a run; returns it in its final (or waiting) state."""
     close_old_connections()
-    outcome = claim_heavy_slot(run_id)
+    outcome = slots.claim(EXPORT, run_id)
     run = ExportRun.objects.get(pk=run_id)
-    if outcome != "claimed":
+    if outcome != slots.CLAIMED:
         return run
     try:
         ended_here = _work_on(run, listener)
     finally:
-        release_heavy_slot()
+        _release_slot()
     if ended_here and run.state in ExportRun.ALERT_STATES:
         notify_failed(run)
     return run
@@ -494,109 +576,44 @@ def _upload(run: ExportRun, dest: dict, folder: str, written: list[WrittenFile],
 
 # --- e-mail -------------------------------------------------------------------------------------
 def notify_failed(run: ExportRun) -> bool:
-    from jobs.notifications import send_alert
-
-    recipients = (run.config.get("export") or {}).get("report_to") or []
-    uploads = list(run.uploads.all())
-    return send_alert(
-        recipients, "export_failed", {"run": run, "uploads": uploads}, what=f"failure e-mail for export run {run.pk}"
-    )
+    """The failure e-mail to the export's report-to addresses, through the outbox."""
+    return notifications.notify_export_failed(run)
 
 
-# --- the tick: schedule, crash recovery, hand-overs -----------------------------------------------
-def _log_append(line: str) -> Concat:
-    from django.db import models
-
-    return Concat(F("log"), Value(ExportRun.log_line(line)), output_field=models.TextField())
-
-
-def dispatch_due(now=None) -> list[ExportRun]:
-    """Start every enabled export whose ``next_run_at`` has come. Each is claimed with a
-    conditional update of ``next_run_at`` (two ticks, two beats: one run), and the next
-    time is the next one after *now*: nights missed while nothing ran are run once."""
+# --- the dispatcher's hook: due exports ----------------------------------------------------------
+def start_due_exports(now=None) -> int:
+    """Start every enabled export whose ``next_run_at`` has come (a hook of the dispatcher
+    tick, ``jobs.dispatch.DUE_HOOKS``). Each is claimed with a conditional update of
+    ``next_run_at`` (two ticks, two beats: one run), and the next time is the next one
+    after *now*: nights missed while nothing ran are run once. Returns how many started."""
     now = now or timezone.now()
-    started = []
+    started = 0
     for export in PlanningExport.objects.filter(enabled=True, next_run_at__lte=now).select_related("source"):
         due = export.next_run_at
         following = export.next_run_after(now)
         if not PlanningExport.objects.filter(pk=export.pk, next_run_at=due).update(next_run_at=following):
             continue  # another tick took it
         try:
-            started.append(enqueue(export, trigger=ExportRun.Trigger.SCHEDULE, moment=now))
+            enqueue(export, trigger=ExportRun.Trigger.SCHEDULE, moment=now)
         except AlreadyRunning:
             log.warning("Export %s: the run due at %s was skipped: the previous run is still active", export.pk, due)
+            continue
+        started += 1
     return started
 
 
-def reap_stale(now=None) -> list[int]:
-    """Runs whose worker stopped sending heartbeats are ended *interrupted* (their
-    staging folder removed, report-to told); a queued run nobody took within the grace
-    period is handed over once more, then failed."""
-    now = now or timezone.now()
-    stale = now - timezone.timedelta(seconds=settings.BACKUPSITE_STALE_RUN_SECONDS)
-    ended = []
-    for run in ExportRun.objects.filter(state=ExportRun.State.RUNNING, heartbeat_at__lt=stale):
-        message = (
-            f"Interrupted: the worker stopped while {run.get_phase_display().lower()} (no heartbeat for "
-            f"{int((now - run.heartbeat_at).total_seconds())} s). Files already replaced at a destination are "
-            "complete; the others keep last night's."
-        )
-        if ExportRun.objects.filter(pk=run.pk, state=ExportRun.State.RUNNING, heartbeat_at=run.heartbeat_at).update(
-            state=ExportRun.State.INTERRUPTED, finished_at=now, error=message, log=_log_append(message)
-        ):
-            ExportUpload.objects.filter(
-                run_id=run.pk, state__in=[ExportUpload.State.PENDING, ExportUpload.State.UPLOADING]
-            ).update(state=ExportUpload.State.FAILED, error="The worker stopped during this upload.", finished_at=now)
-            shutil.rmtree(staging_dir(run.pk), ignore_errors=True)
-            ended.append(run.pk)
-            notify_failed(ExportRun.objects.get(pk=run.pk))
-    grace = now - timezone.timedelta(seconds=settings.BACKUPSITE_QUEUE_GRACE_SECONDS)
-    from jobs.services import heavy_work_in_progress
-
-    if heavy_work_in_progress() < settings.BACKUPSITE_MAX_CONCURRENT_RUNS:
-        for run in ExportRun.objects.filter(state=ExportRun.State.QUEUED, enqueued_at__lt=grace):
-            if run.requeues < MAX_REQUEUES:
-                if ExportRun.objects.filter(
-                    pk=run.pk, state=ExportRun.State.QUEUED, enqueued_at=run.enqueued_at, requeues=run.requeues
-                ).update(
-                    enqueued_at=now,
-                    requeues=run.requeues + 1,
-                    log=_log_append("Handed to the workers again: nobody took it."),
-                ):
-                    hand_over([run.pk])
-                continue
-            message = (
-                "No worker took this export run. Check that a Celery worker consumes the exports queue "
-                "(make run starts one; with Docker Compose, the worker service)."
-            )
-            if ExportRun.objects.filter(pk=run.pk, state=ExportRun.State.QUEUED, enqueued_at=run.enqueued_at).update(
-                state=ExportRun.State.FAILED, finished_at=now, error=message, log=_log_append(message)
-            ):
-                ended.append(run.pk)
-                notify_failed(ExportRun.objects.get(pk=run.pk))
-    return ended
-
-
-def tick(now=None) -> dict:
-    """The exports' periodic work (beat entry ``export-tick``): crash recovery, due
-    exports, waiting runs. Returns what it did, for logs and tests."""
-    now = now or timezone.now()
-    ended = reap_stale(now)
-    started = dispatch_due(now)
-    woken = wake_waiting()
-    if ended:
-        release_heavy_slot()
-    return {"ended": ended, "started": [r.pk for r in started], "woken": woken}
+if start_due_exports not in dispatch.DUE_HOOKS:
+    dispatch.DUE_HOOKS.append(start_due_exports)
 
 
 __all__ = [
+    "EXPORT",
     "AlreadyRunning",
-    "claim_heavy_slot",
+    "ExportWork",
     "create_run",
     "enqueue",
     "execute",
-    "release_heavy_slot",
-    "tick",
+    "start_due_exports",
 ]
 
 
