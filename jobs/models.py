@@ -1119,6 +1119,7 @@ class Activity(models.Model):
             return None
         return speed(self.bytes_done, self.bytes_total, self.started_at)
 
+
 # Planning exports (issue 10) live in their own module; importing them here makes them
 # models of this app.
 from jobs.exports.models import (  # noqa: E402

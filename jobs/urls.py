@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs.views import dashboard, exports, jobs, restore, runs, sources, triggers, wizard
+from jobs.views import exports, jobs, restore, runs, sources, triggers, wizard
 
 app_name = "jobs"
 
