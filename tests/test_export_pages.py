@@ -13,6 +13,7 @@ from backupsite import configwrite
 from destinations.models import Destination
 from jobs.exports import demo
 from jobs.models import ExportDataset, ExportRun, PlanningExport, Source
+from tests.conftest import grant_sudo
 
 
 @pytest.fixture
@@ -273,7 +274,71 @@ def test_an_active_run_page_polls_its_progress(client, bob, export):
 
 def test_a_destination_an_export_writes_to_is_not_deleted(client, alice, export, local):
     client.force_login(alice)
+    grant_sudo(client)  # deleting a destination needs sudo mode (tests/test_sudo.py)
     response = client.post(reverse("destinations:delete", args=[local.pk]))
     assert response.status_code == 409
     assert "Nightly plan" in response.content.decode()
     assert Destination.objects.filter(pk=local.pk).exists()
+
+
+def test_creating_changing_and_deleting_an_export_is_audited_and_mailed_to_the_other_administrator(
+    client, alice, bob, planning_source, local, django_capture_on_commit_callbacks
+):
+    """alice creates, changes and deletes an export on its pages → the audit log has each
+    step, and erin (the other administrator) gets a mail naming it for each; alice (who
+    made them) and bob (an operator) get none. The database's password (the Source's
+    secret, which the export uses) is in none of them."""
+    from django.contrib.auth.models import Group, User
+    from django.core import mail
+
+    from backupsite.models import AuditEvent
+    from backupsite.roles import ADMINISTRATORS
+
+    password = "planning-db-password-Zq81"
+    planning_source.secrets = {"password": password}
+    planning_source.save()
+    erin = User.objects.create_user("erin", "erin@example.com", "erin-password")
+    erin.groups.add(Group.objects.get(name=ADMINISTRATORS))
+    client.force_login(alice)
+    grant_sudo(client)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("jobs:export_create"), form_data(planning_source, [local], demo.DATASETS))
+    assert response.status_code == 302
+    export = PlanningExport.objects.get(name="Customer FTP")
+    assert [m.to for m in mail.outbox] == [["erin@example.com"]]
+    created = mail.outbox[0]
+    assert created.subject == "[backupsite] alice made 3 configuration changes"  # the export and its 2 datasets
+    assert "Customer FTP" in created.body and "alice" in created.body and password not in created.body
+    assert "topics.xlsx" in created.body and f"http://127.0.0.1:8000{export.get_absolute_url()}" in created.body
+
+    mail.outbox.clear()
+    data = form_data(planning_source, [local], [], folder="nightly")
+    data.update(_dataset_post(export))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("jobs:export_edit", args=[export.pk]), data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert [m.to for m in mail.outbox] == [["erin@example.com"]]
+    assert "folder: planning → nightly" in mail.outbox[0].body and password not in mail.outbox[0].body
+
+    mail.outbox.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("jobs:export_delete", args=[export.pk]))
+    assert response.status_code == 302 and not PlanningExport.objects.filter(pk=export.pk).exists()
+    assert [m.to for m in mail.outbox] == [["erin@example.com"]] and "Customer FTP" in mail.outbox[0].subject
+
+    events = AuditEvent.objects.filter(object_type="jobs.planningexport", object_repr="Customer FTP")
+    assert sorted(events.values_list("action", flat=True)) == ["changed", "created", "deleted"]
+    assert all(e.actor_name == "alice" for e in events)
+    for event in AuditEvent.objects.all():
+        assert password not in str(event.details)
+
+
+def _dataset_post(export) -> dict:
+    """The datasets of a saved export as its edit form posts them back, unchanged."""
+    datasets = list(export.datasets.all())
+    data = {"datasets-TOTAL_FORMS": str(len(datasets)), "datasets-INITIAL_FORMS": str(len(datasets))}
+    for n, dataset in enumerate(datasets):
+        data[f"datasets-{n}-id"] = str(dataset.pk)
+        for key in ("file_name", "sheet_title", "sql"):
+            data[f"datasets-{n}-{key}"] = getattr(dataset, key)
+    return data
