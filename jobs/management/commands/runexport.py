@@ -64,7 +64,8 @@ class Command(BaseCommand):
             if run.state in ExportRun.FINAL_STATES:
                 break
             if tty:
-                message = "Waiting for a backup to finish…" if run.state == "waiting" else "Following the worker…"
+                waiting = run.state == ExportRun.State.WAITING
+                message = "Waiting for a slot (a backup or export holds it)…" if waiting else "Following the worker…"
                 self.stdout.write("\r" + message.ljust(78), ending="")
             time.sleep(POLL_SECONDS)
         if tty:
