@@ -64,6 +64,7 @@ def sweep_uploads() -> int:
     return len(sweep.sweep())
 
 
+@app.task(acks_late=True, ignore_result=True)
 def restore_ticket(restore_id: int) -> None:
     from jobs import restores
 

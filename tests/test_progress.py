@@ -61,7 +61,9 @@ def test_a_verification_records_its_progress_and_result_on_an_activity(client, c
 
 def test_a_restore_records_an_activity(job, tmp_path):
     run = services.execute_run(services.create_run(job).pk)
-    verification.restore_run(run, tmp_path / "restored")
+    from jobs import restores
+
+    restores.restore_run(run, tmp_path / "restored")  # moved from jobs.verification with the restore pages
     activity = Activity.objects.get(run=run, kind=Activity.Kind.RESTORE)
     assert activity.state == Activity.State.SUCCEEDED and activity.bytes_done == run.archive_size
     assert str(tmp_path / "restored") in activity.message
