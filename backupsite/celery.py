@@ -106,8 +106,8 @@ def configure(app: Celery) -> None:
                 "schedule": 600.0,
                 "options": {"expires": 600.0},
             },
-            # Start the jobs whose time has come (two beats never start one twice:
-            # jobs/dispatch.py claims each with a conditional update).
+            # Start the jobs and planning exports whose time has come (two beats never
+            # start one twice: jobs/dispatch.py claims each with a conditional update).
             "dispatch-tick": {
                 "task": "jobs.tasks.dispatch_tick",
                 "schedule": float(settings.BACKUPSITE_DISPATCH_SECONDS),

@@ -1,9 +1,11 @@
 """The three roles of backupsite, as Django groups with model permissions.
 
-- administrators: configure everything (jobs, sources, destinations), run, download;
+- administrators: configure everything (jobs, sources, destinations, planning exports),
+  run, download;
   they alone download, verify and restore *sensitive* runs (whose archive holds the
   panel's own database, with every password hash: ``jobs.access_sensitive_run``);
-- operators: run jobs (sensitive ones too), download backups, view everything;
+- operators: run jobs (sensitive ones too) and planning exports, download backups, view
+  everything;
 - viewers: view only.
 
 Views check *permissions* (``PermissionRequiredMixin``), never group names, so a site
@@ -20,11 +22,12 @@ ADMINISTRATORS = "administrators"
 OPERATORS = "operators"
 VIEWERS = "viewers"
 
-_CONFIG_MODELS = ("jobs.source", "jobs.job", "destinations.destination")
-_RECORD_MODELS = ("jobs.run", "jobs.upload")
+_CONFIG_MODELS = ("jobs.source", "jobs.job", "destinations.destination", "jobs.planningexport")
+_RECORD_MODELS = ("jobs.run", "jobs.upload", "jobs.exportrun")
 _VIEW = [f"{m.split('.')[0]}.view_{m.split('.')[1]}" for m in _CONFIG_MODELS + _RECORD_MODELS]
 
-_OPERATE = ["jobs.run_job", "jobs.download_run", "jobs.change_run"]  # change_run = cancel
+# change_run = cancel; run_planningexport = "Run now" of a planning export
+_OPERATE = ["jobs.run_job", "jobs.download_run", "jobs.change_run", "jobs.run_planningexport"]
 _CONFIGURE = [
     f"{m.split('.')[0]}.{action}_{m.split('.')[1]}" for m in _CONFIG_MODELS for action in ("add", "change", "delete")
 ]

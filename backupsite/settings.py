@@ -397,6 +397,10 @@ for _name in ("BACKUPSITE_HEALTH_TOKEN", "BACKUPSITE_METRICS_TOKEN"):
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 # The panel's public address, used for links in e-mails.
 BACKUPSITE_SITE_URL = env_str("BACKUPSITE_SITE_URL", "http://127.0.0.1:8000")
+# Planning exports: the seconds one dataset's query may spend in its database before it
+# is stopped (PostgreSQL statement_timeout per fetch, MySQL max_execution_time / MariaDB
+# max_statement_time for the whole query, SQLite a progress handler).
+BACKUPSITE_EXPORT_STATEMENT_TIMEOUT = env_int("BACKUPSITE_EXPORT_STATEMENT_TIMEOUT", 300, minimum=1)
 # An unfinished wizard (its steps, its encrypted secrets) is dropped this long after its
 # last use; the beat task purge-abandoned-wizards removes it from stored sessions too.
 BACKUPSITE_WIZARD_TTL_MINUTES = env_int("BACKUPSITE_WIZARD_TTL_MINUTES", 60, minimum=1)

@@ -295,16 +295,19 @@ class InUse(PermanentError):
     def __init__(self, jobs: list) -> None:
         self.jobs = jobs
         names = ", ".join(f"“{job.name}”" for job in jobs)
-        super().__init__(_("This destination is used by %(jobs)s; remove it from those jobs first.") % {"jobs": names})
+        super().__init__(_("This destination is used by %(jobs)s; remove it from there first.") % {"jobs": names})
 
 
 def jobs_using(destination: Destination) -> list:
-    return list(destination.jobs.order_by("name"))
+    """The jobs and planning exports that write to *destination* (each has a name and a
+    page), jobs first."""
+    return list(destination.jobs.order_by("name")) + list(destination.exports.order_by("name"))
 
 
 @transaction.atomic
 def delete(destination: Destination, *, request) -> None:
-    """Delete through configwrite; refused (:class:`InUse`) while a job uses it. Files
+    """Delete through configwrite; refused (:class:`InUse`) while a job or a planning
+    export uses it. Files
     already at the destination stay there; the uploads' history keeps its name."""
     locked = Destination.objects.select_for_update().filter(pk=destination.pk).first()
     if locked is None:

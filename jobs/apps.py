@@ -7,7 +7,7 @@ class JobsConfig(AppConfig):
 
     def ready(self) -> None:
         from backupsite import configwrite
-        from jobs.models import Job, Source
+        from jobs.models import ExportDataset, Job, PlanningExport, Source
 
         configwrite.register(
             Job,
@@ -23,4 +23,15 @@ class JobsConfig(AppConfig):
             Source,
             exclude=["size_bytes", "file_count", "size_measured_at"],
             labels={"secrets": "credentials"},
+        )
+        # The kinds of heavy work register with jobs.slots when their module is imported;
+        # every process imports them all, so each claim counts every kind's holders (and
+        # the dispatcher tick has the exports' hook).
+        import jobs.exports.service
+        import jobs.services  # noqa: F401
+
+        configwrite.register(PlanningExport, exclude=["next_run_at"])
+        configwrite.register(
+            ExportDataset,
+            labels={"file_name": "file name", "sheet_title": "sheet title", "sql": "SQL query"},
         )

@@ -72,6 +72,11 @@ def archive(run_ids: Iterable[int]) -> None:
         _after_commit("archive_run", [run_id], queue=ARCHIVES)
 
 
+def export(run_id: int) -> None:
+    """A planning export run (``jobs.exports.service.execute``), on the exports queue."""
+    _after_commit("run_export", [run_id], queue=EXPORTS)
+
+
 def upload(upload_id: int, host: str, *, countdown: float | None = None) -> None:
     """One upload, on the host that has the file (after *countdown* seconds)."""
     _after_commit("upload_archive", [upload_id], queue=host_queue(host), countdown=countdown)

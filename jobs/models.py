@@ -1164,3 +1164,26 @@ class Activity(models.Model):
         if self.state != self.State.RUNNING:
             return None
         return speed(self.bytes_done, self.bytes_total, self.started_at)
+
+
+# Planning exports (issue 10) live in their own module; importing them here makes them
+# models of this app.
+from jobs.exports.models import (  # noqa: E402
+    ExportDataset,
+    ExportRun,
+    ExportUpload,
+    PlanningExport,
+)
+
+__all__ = [
+    "ExportDataset",
+    "ExportRun",
+    "ExportUpload",
+    "Job",
+    "PlanningExport",
+    "Run",
+    "SlotLock",
+    "Source",
+    "Upload",
+    "VerifyTicket",
+]

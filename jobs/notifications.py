@@ -10,6 +10,8 @@ What is sent, and when:
 * **stale**: no successful run for twice the job's interval, once per stale period
   (:func:`check_stale`, from the dispatcher tick);
 * **test**: the "Send test e-mail" button;
+* **export failure**: a planning export run fails, is partial, interrupted or timed out
+  (``notify_export_failed``), to the export's report-to addresses;
 * **pings** (``Job.ping_url``, healthchecks.io / Uptime Kuma style): ``<url>`` at the
   start (``/start``) and on success, ``<url>/fail`` with the error, so a panel that is
   itself down is noticed from outside.
@@ -206,6 +208,19 @@ def notify_upload_failed(upload) -> bool:
     )
     _open_alert(job)
     return sent
+
+
+def notify_export_failed(export_run) -> bool:
+    """E-mail the planning export's report-to addresses that *export_run* did not fully
+    succeed (failed, partial, interrupted, timed out): the error and each destination's
+    result. Through the outbox like every alert."""
+    recipients = (export_run.config.get("export") or {}).get("report_to") or []
+    return send_alert(
+        recipients,
+        "export_failed",
+        {"run": export_run, "uploads": list(export_run.uploads.all())},
+        what=f"failure e-mail for export run {export_run.pk}",
+    )
 
 
 def run_closed(run) -> None:

@@ -14,7 +14,8 @@ The rules, with ``stale`` = ``BACKUPSITE_STALE_RUN_SECONDS`` and ``grace`` =
 * A **running** run whose last heartbeat is older than ``stale`` has lost its worker
   (killed, OOM-killed, crashed, machine restarted): ``cancel`` it when a user had asked
   to cancel; else ``restart`` it (back to queued, its temporary files removed) while it
-  was restarted fewer than ``restarts`` times (``BACKUPSITE_RUN_RESTARTS``): it goes
+  is restartable (a kind of work can say it is not) and was restarted fewer than
+  ``restarts`` times (``BACKUPSITE_RUN_RESTARTS``): it goes
   first in the line for the slot it held; else ``interrupt`` it (final, with a message
   that says how often it was tried). Its slot is free from now on. A fresh heartbeat:
   ``keep``.
@@ -64,6 +65,9 @@ class RunInfo:
     restarts: int = 0
     kind: str = "backup"  # the jobs.slots registry entry whose row this is
     ref: str = ""  # how reasons name it: "#12" (runs), "export #3"
+    #: Whether a row whose worker died is started again (backups) or only interrupted
+    #: (planning exports: report-to is told and the next night writes the files anyway).
+    restartable: bool = True
 
     @property
     def label(self) -> str:
@@ -120,7 +124,7 @@ def plan(
             silent = f"no heartbeat for {age} s (limit {int(limits.stale_seconds)} s)"
             if run.cancel_requested:
                 decisions.append(Decision(run, CANCEL, silent))
-            elif run.restarts < limits.restarts:
+            elif run.restartable and run.restarts < limits.restarts:
                 tries = f"restart {run.restarts + 1} of {limits.restarts}"
                 decisions.append(Decision(run, RESTART, f"{silent}: starting it again ({tries})"))
                 ahead.append(run)  # first in line for the slot it held

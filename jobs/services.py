@@ -365,8 +365,9 @@ def _work_on(run: Run, listener: Callable[[Run], None] | None) -> bool:
 
 
 def _release_slot() -> None:
-    """This run gave its slot back: let the reconcile hand it to the next waiting run.
-    A failure here never changes the outcome already stored (the reaper retries)."""
+    """This run gave its slot back: let the reconcile hand it to the next waiting row of
+    any kind (a backup, a planning export). A failure here never changes the outcome
+    already stored (the reaper retries)."""
     try:
         reconcile_runs()
     except Exception:

@@ -87,3 +87,12 @@ def purge_abandoned_wizards() -> int:
     from jobs.wizard.storage import purge_abandoned
 
     return purge_abandoned()
+
+
+@app.task(acks_late=True)
+def run_export(export_run_id: int) -> str:
+    # Sent to the "exports" queue by jobs.enqueue.export. Like archive_run: a run that
+    # finds every heavy slot taken is parked as waiting and woken when a slot frees.
+    from jobs.exports import service
+
+    return service.execute(export_run_id).state

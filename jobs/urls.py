@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs.views import dashboard, jobs, restore, runs, sources, triggers, wizard
+from jobs.views import exports, jobs, restore, runs, sources, triggers, wizard
 
 app_name = "jobs"
 
@@ -41,5 +41,15 @@ urlpatterns = [
     path("sources/<int:pk>/test/", sources.source_test, name="source_test"),
     path("sources/<int:pk>/measure/", sources.source_measure, name="source_measure"),
     path("sources/<int:pk>/delete/", sources.source_delete, name="source_delete"),
-    path("exports/", dashboard.coming_soon, {"page": "exports"}, name="exports"),
+    path("exports/", exports.export_list, name="exports"),
+    path("exports/new/", exports.export_create, name="export_create"),
+    path("exports/<int:pk>/", exports.export_detail, name="export_detail"),
+    path("exports/<int:pk>/edit/", exports.export_edit, name="export_edit"),
+    path("exports/<int:pk>/delete/", exports.export_delete, name="export_delete"),
+    path("exports/<int:pk>/run/", exports.export_run_now, name="export_run_now"),
+    path("exports/<int:pk>/preview/", exports.export_preview, name="export_preview"),
+    path("exports/<int:pk>/test/", exports.export_test, name="export_test"),
+    path("exports/runs/", exports.export_run_list, name="export_run_list"),
+    path("exports/runs/<int:pk>/", exports.export_run_detail, name="export_run_detail"),
+    path("exports/runs/<int:pk>/progress/", exports.export_run_progress, name="export_run_progress"),
 ]

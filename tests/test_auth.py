@@ -198,6 +198,16 @@ ACCESS: dict[str, set[str]] = {
     "destinations:trust": ADMINS,
     "destinations:delete": ADMINS,
     "jobs:exports": READERS,
+    "jobs:export_detail": READERS,
+    "jobs:export_run_list": READERS,
+    "jobs:export_run_detail": READERS,
+    "jobs:export_run_progress": READERS,
+    "jobs:export_run_now": OPERATORS_UP,
+    "jobs:export_create": ADMINS,
+    "jobs:export_edit": ADMINS,
+    "jobs:export_delete": ADMINS,
+    "jobs:export_preview": ADMINS,
+    "jobs:export_test": ADMINS,
     "jobs:job_list": READERS,
     "jobs:job_detail": READERS,
     "jobs:job_create": ADMINS,
@@ -223,6 +233,8 @@ ACCESS: dict[str, set[str]] = {
     "jobs:run_delete_backup": ADMINS,
     "jobs:run_verify": OPERATORS_UP,
     "jobs:run_restore": ADMINS,
+    "jobs:restore_detail": ADMINS,
+    "jobs:restore_progress": ADMINS,
     "jobs:source_list": READERS,
     "jobs:source_detail": READERS,
     "jobs:source_measure": ADMINS,
@@ -230,8 +242,6 @@ ACCESS: dict[str, set[str]] = {
     "jobs:source_edit": ADMINS,
     "jobs:source_test": ADMINS,
     "jobs:source_delete": ADMINS,
-    "jobs:restore_detail": ADMINS,
-    "jobs:restore_progress": ADMINS,
 }
 #: The archive of a run that holds the panel's own database: administrators only
 #: (object level: the operator may download other runs, not this one).
@@ -253,26 +263,37 @@ def _kwargs(name: str, route: str, world: dict) -> dict:
             kwargs[param] = "x"
         elif name.startswith(("destinations:", "users:")):
             kwargs["pk"] = world["destination" if name.startswith("destinations:") else "user"]
-        else:  # jobs:run_…, jobs:job_…, jobs:source_…
+        elif name in ("jobs:export_run_detail", "jobs:export_run_progress"):
+            kwargs["pk"] = world["export_run"]
+        else:  # jobs:run_…, jobs:job_…, jobs:source_…, jobs:export_…, jobs:restore_…
             kwargs["pk"] = world[name.split(":")[1].split("_")[0]]
     return kwargs
 
 
 @pytest.fixture
-def world(job, alice, bob, charlie, dave):
+def world(job, alice, bob, charlie, dave, tmp_path):
     from jobs import services
-    from jobs.models import Restore, Run
+    from jobs.exports import service as exports
+    from jobs.models import ExportDataset, ExportRun, PlanningExport, Restore, Run, Source
 
     run = services.execute_run(services.create_run(job).pk)
     assert run.state == Run.State.SUCCEEDED, run.error
-    restore = Restore.objects.create(run=run, location="the local copy", target="/nonexistent/restore")
+    planning = Source.objects.create(name="Planning", kind="sqlite", settings={"path": str(tmp_path / "p.sqlite3")})
+    export = PlanningExport.objects.create(name="Nightly plan", source=planning)
+    export.destinations.set([job.destinations.get()])
+    ExportDataset.objects.create(export=export, file_name="topics.xlsx", sheet_title="Topics", sql="SELECT 1")
+    export_run = exports.create_run(export)
+    ExportRun.objects.filter(pk=export_run.pk).update(state=ExportRun.State.FAILED)  # "Run now" may start one
+    restore = Restore.objects.create(run=run, location="the local copy", target=str(tmp_path / "restored"))
     return {
         "job": job.pk,
         "run": run.pk,
-        "restore": restore.pk,
         "source": job.sources.get().pk,
         "destination": job.destinations.get().pk,
         "user": bob.pk,
+        "export": export.pk,
+        "export_run": export_run.pk,
+        "restore": restore.pk,
     }
 
 

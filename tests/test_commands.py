@@ -81,6 +81,16 @@ def test_fresh_install_commands_and_exit_codes(tmp_path):
     assert "succeeded" in ok.stdout
     assert list((tmp_path / "var" / "backups" / "backupsite" / "demo-backup").glob("*.tar.zst"))
 
+    # The demo planning export: the newcomer's Run now, from the command line.
+    exported = manage("runexport", "Demo planning export")
+    assert exported.returncode == 0, exported.stderr
+    assert "topics.xlsx" in exported.stdout and "succeeded" in exported.stdout
+    planning = tmp_path / "var" / "backups" / "planning"
+    assert sorted(p.name for p in planning.iterdir()) == ["appointments.xlsx", "topics.xlsx"]
+    no_export = manage("runexport", "Nope")
+    assert no_export.returncode == 1
+    assert no_export.stderr.strip() == "CommandError: No planning export named 'Nope'."
+
     missing = manage("runbackup", "No such job")
     assert missing.returncode == 1
     assert missing.stderr.strip() == "CommandError: No job named 'No such job'."

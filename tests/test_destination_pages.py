@@ -487,7 +487,7 @@ def test_delete_is_refused_while_jobs_use_it_naming_them(client, alice, job):
     client.force_login(alice)
     grant_sudo(client)
     page = client.get(reverse("destinations:delete", args=[destination.pk])).content.decode()
-    assert "cannot be deleted while jobs use it" in page and job.name in page
+    assert "cannot be deleted while jobs or planning exports use it" in page and job.name in page
     assert "Delete the destination" not in page
     response = client.post(reverse("destinations:delete", args=[destination.pk]))
     assert response.status_code == 409 and f"used by “{job.name}”" in response.content.decode()

@@ -221,7 +221,7 @@ def test_the_migration_gives_older_rows_a_copy_of_their_key_while_it_is_the_jobs
 
     from django.apps import apps
 
-    migration = importlib.import_module("jobs.migrations.0015_runs_keep_their_key")
+    migration = importlib.import_module("jobs.migrations.0016_runs_keep_their_key")
     set_encryption(job, Job.Encryption.PASSWORD, password=FIRST)
     same_key = run(job, hours_ago=2)
     done = {"job": job, "job_name": job.name, "state": Run.State.SUCCEEDED}

@@ -264,21 +264,17 @@ def test_a_scrape_is_a_few_queries_and_no_writes(client, world, django_assert_ma
     assert len(statements) <= 12, [q["sql"] for q in queries]
 
 
-# --- planning exports (branch x-export; the figures are there once its models are) --------------
-HAS_EXPORTS = apps.all_models["jobs"].get("exportrun") is not None
-
-
+# --- planning exports ---------------------------------------------------------------------------
 @pytest.mark.django_db
-def test_export_figures_only_with_the_export_models(client, token):
+def test_export_figures_are_there(client, token):
     samples = scrape(client)
     names = {name for name, _ in samples}
-    assert ("backupsite_export_runs" in names) is HAS_EXPORTS
+    assert "backupsite_export_runs" in names
     assert value(samples, "backupsite_scrape_error", part="exports") == 0
 
 
 @pytest.mark.django_db
-@pytest.mark.skipif(not HAS_EXPORTS, reason="the planning-export models are not on this branch yet (branch x-export)")
-def test_export_rows_match_the_database(client, token):  # pragma: no cover - until x-export is merged
+def test_export_rows_match_the_database(client, token):
     PlanningExport = apps.get_model("jobs", "PlanningExport")
     ExportRun = apps.get_model("jobs", "ExportRun")
     from jobs.models import Source

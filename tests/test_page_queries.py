@@ -62,10 +62,9 @@ def admin(client, alice):
 @pytest.mark.parametrize(
     "page, expected",
     [
-        (
-            "dashboard",
-            PER_REQUEST + 7,
-        ),  # count, the page of jobs, their latest runs, runs in progress, the services' heartbeats
+        # count, the page of jobs, their latest runs, runs in progress and their uploads, the
+        # dispatcher's and the workers' heartbeat rows (the services box)
+        ("dashboard", PER_REQUEST + 7),
         ("jobs:run_list", PER_REQUEST + 2),  # count, the page
         ("jobs:run_list?state=failed", PER_REQUEST + 2),
         ("jobs:source_list", PER_REQUEST + 3),  # count, the page with job counts, the first jobs of each

@@ -65,6 +65,17 @@ def test_a_stale_holder_whose_cancel_was_requested_is_cancelled_not_interrupted(
     assert decided([holder])[1][0] == reconcile.CANCEL
 
 
+def test_a_stale_holder_of_a_kind_that_does_not_restart_is_interrupted_and_its_slot_handed_on():
+    limits = Limits(stale_seconds=60, grace_seconds=20, slots=1, restarts=1)
+    backup = RunInfo(1, "running", created_at=ago(900), heartbeat_at=ago(61))
+    assert decided([backup], limits=limits)[1][0] == reconcile.RESTART
+    export = RunInfo(1, "running", created_at=ago(900), heartbeat_at=ago(61), kind="export", restartable=False)
+    waiting = RunInfo(2, "waiting", created_at=ago(600))
+    result = decided([export, waiting], limits=limits)
+    assert result[1] == (INTERRUPT, "no heartbeat for 61 s (limit 60 s)")
+    assert result[2][0] == WAKE  # the slot the export held is free in the same pass
+
+
 def test_a_queued_run_nobody_takes_is_handed_over_once_after_the_grace_then_failed():
     fresh = RunInfo(1, "queued", created_at=ago(10), enqueued_at=ago(10))
     assert decided([fresh])[1] == (KEEP, "a slot is free; a worker should take it (10 s so far)")

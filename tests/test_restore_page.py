@@ -45,7 +45,7 @@ def test_administrators_restore_from_the_page_on_a_worker(
     client, alice, finished_run, source_tree, roots, django_capture_on_commit_callbacks
 ):
     client.force_login(alice)
-    grant_sudo(client)  # restoring asks for the password again
+    grant_sudo(client)  # restoring needs sudo mode (tests/test_sudo.py)
     assert restore_url(finished_run) in client.get(finished_run.get_absolute_url()).content.decode()
     assert str(roots) in client.get(restore_url(finished_run)).content.decode()
     response, callbacks = post_restore(
@@ -67,7 +67,7 @@ def test_the_page_only_queues_and_the_fragment_shows_progress(
     client, alice, finished_run, source_tree, roots, django_capture_on_commit_callbacks
 ):
     client.force_login(alice)
-    grant_sudo(client)  # restoring asks for the password again
+    grant_sudo(client)  # restoring needs sudo mode (tests/test_sudo.py)
     _, callbacks = post_restore(
         client,
         finished_run,
@@ -146,7 +146,7 @@ def test_the_page_only_restores_inside_the_restore_folders(
     client, alice, finished_run, roots, tmp_path, target, django_capture_on_commit_callbacks
 ):
     client.force_login(alice)
-    grant_sudo(client)  # restoring asks for the password again
+    grant_sudo(client)  # restoring needs sudo mode (tests/test_sudo.py)
     target = target.format(root=roots, tmp=tmp_path)
     response, callbacks = post_restore(
         client, finished_run, {"location": "local", "target": target}, django_capture_on_commit_callbacks
@@ -161,7 +161,7 @@ def test_a_target_that_is_not_empty_is_refused_at_once(client, alice, finished_r
     (roots / "full").mkdir()
     (roots / "full" / "mine.txt").write_text("precious")
     client.force_login(alice)
-    grant_sudo(client)  # restoring asks for the password again
+    grant_sudo(client)  # restoring needs sudo mode (tests/test_sudo.py)
     response = client.post(restore_url(finished_run), {"location": "local", "target": str(roots / "full")})
     assert "is not empty" in response.content.decode() and not Restore.objects.exists()
 
@@ -169,7 +169,7 @@ def test_a_target_that_is_not_empty_is_refused_at_once(client, alice, finished_r
 def test_restore_needs_csrf(alice, finished_run, roots):
     client = Client(enforce_csrf_checks=True)
     client.force_login(alice)
-    grant_sudo(client)  # restoring asks for the password again
+    grant_sudo(client)  # restoring needs sudo mode (tests/test_sudo.py)
     assert client.post(restore_url(finished_run), {"location": "local", "target": str(roots / "x")}).status_code == 403
     assert not Restore.objects.exists()
 
@@ -179,7 +179,7 @@ def test_the_password_is_never_kept_and_the_key_travels_encrypted(
 ):
     run = make_encrypted(finished_run, folders)
     client.force_login(alice)
-    grant_sudo(client)  # restoring asks for the password again
+    grant_sudo(client)  # restoring needs sudo mode (tests/test_sudo.py)
     response, _ = post_restore(
         client,
         run,
@@ -268,7 +268,7 @@ def test_the_page_warns_and_asks_before_restoring_an_older_backup(
 ):
     later = more_runs(job, 3)
     client.force_login(alice)
-    grant_sudo(client)  # restoring asks for the password again
+    grant_sudo(client)  # restoring needs sudo mode (tests/test_sudo.py)
     page = client.get(restore_url(finished_run)).content.decode()
     assert "3 newer backups of this job exist; the newest is from" in page
     assert later[-1].get_absolute_url() in page and 'name="confirm_older"' in page
@@ -288,7 +288,7 @@ def test_the_page_lists_the_sources_and_restores_one_folder(
     client, alice, finished_run, source_tree, roots, django_capture_on_commit_callbacks
 ):
     client.force_login(alice)
-    grant_sudo(client)  # restoring asks for the password again
+    grant_sudo(client)  # restoring needs sudo mode (tests/test_sudo.py)
     page = client.get(restore_url(finished_run)).content.decode()
     assert 'name="sources" value="office-files"' in page and "Office files (Directory, office-files/)" in page
     assert '<option value="office-files/docs">' in page  # the folder list for the path field
@@ -311,7 +311,7 @@ def test_the_page_lists_the_sources_and_restores_one_folder(
 
 def test_choosing_a_whole_source(client, alice, finished_run, source_tree, roots, django_capture_on_commit_callbacks):
     client.force_login(alice)
-    grant_sudo(client)  # restoring asks for the password again
+    grant_sudo(client)  # restoring needs sudo mode (tests/test_sudo.py)
     data = {"location": "local", "target": str(roots / "src"), "sources": ["office-files"]}
     post_restore(client, finished_run, data, django_capture_on_commit_callbacks)
     assert Restore.objects.get().only == ["office-files"]
@@ -330,7 +330,7 @@ def test_a_path_outside_the_backup_is_an_error_at_its_field(
     client, alice, finished_run, roots, path, message, django_capture_on_commit_callbacks
 ):
     client.force_login(alice)
-    grant_sudo(client)  # restoring asks for the password again
+    grant_sudo(client)  # restoring needs sudo mode (tests/test_sudo.py)
     data = {"location": "local", "target": str(roots / "p"), "path": path}
     response, callbacks = post_restore(client, finished_run, data, django_capture_on_commit_callbacks)
     page = response.content.decode()
@@ -347,7 +347,7 @@ def test_a_tree_with_links_to_etc_restores_from_the_page_on_a_worker(
     run = services.execute_run(services.create_run(job).pk)
     assert run.state == Run.State.SUCCEEDED, run.error
     client.force_login(alice)
-    grant_sudo(client)  # restoring asks for the password again
+    grant_sudo(client)  # restoring needs sudo mode (tests/test_sudo.py)
     post_restore(client, run, {"location": "local", "target": str(roots / "links")}, django_capture_on_commit_callbacks)
     restore = Restore.objects.get()
     assert restore.state == Restore.State.SUCCEEDED, restore.message

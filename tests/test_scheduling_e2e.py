@@ -147,10 +147,12 @@ def test_a_worker_killed_mid_upload_has_its_upload_swept_and_made_again(stack):
 @pytest.mark.slow
 def test_a_cut_connection_is_retried_with_growing_delays_then_succeeds(stack):
     try:
-        stack.receiver.delay = 0.05
+        # 4 MiB in 64 KiB pieces: over ten seconds, longer than the shell that starts the run
+        # takes on a loaded machine (the worker may be uploading before start() returns).
+        stack.receiver.delay = 0.2
         stack.worker("alpha", concurrency=1)
+        before = stack.proxy.bytes_up  # before the start: the upload may begin before it returns
         run_id = stack.start("Beta files")
-        before = stack.proxy.bytes_up
         stack.wait_until("the upload is under way", lambda: stack.proxy.bytes_up - before > 256 * 1024, timeout=60)
         stack.receiver.refuse = True  # the server is gone: new connections are refused...
         stack.cut()  # ...and the one under way is cut

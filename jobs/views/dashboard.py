@@ -17,8 +17,3 @@ def dashboard(request):
     rows = overview.attach_latest_runs(page.object_list)
     context = {"page": page, "rows": rows, "active_runs": overview.active_runs(), "services": heartbeats.status()}
     return render(request, "jobs/dashboard.html", context)
-
-
-@permission_required("jobs.view_job", raise_exception=True)
-def coming_soon(request, page: str):
-    return render(request, "coming_soon.html", {"page": page})

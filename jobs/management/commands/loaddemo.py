@@ -1,11 +1,17 @@
 """Load demo data (idempotent): a demo directory tree, its Source, the panel database
-Source, a "Server hard drive" destination under the data dir, and one demo Job.
+Source, a "Server hard drive" destination under the data dir, one demo Job, and a demo
+planning database (SQLite) with an enabled planning export of it to that destination.
 
 "Demo backup" backs up the demo folder only, unencrypted, so that a newcomer can
 download it and open it with ``zstd`` and ``tar`` at once. The panel database source is
 created (it shows in the list) but left out of the demo job: its archive would carry
 every password hash in clear and only administrators may download it. An older demo job
-that still holds it unencrypted has it removed."""
+that still holds it unencrypted has it removed.
+
+"Demo planning export" writes ``topics.xlsx`` and ``appointments.xlsx`` (the next five
+days of the demo newsroom's planning) into ``planning/`` of the server hard drive every
+night at 02:00, and on *Run now*. The planning database is made anew when it is more than
+a week old, so the window always has rows."""
 
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ from django.db import transaction
 from backupsite import configwrite
 from backupsite.private import private_dir, write_private
 from destinations.models import Destination
-from jobs.models import Job, Source
+from jobs.exports import demo as planning_demo
+from jobs.models import ExportDataset, Job, PlanningExport, Source
 
 DEMO_TEXT = """backupsite demo file {n}
 
@@ -77,9 +84,35 @@ class Command(BaseCommand):
                 f"Removed the panel database from “{job.name}”: unencrypted, its archive would carry every "
                 "password hash in clear."
             )
+        export = self.planning_export(local)
         for source in (files, panel_db):
             if source.size_bytes is None:
                 source.measure()
         self.stdout.write(
-            self.style.SUCCESS(f"Demo data ready: job “{job.name}”, sources in {demo_root}, backups to {backups}.")
+            self.style.SUCCESS(
+                f"Demo data ready: job “{job.name}”, sources in {demo_root}, backups to {backups}; "
+                f"planning export “{export.name}” into {backups / 'planning'}."
+            )
         )
+
+    def planning_export(self, local: Destination) -> PlanningExport:
+        """The demo planning database (made anew when older than a week) and its export."""
+        from django.utils import timezone
+
+        path = private_dir(settings.DATA_DIR / "demo") / "planning.sqlite3"
+        today = timezone.localdate()
+        made = planning_demo.made_on(path)
+        if made is None or abs((today - made).days) > 7:
+            planning_demo.make_planning_database(path, today)
+        source, _ = Source.objects.get_or_create(
+            name="Demo planning database", defaults={"kind": "sqlite", "settings": {"path": str(path)}}
+        )
+        export = PlanningExport.objects.filter(name="Demo planning export").first()
+        if export is None:
+            export = PlanningExport(
+                name="Demo planning export", source=source, folder="planning", report_to="admin@example.com"
+            )
+            configwrite.save(export, m2m={"destinations": [local]})
+            for position, dataset in enumerate(planning_demo.DATASETS):
+                configwrite.save(ExportDataset(export=export, position=position, **dataset))
+        return export

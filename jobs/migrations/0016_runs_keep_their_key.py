@@ -24,7 +24,7 @@ def keep_run_keys(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0014_run_indexes_for_overviews"),
+        ("jobs", "0015_planning_exports"),
     ]
 
     operations = [

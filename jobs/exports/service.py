@@ -1,0 +1,777 @@
+"""What a planning export does, called by the Celery task, ``runexport`` and the pages.
+
+A run (:class:`~jobs.exports.models.ExportRun`) is created with a snapshot of the
+export's configuration and its window, handed to the ``exports`` queue, and executed by
+:func:`execute`:
+
+1. **claim** a heavy-work slot (``jobs.slots``, where :class:`ExportWork` registers
+   exports as a kind of heavy work beside backups): an export and a backup never run at
+   once beyond ``BACKUPSITE_MAX_CONCURRENT_RUNS``; a run that finds every slot taken is
+   parked as *waiting* and woken by whoever frees one (``slots.reconcile``);
+2. **write the files**: for each dataset, its query over the window (read-only, with a
+   statement timeout, streamed from a server-side cursor: :mod:`jobs.exports.drivers`)
+   into one ``.xlsx`` (:mod:`jobs.exports.xlsx`) in a private staging folder. The files
+   are a set: if one query fails, nothing is uploaded and last night's files stay;
+3. **upload** them to every destination in one session each, straight into the
+   export's folder under the destination's path (not under ``backupsite/<slug>/``), with
+   the destination contract's ``replace=True``: each file goes to a hidden temporary
+   name first and replaces last night's only once it is complete, so a cut connection
+   leaves the previous file in place. Each destination's result is an
+   :class:`~jobs.exports.models.ExportUpload` row; a failing destination does not stop
+   the others (the run is then *partial*);
+4. **finish**: the staging folder is removed, the slot is handed on
+   (``slots.reconcile``, as a finishing backup does); a run that did not fully succeed
+   e-mails the export's report-to addresses through the notifications outbox.
+
+Progress (the dataset, its rows so far, then bytes uploaded) and a heartbeat are written
+to the run row about once a second. Due exports are started by the dispatcher tick
+(``jobs.dispatch``, through the hook :func:`start_due_exports`); runs whose worker died,
+lost hand-overs and waiting runs are the slot's reconcile's (:class:`ExportWork.apply`),
+which the reaper and the dispatcher tick call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db.models import F, Max, Value
+from django.db.models.functions import Concat
+from django.utils import timezone
+
+from backupsite.private import private_dir
+from destinations.backends.base import REPLACE, DestinationError, UploadItem, check_folder
+from destinations.models import Destination
+from jobs import dispatch, notifications, reconcile, slots
+from jobs.enqueue import export as send_export
+from jobs.exports import drivers, xlsx
+from jobs.exports.models import ExportRun, ExportUpload, PlanningExport, site_zone
+from jobs.exports.query import QueryRefused
+from jobs.models import Source
+
+log = logging.getLogger(__name__)
+
+PROGRESS_SECONDS = 1.0
+EXPORT = "export"  # this module's kind of heavy work in jobs.slots
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class LostRun(Exception):
+    """This worker no longer owns the run (it was ended elsewhere)."""
+
+
+# --- creating runs -------------------------------------------------------------------
+def snapshot(export: PlanningExport) -> dict:
+    source = export.source
+    return {
+        "export": {
+            "id": export.pk,
+            "name": export.name,
+            "folder": export.folder,
+            "window_days": export.window_days,
+            "window_offset_days": export.window_offset_days,
+            "report_to": export.report_to_list,
+        },
+        "source": {"id": source.pk, "name": source.name, "kind": source.kind, "settings": source.settings},
+        "datasets": [
+            {"file_name": d.file_name, "sheet_title": d.sheet_title, "sql": d.sql} for d in export.datasets.all()
+        ],
+        "destinations": [
+            {"id": d.pk, "name": d.name, "kind": d.kind} for d in export.destinations.filter(enabled=True)
+        ],
+        "time_zone": settings.TIME_ZONE,
+    }
+
+
+def create_run(export: PlanningExport, *, trigger: str = ExportRun.Trigger.MANUAL, user=None, moment=None) -> ExportRun:
+    """A queued run whose window is the one of *moment* (default now), or
+    :class:`AlreadyRunning` (the database allows one active run per export)."""
+    moment = moment or timezone.now()
+    start, end = export.window_for(moment)
+    try:
+        with transaction.atomic():
+            return ExportRun.objects.create(
+                export=export,
+                export_name=export.name,
+                config=snapshot(export),
+                trigger=trigger,
+                created_by=user if user is not None and user.is_authenticated else None,
+                window_start=start,
+                window_end=end,
+                datasets_total=export.datasets.count(),
+                enqueued_at=timezone.now(),
+            )
+    except IntegrityError:
+        raise AlreadyRunning(f"“{export.name}” is already running.") from None
+
+
+def enqueue(export: PlanningExport, *, trigger: str = ExportRun.Trigger.MANUAL, user=None, moment=None) -> ExportRun:
+    run = create_run(export, trigger=trigger, user=user, moment=moment)
+    hand_over([run.pk])
+    return run
+
+
+def hand_over(run_ids: list[int]) -> None:
+    """Send runs to the ``exports`` queue once the transaction commits (through
+    ``jobs.enqueue``, the one module that sends tasks). A broker that cannot be reached
+    is logged there: the slot's reconcile hands a run nobody took over again."""
+    for run_id in run_ids:
+        send_export(run_id)
+
+
+# --- the heavy slot ----------------------------------------------------------------------
+class ExportWork(slots.HeavyKind):
+    """Planning exports as heavy work (``jobs.slots``): a run holds a slot while it runs,
+    queries and uploads alike, so an export and a backup never run at once beyond
+    ``BACKUPSITE_MAX_CONCURRENT_RUNS``.
+
+    A run whose worker died is *interrupted*, never started again
+    (``RunInfo.restartable`` False): report-to is told, files already replaced at a
+    destination are complete, the others keep last night's, and the next night (or
+    *Run now*) writes them all. Exports have no cancel, so the reconcile never asks this
+    kind to cancel or restart a row."""
+
+    name = EXPORT
+
+    def held_count(self) -> int:
+        return ExportRun.objects.filter(state=ExportRun.State.RUNNING).count()
+
+    def holders(self) -> list[str]:
+        texts = []
+        for run in ExportRun.objects.filter(state=ExportRun.State.RUNNING).only(
+            "pk", "export_name", "phase", "started_at"
+        ):
+            since = timezone.localtime(run.started_at).strftime("%H:%M") if run.started_at else "?"
+            texts.append(
+                f"the planning export “{run.export_name}” (export run #{run.pk}, "
+                f"{run.get_phase_display().lower()}, since {since})"
+            )
+        return texts
+
+    def active(self) -> list[reconcile.RunInfo]:
+        fields = ("pk", "state", "created_at", "heartbeat_at", "started_at", "enqueued_at", "requeues")
+        return [
+            reconcile.RunInfo(**row, kind=EXPORT, ref=f"export run #{row['pk']}", restartable=False)
+            for row in ExportRun.objects.filter(state__in=ExportRun.ACTIVE_STATES).values(*fields)
+        ]
+
+    def last_release(self):
+        return ExportRun.objects.filter(started_at__isnull=False).aggregate(at=Max("finished_at"))["at"]
+
+    def prepare(self, pk: int, now) -> bool:
+        return ExportRun.objects.filter(pk=pk, state__in=reconcile.PENDING).exists()
+
+    def start(self, pk: int, now) -> None:
+        ExportRun.objects.filter(pk=pk).update(
+            state=ExportRun.State.RUNNING, phase=ExportRun.Phase.QUERY, started_at=now, heartbeat_at=now
+        )
+
+    def park(self, pk: int) -> None:
+        ExportRun.objects.filter(pk=pk, state=ExportRun.State.QUEUED).update(state=ExportRun.State.WAITING)
+
+    def apply(self, decision: reconcile.Decision, now) -> bool:
+        action = _APPLY.get(decision.action)
+        if action is None:  # cancel / restart: not asked of a row that is not restartable and has no cancel
+            log.warning("Export run %s: %s is not done for exports (%s)", decision.pk, decision.action, decision.reason)
+            return False
+        return action(decision, now)
+
+
+def _log_append(line: str) -> Concat:
+    from django.db import models
+
+    return Concat(F("log"), Value(ExportRun.log_line(line)), output_field=models.TextField())
+
+
+def _apply_interrupt(decision: reconcile.Decision, now) -> bool:
+    """A running export whose worker stopped sending heartbeats: interrupted (conditional
+    on the heartbeat the plan saw, so a worker alive after all keeps its run), its open
+    uploads failed, its staging folder removed, report-to told."""
+    info = decision.run
+    run = ExportRun.objects.filter(pk=info.pk).first()
+    if run is None:
+        return False
+    silent = int((now - reconcile.last_sign_of_life(info)).total_seconds())
+    message = (
+        f"Interrupted: the worker stopped while {run.get_phase_display().lower()} (no heartbeat for "
+        f"{silent} s). Files already replaced at a destination are complete; the others keep last night's."
+    )
+    with transaction.atomic():
+        ended = ExportRun.objects.filter(
+            pk=info.pk, state=ExportRun.State.RUNNING, heartbeat_at=info.heartbeat_at
+        ).update(state=ExportRun.State.INTERRUPTED, finished_at=now, error=message, log=_log_append(message))
+        if not ended:
+            return False
+        ExportUpload.objects.filter(
+            run_id=info.pk, state__in=[ExportUpload.State.PENDING, ExportUpload.State.UPLOADING]
+        ).update(state=ExportUpload.State.FAILED, error="The worker stopped during this upload.", finished_at=now)
+    # The staging folder is on the dead worker's machine: removed here when that is this
+    # one (export runs record no host, so on another machine it stays until removed by hand).
+    shutil.rmtree(staging_dir(info.pk), ignore_errors=True)
+    notify_failed(ExportRun.objects.get(pk=info.pk))
+    return True
+
+
+def _apply_wake(decision: reconcile.Decision, now) -> bool:
+    woken = ExportRun.objects.filter(pk=decision.pk, state=ExportRun.State.WAITING).update(
+        state=ExportRun.State.QUEUED, enqueued_at=now
+    )
+    if woken:
+        hand_over([decision.pk])
+    return bool(woken)
+
+
+def _apply_requeue(decision: reconcile.Decision, now) -> bool:
+    info = decision.run
+    requeued = ExportRun.objects.filter(pk=info.pk, state=ExportRun.State.QUEUED, requeues=info.requeues).update(
+        requeues=info.requeues + 1, enqueued_at=now, log=_log_append(f"Handed to the workers again: {decision.reason}.")
+    )
+    if requeued:
+        hand_over([info.pk])
+    return bool(requeued)
+
+
+def _apply_fail(decision: reconcile.Decision, now) -> bool:
+    info = decision.run
+    message = (
+        f"No worker took this export run: it waited more than {settings.BACKUPSITE_QUEUE_GRACE_SECONDS} s with a "
+        "free slot, was handed to the workers once more and waited again. Check that a Celery worker consumes "
+        "the exports queue (make run starts one; with Docker Compose, the worker service)."
+    )
+    failed = ExportRun.objects.filter(
+        pk=info.pk, state=ExportRun.State.QUEUED, requeues=info.requeues, enqueued_at=info.enqueued_at
+    ).update(state=ExportRun.State.FAILED, finished_at=now, error=message, log=_log_append(message))
+    if failed:
+        notify_failed(ExportRun.objects.get(pk=info.pk))
+    return bool(failed)
+
+
+_APPLY = {
+    reconcile.INTERRUPT: _apply_interrupt,
+    reconcile.WAKE: _apply_wake,
+    reconcile.REQUEUE: _apply_requeue,
+    reconcile.FAIL: _apply_fail,
+}
+
+slots.register(ExportWork())
+
+
+def _release_slot() -> None:
+    """This run gave its slot back: the reconcile hands it to the next waiting row of any
+    kind (what a finishing backup calls). Never raises: the reaper and the dispatcher
+    tick reconcile again."""
+    try:
+        slots.reconcile()
+    except Exception:
+        log.exception("Could not hand the free slot to waiting work; the reaper will")
+
+
+# --- progress and heartbeat ------------------------------------------------------------------
+class Progress:
+    """Writes the run's progress to its row at most once per *interval*, with a
+    heartbeat; raises :class:`LostRun` once the row is no longer this worker's."""
+
+    FIELDS = ("phase", "datasets_done", "current_file", "rows_done", "bytes_done", "bytes_total")
+
+    def __init__(self, run: ExportRun, listener: Callable[[ExportRun], None] | None = None, interval=PROGRESS_SECONDS):
+        self.run = run
+        self.listener = listener
+        self.interval = interval
+        self._last = 0.0
+
+    def __call__(self, *, force: bool = False, **values) -> None:
+        for key, value in values.items():
+            setattr(self.run, key, value)
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        self.run.heartbeat_at = timezone.now()
+        fields = {name: getattr(self.run, name) for name in self.FIELDS}
+        if not ExportRun.objects.filter(pk=self.run.pk, state=ExportRun.State.RUNNING).update(
+            heartbeat_at=self.run.heartbeat_at, **fields
+        ):
+            raise LostRun(self.run.pk)
+        if self.listener:
+            self.listener(self.run)
+
+
+class Heartbeat(threading.Thread):
+    """Keeps ``heartbeat_at`` fresh during stretches without progress (a long query
+    before its first row, a slow server), so the tick only ends runs whose worker is
+    really gone."""
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(name=f"heartbeat-export-{run_id}", daemon=True)
+        self.run_id = run_id
+        self.interval = float(settings.BACKUPSITE_HEARTBEAT_SECONDS)
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stopped.wait(self.interval):
+                try:
+                    ExportRun.objects.filter(pk=self.run_id, state=ExportRun.State.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except Exception:  # a database blip must not kill the thread
+                    log.warning("Heartbeat of export run %s failed; retrying", self.run_id, exc_info=True)
+                    close_old_connections()
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=10)
+
+
+# --- executing ----------------------------------------------------------------------------
+def staging_dir(run_id: int) -> Path:
+    return settings.DATA_DIR / "exports" / f"run-{int(run_id)}"
+
+
+def execute(run_id: int, *, listener: Callable[[ExportRun], None] | None = None) -> ExportRun:
+    """Claim and execute a run; returns it in its final (or waiting) state."""
+    close_old_connections()
+    outcome = slots.claim(EXPORT, run_id)
+    run = ExportRun.objects.get(pk=run_id)
+    if outcome != slots.CLAIMED:
+        return run
+    try:
+        ended_here = _work_on(run, listener)
+    finally:
+        _release_slot()
+    if ended_here and run.state in ExportRun.ALERT_STATES:
+        notify_failed(run)
+    return run
+
+
+def _work_on(run: ExportRun, listener) -> bool:
+    progress = Progress(run, listener)
+    heartbeat = Heartbeat(run.pk)
+    heartbeat.start()
+    staging = staging_dir(run.pk)
+    ended: bool | None = None
+    try:
+        state, message = _execute(run, progress, staging)
+        ended = _finish(run, state, message)
+    except LostRun:
+        ended = False
+    except (drivers.ExportError, xlsx.SheetError, DestinationError, ValueError) as exc:
+        ended = _finish(run, ExportRun.State.FAILED, str(exc))
+    except OSError as exc:
+        ended = _finish(run, ExportRun.State.FAILED, f"{exc.strerror or exc} (writing the files on this server)")
+    except BaseException as exc:
+        from celery.exceptions import SoftTimeLimitExceeded
+
+        if isinstance(exc, SoftTimeLimitExceeded):
+            ended = _finish(run, ExportRun.State.TIMED_OUT, "Timed out: the export took longer than the time limit.")
+        elif isinstance(exc, KeyboardInterrupt | SystemExit):
+            ended = _finish(run, ExportRun.State.INTERRUPTED, "Interrupted: the export was stopped.")
+            raise
+        else:
+            log.exception("Export run %s failed with an unexpected error", run.pk)
+            ended = _finish(run, ExportRun.State.FAILED, f"Internal error ({type(exc).__name__}); see the worker log.")
+    finally:
+        heartbeat.stop()
+        shutil.rmtree(staging, ignore_errors=True)
+        close_old_connections()
+        if ended is False:
+            log.warning("Export run %s was ended elsewhere while this worker worked on it", run.pk)
+            run.refresh_from_db()
+    return bool(ended)
+
+
+WORKER_FIELDS = (
+    "state",
+    "phase",
+    "datasets_done",
+    "current_file",
+    "rows_done",
+    "bytes_done",
+    "bytes_total",
+    "files",
+    "log",
+    "error",
+    "finished_at",
+)
+
+
+def _store(run: ExportRun) -> bool:
+    fields = {name: getattr(run, name) for name in WORKER_FIELDS}
+    return bool(ExportRun.objects.filter(pk=run.pk, state=ExportRun.State.RUNNING).update(**fields))
+
+
+def _finish(run: ExportRun, state: str, message: str = "") -> bool:
+    run.state = state
+    run.error = message if state != ExportRun.State.SUCCEEDED else ""
+    run.finished_at = timezone.now()
+    run.current_file = ""
+    if state in (ExportRun.State.SUCCEEDED, ExportRun.State.PARTIAL):
+        run.phase = ExportRun.Phase.DONE
+    if message:
+        run.append_log(message)
+    stored = _store(run)
+    if stored and state not in (ExportRun.State.SUCCEEDED, ExportRun.State.PARTIAL):
+        ExportUpload.objects.filter(
+            run_id=run.pk, state__in=[ExportUpload.State.PENDING, ExportUpload.State.UPLOADING]
+        ).update(
+            state=ExportUpload.State.FAILED, error="Not uploaded: the run ended early.", finished_at=run.finished_at
+        )
+    return stored
+
+
+@dataclass
+class WrittenFile:
+    path: Path
+    file_name: str
+    size: int
+    sha256: str
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def open_driver(config: dict) -> drivers.Driver:
+    """The driver for a run's snapshot (credentials from the Source row, never the snapshot)."""
+    source = Source.objects.filter(pk=config["source"]["id"]).first()
+    if source is None:
+        raise drivers.ExportError("The export's database source was deleted.")
+    return drivers.for_source(source, tz=site_zone(), timeout=settings.BACKUPSITE_EXPORT_STATEMENT_TIMEOUT)
+
+
+def _execute(run: ExportRun, progress: Progress, staging: Path) -> tuple[str, str]:
+    config = run.config
+    datasets = config.get("datasets") or []
+    destinations = config.get("destinations") or []
+    if not datasets:
+        raise ValueError("This export has no datasets: add at least one query.")
+    if not destinations:
+        raise ValueError("This export has no enabled destination: add one.")
+    folder = check_folder(config["export"].get("folder") or "")
+    start, end = run.window_start, run.window_end
+    zone = site_zone()
+    run.append_log(
+        f"Window: {timezone.localtime(start, zone):%Y-%m-%d %H:%M} to {timezone.localtime(end, zone):%Y-%m-%d %H:%M} "
+        f"({zone}), from {config['source']['name']}."
+    )
+    driver = open_driver(config)
+    shutil.rmtree(staging, ignore_errors=True)
+    private_dir(staging)
+
+    # 1. The files: all of them, or nothing is uploaded.
+    written: list[WrittenFile] = []
+    run.files = []
+    for index, dataset in enumerate(datasets):
+        name = dataset["file_name"]
+        progress(current_file=name, rows_done=0, datasets_done=index, force=True)
+        path = staging / name
+        started = time.monotonic()
+        try:
+            prepared = driver.prepare(dataset["sql"])
+            with driver.query(prepared, start, end) as result:
+                sheet = xlsx.write_sheet(
+                    path,
+                    dataset["sheet_title"],
+                    result.columns,
+                    result.rows,
+                    tz=zone,
+                    parse_text_dates=driver.text_dates,
+                    progress=lambda rows: progress(rows_done=rows),
+                )
+        except (drivers.ExportError, xlsx.SheetError, QueryRefused) as exc:
+            raise type(exc)(f"{name}: {exc}") from None
+        size = path.stat().st_size
+        item = WrittenFile(path, name, size, _sha256(path))
+        written.append(item)
+        run.files = [
+            *run.files,
+            {
+                "file_name": name,
+                "sheet_title": dataset["sheet_title"],
+                "rows": sheet.rows,
+                "columns": sheet.columns,
+                "size": size,
+                "sha256": item.sha256,
+            },
+        ]
+        notes = []
+        if sheet.neutralised_cells:
+            notes.append(f"{sheet.neutralised_cells} cell(s) that looked like formulas kept as text")
+        if sheet.cleaned_cells:
+            notes.append(f"{sheet.cleaned_cells} cell(s) with control characters removed")
+        if sheet.truncated_cells:
+            notes.append(f"{sheet.truncated_cells} cell(s) cut to 32,767 characters")
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        run.append_log(
+            f"{name}: {sheet.rows} row(s), {sheet.columns} column(s), {size} bytes in "
+            f"{time.monotonic() - started:.1f} s{extra}."
+        )
+        progress(datasets_done=index + 1, rows_done=sheet.rows, force=True)
+        if not _store(run):
+            raise LostRun(run.pk)
+
+    # 2. The uploads, one session per destination.
+    total = sum(f.size for f in written)
+    progress(
+        phase=ExportRun.Phase.UPLOAD, current_file="", bytes_done=0, bytes_total=total * len(destinations), force=True
+    )
+    failed = 0
+    for index, dest in enumerate(destinations):
+        ok = _upload(run, dest, folder, written, base=index * total, progress=progress)
+        failed += 0 if ok else 1
+    if failed == len(destinations):
+        return ExportRun.State.FAILED, "Every upload failed; last night's files stay at the destinations."
+    if failed:
+        return ExportRun.State.PARTIAL, f"{failed} of {len(destinations)} destination(s) failed (see below)."
+    return ExportRun.State.SUCCEEDED, ""
+
+
+def _upload(run: ExportRun, dest: dict, folder: str, written: list[WrittenFile], *, base: int, progress) -> bool:
+    upload, _ = ExportUpload.objects.get_or_create(
+        run=run, destination_id=dest["id"], defaults={"destination_name": dest["name"]}
+    )
+    now = timezone.now()
+    ExportUpload.objects.filter(pk=upload.pk).update(state=ExportUpload.State.UPLOADING, started_at=now)
+    items = [UploadItem(f.path, f.file_name, f.size, f.sha256) for f in written]
+    try:
+        destination = Destination.objects.filter(pk=dest["id"]).first()
+        if destination is None:
+            raise DestinationError("The destination was deleted.")
+        if not destination.can(REPLACE):
+            raise DestinationError(f"{destination.kind_label} destinations cannot replace files; choose another kind.")
+        backend = destination.backend()
+        with backend.session() as session:
+            upload.remote_folder = session.describe_folder(folder)[:500]
+            session.upload_files(folder, items, progress=lambda done: progress(bytes_done=base + done), replace=True)
+    except DestinationError as exc:
+        upload.state, upload.error = ExportUpload.State.FAILED, str(exc)
+        run.append_log(f"Upload to {dest['name']} failed: {exc}")
+    else:
+        upload.state, upload.error = ExportUpload.State.SUCCEEDED, ""
+        upload.bytes_done = sum(f.size for f in written)
+        run.append_log(f"Uploaded {len(items)} file(s) to {dest['name']} ({upload.remote_folder}).")
+    upload.finished_at = timezone.now()
+    upload.save()
+    if not _store(run):
+        raise LostRun(run.pk)
+    return upload.state == ExportUpload.State.SUCCEEDED
+
+
+# --- e-mail -------------------------------------------------------------------------------------
+def notify_failed(run: ExportRun) -> bool:
+    """The failure e-mail to the export's report-to addresses, through the outbox."""
+    return notifications.notify_export_failed(run)
+
+
+# --- the dispatcher's hook: due exports ----------------------------------------------------------
+def start_due_exports(now=None) -> int:
+    """Start every enabled export whose ``next_run_at`` has come (a hook of the dispatcher
+    tick, ``jobs.dispatch.DUE_HOOKS``). Each is claimed with a conditional update of
+    ``next_run_at`` (two ticks, two beats: one run), and the next time is the next one
+    after *now*: nights missed while nothing ran are run once. Returns how many started."""
+    now = now or timezone.now()
+    started = 0
+    for export in PlanningExport.objects.filter(enabled=True, next_run_at__lte=now).select_related("source"):
+        due = export.next_run_at
+        following = export.next_run_after(now)
+        if not PlanningExport.objects.filter(pk=export.pk, next_run_at=due).update(next_run_at=following):
+            continue  # another tick took it
+        try:
+            enqueue(export, trigger=ExportRun.Trigger.SCHEDULE, moment=now)
+        except AlreadyRunning:
+            log.warning("Export %s: the run due at %s was skipped: the previous run is still active", export.pk, due)
+            continue
+        started += 1
+    return started
+
+
+if start_due_exports not in dispatch.DUE_HOOKS:
+    dispatch.DUE_HOOKS.append(start_due_exports)
+
+
+__all__ = [
+    "EXPORT",
+    "AlreadyRunning",
+    "ExportWork",
+    "create_run",
+    "enqueue",
+    "execute",
+    "start_due_exports",
+]
+
+
+# --- the pages: save, delete, preview, test ------------------------------------------------------
+def save_export(form, formset, *, request=None) -> PlanningExport:
+    """Create or change an export and its datasets from a valid form and formset, every
+    write through :mod:`backupsite.configwrite` (the audit and the admin e-mail)."""
+    from backupsite import configwrite
+
+    with transaction.atomic():
+        export = form.save(commit=False)
+        configwrite.save(export, request=request, m2m={"destinations": form.cleaned_data["destinations"]})
+        for dataset_form in formset.deleted_forms:
+            if dataset_form.instance.pk is not None:
+                configwrite.delete(dataset_form.instance, request=request)
+        for position, dataset_form in enumerate(formset.kept_forms()):
+            dataset = dataset_form.save(commit=False)
+            dataset.export = export
+            dataset.position = position
+            configwrite.save(dataset, request=request)  # an unchanged one records nothing
+    return export
+
+
+class InUse(Exception):
+    pass
+
+
+def delete_export(export: PlanningExport, *, request=None) -> None:
+    """Delete an export (its datasets go with it; its runs stay in the history). Refused
+    while it runs. The files at the destinations are left in place."""
+    from backupsite import configwrite
+
+    if export.active_run() is not None:
+        raise InUse(f"“{export.name}” is running; let the run finish first.")
+    configwrite.delete(export, request=request)
+
+
+PREVIEW_ROWS = 10
+PREVIEW_TIMEOUT = 20  # seconds at most, whatever the export's limit: a web request waits
+
+
+@dataclass
+class Preview:
+    file_name: str
+    sheet_title: str
+    columns: list[str] = None  # type: ignore[assignment]
+    kinds: list[str] = None  # type: ignore[assignment]
+    rows: list[list[str]] = None  # type: ignore[assignment]
+    more: bool = False
+    error: str = ""
+
+
+def _display(value) -> str:
+    import datetime as dt
+
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    text = str(value)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def preview(source: Source, datasets: list[dict], *, moment=None, window_days: int = 5, offset_days: int = 0):
+    """The first rows and the column types of each dataset's query over the window of
+    a run now, with the export's safeguards (read-only, a short time limit). Never
+    raises for a bad query: the error is in its :class:`Preview`."""
+    from itertools import islice
+
+    from jobs.exports.window import window
+
+    zone = site_zone()
+    start, end = window(moment or timezone.now(), window_days, offset_days, zone)
+    timeout = min(PREVIEW_TIMEOUT, settings.BACKUPSITE_EXPORT_STATEMENT_TIMEOUT)
+    results = []
+    try:
+        driver = drivers.for_source(source, tz=zone, timeout=timeout)
+    except drivers.ExportError as exc:
+        return [Preview(d.get("file_name", ""), d.get("sheet_title", ""), error=str(exc)) for d in datasets], (
+            start,
+            end,
+        )
+    for dataset in datasets:
+        item = Preview(dataset.get("file_name", ""), dataset.get("sheet_title", ""))
+        try:
+            prepared = driver.prepare(dataset.get("sql", ""))
+            with driver.query(prepared, start, end) as result:
+                raw = list(islice(result.rows, PREVIEW_ROWS + 1))
+            item.more = len(raw) > PREVIEW_ROWS
+            raw = raw[:PREVIEW_ROWS]
+            converter = xlsx.Converter(None, zone, parse_text_dates=driver.text_dates)
+            values = [[_plain_value(v) for v in converter.row(row)] for row in raw]
+            item.columns = result.columns
+            kinds = [""] * len(result.columns)
+            for row in values:
+                for index, value in enumerate(row):
+                    if not kinds[index] and value is not None:
+                        kinds[index] = xlsx.kind_of(value)
+            item.kinds = [k or "empty" for k in kinds]
+            item.rows = [[_display(v) for v in row] for row in values]
+        except (drivers.ExportError, ValueError) as exc:
+            item.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a preview button must answer
+            log.warning("Preview of %s failed unexpectedly (%s)", item.file_name, type(exc).__name__)
+            item.error = f"The preview failed unexpectedly ({type(exc).__name__})."
+        results.append(item)
+    return results, (start, end)
+
+
+def _plain_value(value):
+    from openpyxl.cell import Cell
+
+    return value._value if isinstance(value, Cell) else value
+
+
+@dataclass
+class DestinationCheck:
+    name: str
+    ok: bool
+    message: str
+    where: str = ""
+
+
+def test_destinations(destinations, folder: str) -> list[DestinationCheck]:
+    """For each destination: connect, write a small test file into the export's
+    *folder* (where the files will go), then delete it. Never raises."""
+    import os
+    import secrets as _secrets
+    import tempfile
+
+    from destinations.backends.base import DELETE, PROBE_PREFIX
+
+    results = []
+    for destination in destinations:
+        try:
+            check_folder(folder)
+            if not destination.can(REPLACE):
+                raise DestinationError(f"{destination.kind_label} destinations cannot replace files.")
+            name = f"{PROBE_PREFIX}{_secrets.token_hex(6)}.tmp"
+            data = os.urandom(4096)
+            digest = hashlib.sha256(data).hexdigest()
+            with destination.backend().session() as session, tempfile.NamedTemporaryFile() as tmp:
+                tmp.write(data)
+                tmp.flush()
+                where = session.describe_folder(folder)
+                session.upload(Path(tmp.name), folder, name, expected_size=len(data), expected_sha256=digest)
+                if destination.can(DELETE):
+                    session.delete(folder, name)
+            results.append(
+                DestinationCheck(destination.name, True, "Connected; a test file was written and deleted.", where)
+            )
+        except DestinationError as exc:
+            results.append(DestinationCheck(destination.name, False, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - only the type: a library's message may quote secrets
+            log.error("Export connection test to %s failed unexpectedly: %s", destination.pk, type(exc).__name__)
+            results.append(
+                DestinationCheck(destination.name, False, f"The test failed unexpectedly ({type(exc).__name__}).")
+            )
+    return results
