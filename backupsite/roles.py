@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from django.contrib.auth.management import create_permissions
 from django.contrib.auth.mixins import PermissionRequiredMixin
+from django.utils.translation import gettext_lazy as _
 
 ADMINISTRATORS = "administrators"
 OPERATORS = "operators"
@@ -47,7 +48,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         *_MANAGE_USERS,
     ],
 }
-ROLE_LABELS = {ADMINISTRATORS: "Administrator", OPERATORS: "Operator", VIEWERS: "Viewer"}
+ROLE_LABELS = {ADMINISTRATORS: _("Administrator"), OPERATORS: _("Operator"), VIEWERS: _("Viewer")}
 
 
 def ensure_roles(sender=None, using="default", apps=None, **kwargs) -> None:
@@ -62,7 +63,7 @@ def ensure_roles(sender=None, using="default", apps=None, **kwargs) -> None:
     for app_config in global_apps.get_app_configs():
         create_permissions(app_config, verbosity=0, using=using)
     for role, perms in ROLE_PERMISSIONS.items():
-        group, _ = Group.objects.using(using).get_or_create(name=role)
+        group, _created = Group.objects.using(using).get_or_create(name=role)
         wanted = []
         for perm in perms:
             app_label, codename = perm.split(".")
@@ -132,7 +133,7 @@ def roles_context(request):
     role = role_of(user)
     return {
         "user_role": role,
-        "user_role_label": ROLE_LABELS.get(role, "No role"),
+        "user_role_label": ROLE_LABELS.get(role, _("No role")),
         "can_configure": user.has_perm("jobs.change_job"),
         "can_run": user.has_perm("jobs.run_job"),
         "can_download": user.has_perm("jobs.download_run"),
