@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test test-postgres lint format bench bench-destinations clean-venv
+.PHONY: run test test-postgres lint format messages compilemessages bench bench-destinations clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,18 +26,30 @@ $(VENV)/.deps-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 .env:
 	printf '# Written by `make run`: development mode, secrets generated under var/.\nDEBUG=1\n# The demo may test destinations on this machine (127.0.0.1); never in production.\nBACKUPSITE_ALLOW_LOCAL_DESTINATIONS=1\n' > .env
 
-run: $(VENV)/.deps-run .env
+# The translations (locale/<lang>/LC_MESSAGES/django.po) are compiled here, not committed:
+# needs GNU gettext's msgfmt (apt: gettext); the Docker image compiles them when built.
+MESSAGES_IGNORE := --ignore .venv --ignore var --ignore tests --ignore bench --ignore staticfiles --ignore docs --ignore docker
+
+compilemessages: $(VENV)/.deps-run
+	$(PY) manage.py compilemessages $(MESSAGES_IGNORE) --verbosity 0
+
+# After changing a user-visible text: extract every marked string into the catalogues
+# (then translate the new entries; tests/test_i18n.py fails on any left untranslated).
+messages: $(VENV)/.deps-run
+	$(PY) manage.py makemessages -l de -l sv
+
+run: $(VENV)/.deps-run .env compilemessages
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py loaddemo
 	$(PY) manage.py bootstrapadmin
 	@echo "backupsite: http://127.0.0.1:8000  (Ctrl-C stops the panel and the worker)"
 	$(VENV)/bin/honcho -f Procfile.dev start
 
-test: $(VENV)/.deps-dev
+test: $(VENV)/.deps-dev compilemessages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The tests marked stack_independent ran in `make test` and are left out here.
-test-postgres: $(VENV)/.deps-dev
+test-postgres: $(VENV)/.deps-dev compilemessages
 	BACKUPSITE_TEST_STACK=postgres $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.deps-dev

@@ -59,6 +59,7 @@ from django.utils.translation import gettext_lazy as _
 
 from backupsite import configwrite
 from backupsite.clientip import client_ip
+from backupsite.languages import for_user, in_site_language
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ def _describe(obj) -> tuple[str, str, str, str, str]:
     return opts.label_lower, str(opts.verbose_name), str(obj.pk or ""), str(obj)[:200], url[:300]
 
 
+@in_site_language
 def record(
     who,
     action: str,
@@ -341,7 +343,8 @@ def flush(event_ids) -> list:
     mails = []
     with transaction.atomic():
         for user in recipients:
-            subject, body, html = _render(events, user)
+            with for_user(user):  # each administrator reads it in their own language
+                subject, body, html = _render(events, user)
             mail = AdminMail.objects.create(recipient=user, address=user.email, subject=subject, body=body, html=html)
             mail.events.set(events)
             mails.append(mail)

@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from backupsite.clientip import client_ip  # the client's address behind trusted proxies
 from backupsite.crypto import EncryptedJSONField
+from backupsite.languages import in_site_language
 
 #: Sent with ``sender=<model class>, change=<ConfigChange>`` inside the transaction.
 config_changed = Signal()
@@ -121,6 +122,7 @@ def _text(value) -> str:
     return str(value)
 
 
+@in_site_language
 def snapshot(obj: models.Model) -> dict[str, tuple[str, object]]:
     """Field key → (label, value) for everything the audit shows; secret values are
     kept (to tell whether they changed) but marked by being wrapped in a tuple with
@@ -183,6 +185,7 @@ def diff(
     return changes
 
 
+@in_site_language
 def _change(action: str, obj, before, after, actor, request) -> ConfigChange:
     opts = obj._meta
     user = actor if actor is not None else getattr(request, "user", None)

@@ -1,9 +1,11 @@
-"""Project middleware: no caching of signed-in pages, and slash redirects that keep POSTs."""
+"""Project middleware: no caching of signed-in pages, slash redirects that keep POSTs, and
+the signed-in user's language."""
 
 from __future__ import annotations
 
 from django.http.response import HttpResponseRedirectBase
 from django.middleware.common import CommonMiddleware as DjangoCommonMiddleware
+from django.utils import translation
 from django.utils.cache import add_never_cache_headers
 from django.utils.http import escape_leading_slashes
 
@@ -59,3 +61,27 @@ class CommonMiddleware(DjangoCommonMiddleware):
         ):
             return HttpResponsePermanentRedirectKeepMethod(self.get_full_path_with_slash(request))
         return super().process_response(request, response)
+
+
+class UserLanguageMiddleware:
+    """Speak the signed-in user's own language (saved on their profile by the language
+    selector), over the browser's Accept-Language and the cookie LocaleMiddleware read.
+
+    After AuthenticationMiddleware (it needs ``request.user``); LocaleMiddleware, earlier,
+    already chose the browser's language (or LANGUAGE_CODE) and sets Content-Language and
+    ``Vary`` on the way out from whatever is active then. One small query per signed-in
+    request; a user without a choice keeps the browser's language."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            from backupsite.languages import user_language
+
+            language = request.user_language = user_language(user)
+            if language:
+                translation.activate(language)
+                request.LANGUAGE_CODE = translation.get_language()
+        return self.get_response(request)

@@ -7,6 +7,8 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from backupsite.languages import choices as language_choices
+
 
 class AppendOnly(Exception):
     """An audit event is never changed or deleted (except by the retention prune)."""
@@ -113,3 +115,23 @@ class AdminMail(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} → {self.address} ({self.state})"
+
+
+class UserProfile(models.Model):
+    """What the panel keeps about a user besides Django's user row: the language the
+    panel and its e-mails to them are in (blank: the browser's, else LANGUAGE_CODE)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="profile")
+    language = models.CharField(
+        _("language"),
+        max_length=10,
+        blank=True,
+        choices=language_choices,
+        help_text=_("Blank: the browser's language."),
+    )
+
+    class Meta:
+        verbose_name = _("user profile")
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.language or '-'}"

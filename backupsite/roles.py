@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from django.contrib.auth.management import create_permissions
 from django.contrib.auth.mixins import PermissionRequiredMixin
+from django.utils.translation import gettext_lazy as _
 
 ADMINISTRATORS = "administrators"
 OPERATORS = "operators"
@@ -44,7 +45,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         *_MANAGE_USERS,
     ],
 }
-ROLE_LABELS = {ADMINISTRATORS: "Administrator", OPERATORS: "Operator", VIEWERS: "Viewer"}
+ROLE_LABELS = {ADMINISTRATORS: _("Administrator"), OPERATORS: _("Operator"), VIEWERS: _("Viewer")}
 
 
 def ensure_roles(sender=None, using="default", apps=None, **kwargs) -> None:
@@ -129,7 +130,7 @@ def roles_context(request):
     role = role_of(user)
     return {
         "user_role": role,
-        "user_role_label": ROLE_LABELS.get(role, "No role"),
+        "user_role_label": ROLE_LABELS.get(role, _("No role")),
         "can_configure": user.has_perm("jobs.change_job"),
         "can_run": user.has_perm("jobs.run_job"),
         "can_download": user.has_perm("jobs.download_run"),

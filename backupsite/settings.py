@@ -81,10 +81,15 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # The language: the cookie set by the language selector, else the browser's
+    # Accept-Language, else LANGUAGE_CODE; no URL prefix (URLs stay where they are).
+    "django.middleware.locale.LocaleMiddleware",
     # Django's, except that a POST to a URL without its slash is redirected with 308.
     "backupsite.middleware.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # A signed-in user's own choice (saved on the user) wins over the browser's.
+    "backupsite.middleware.UserLanguageMiddleware",
     # A batch per request: one "configuration changed" e-mail per administrator and request.
     "backupsite.audit.AuditMiddleware",
     "backupsite.middleware.NoStoreForSignedInUsers",
@@ -106,9 +111,11 @@ TEMPLATES = [
         "OPTIONS": {
             "context_processors": [
                 "django.template.context_processors.request",
+                "django.template.context_processors.i18n",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "backupsite.roles.roles_context",
+                "backupsite.languages.language_context",
             ],
         },
     },
@@ -161,7 +168,18 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
 
-LANGUAGE_CODE = "en-us"
+# The panel speaks English, German and Swedish. LANGUAGE_CODE is the language of a
+# visitor whose browser asks for none of them, and the language new jobs send their
+# alert e-mails in. Each name is written in its own language (the selector's labels).
+LANGUAGES = [("en", "English"), ("de", "Deutsch"), ("sv", "Svenska")]
+LANGUAGE_CODE = env_str("LANGUAGE_CODE", "en").strip().lower()
+if LANGUAGE_CODE not in dict(LANGUAGES):
+    raise ImproperlyConfigured(f"LANGUAGE_CODE must be one of {', '.join(dict(LANGUAGES))}, not {LANGUAGE_CODE!r}.")
+LOCALE_PATHS = [BASE_DIR / "locale"]
+# The cookie the language selector sets (for the login page and other anonymous pages).
+LANGUAGE_COOKIE_NAME = "backupsite_language"
+LANGUAGE_COOKIE_SAMESITE = "Lax"
+LANGUAGE_COOKIE_HTTPONLY = True
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
@@ -232,6 +250,7 @@ SECURE_REFERRER_POLICY = "same-origin"
 if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
+    LANGUAGE_COOKIE_SECURE = SESSION_COOKIE_SECURE
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)

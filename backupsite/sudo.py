@@ -31,6 +31,7 @@ from django.http import HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
 
 SESSION_KEY = "_sudo_until"
 
@@ -83,7 +84,7 @@ def confirm_url(request) -> str:
 
 def refusal(request) -> HttpResponse:
     if request.headers.get("X-Requested-With") == "fetch":
-        response = HttpResponse("Confirm your password first.", status=403, content_type="text/plain")
+        response = HttpResponse(_("Confirm your password first."), status=403, content_type="text/plain")
         response["X-Sudo-Required"] = "1"
         return response
     return redirect(confirm_url(request))

@@ -22,6 +22,7 @@ urlpatterns = [
     path("accounts/password/", accounts.PasswordChangeView.as_view(), name="password_change"),
     path("accounts/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("accounts/confirm/", accounts.sudo_confirm, name="sudo"),
+    path("accounts/language/", accounts.set_language, name="set_language"),
     path("accounts/reset/", accounts.password_reset, name="password_reset"),
     path("accounts/reset/sent/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path(

@@ -32,6 +32,7 @@ from django.utils.translation import gettext_lazy
 
 from backupsite import audit, configwrite
 from backupsite.clientip import client_ip
+from backupsite.languages import for_user
 from backupsite.ratelimit import hit
 from backupsite.roles import ADMINISTRATORS, OPERATORS, VIEWERS, administrators
 
@@ -107,6 +108,11 @@ def throttle_reset(request, address: str) -> None:
 
 
 def _mail_link(user, kind: str, **extra) -> None:
+    with for_user(user):  # in the user's own language (LANGUAGE_CODE if they chose none)
+        _send_link(user, kind, **extra)
+
+
+def _send_link(user, kind: str, **extra) -> None:
     context = {
         "user": user,
         "link": password_link(user),

@@ -16,7 +16,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def validate_no_control_chars(value: str) -> None:
     """Refuse CR, LF, NUL and other control characters (header injection, log forging)."""
     if _CONTROL.search(value or ""):
-        raise ValidationError("Control characters (such as line breaks) are not allowed here.")
+        raise ValidationError(_("Control characters (such as line breaks) are not allowed here."))
 
 
 def split_addresses(value: str) -> list[str]:
@@ -29,7 +29,9 @@ def validate_address_list(value: str) -> None:
         try:
             validate_email(address)
         except ValidationError:
-            raise ValidationError("%(address)s is not a valid e-mail address.", params={"address": address}) from None
+            raise ValidationError(
+                _("%(address)s is not a valid e-mail address."), params={"address": address}
+            ) from None
 
 
 # --- slugs that become folder names (backupsite/slugs.py) ----------------------------

@@ -31,6 +31,7 @@ from typing import BinaryIO
 from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils.http import content_disposition_header, http_date, parse_http_date_safe
+from django.utils.translation import gettext as _
 
 from backupsite import audit
 from destinations.backends.base import (
@@ -126,7 +127,7 @@ def find_source(run: Run, what: str = ARCHIVE) -> Source:
     :class:`NotAvailable` when there is none and :class:`DownloadUnavailable` when
     copies exist but could not be read."""
     if what not in (ARCHIVE, MANIFEST) or not _finished(run):
-        raise NotAvailable("This run has no archive to download.")
+        raise NotAvailable(_("This run has no archive to download."))
     path = _local_path(run, what)
     if path is not None:
         return Source("this server", path.name, path.stat().st_size, path=path)
@@ -157,7 +158,7 @@ def find_source(run: Run, what: str = ARCHIVE) -> Source:
         return Source(where, name, size, session=session, folder=folder, remote_name=name)
     if problems:
         raise DownloadUnavailable("; ".join(problems))
-    raise NotAvailable("This backup is no longer on this server, and no destination that can be read holds it.")
+    raise NotAvailable(_("This backup is no longer on this server, and no destination that can be read holds it."))
 
 
 def _remote_size(session: Session, folder: str, name: str, run: Run, what: str) -> int | None:

@@ -39,6 +39,15 @@ def default_timezone() -> str:
     return settings.TIME_ZONE
 
 
+def default_language() -> str:
+    """New jobs send their alert e-mails in the site's language (LANGUAGE_CODE)."""
+    return settings.LANGUAGE_CODE
+
+
+def language_choices():
+    return settings.LANGUAGES
+
+
 class SourceUndeletable(Exception):
     """The source cannot be deleted (the panel's own database)."""
 
@@ -151,17 +160,17 @@ class Source(models.Model):
 
 class Job(models.Model):
     class Interval(models.TextChoices):
-        MANUAL = "manual", "Manually only"
-        HOURLY = "hourly", "Hourly"
-        DAILY = "daily", "Daily"
-        WEEKLY = "weekly", "Weekly"
-        MONTHLY = "monthly", "Monthly"
-        CRON = "cron", "Cron expression"
+        MANUAL = "manual", _("Manually only")
+        HOURLY = "hourly", _("Hourly")
+        DAILY = "daily", _("Daily")
+        WEEKLY = "weekly", _("Weekly")
+        MONTHLY = "monthly", _("Monthly")
+        CRON = "cron", _("Cron expression")
 
     class Encryption(models.TextChoices):
-        NONE = "none", "Not encrypted"
-        PASSWORD = "password", "Encrypted, key protected by the backup password"
-        RECIPIENT = "recipient", "Encrypted to an age public key (no key on this server)"
+        NONE = "none", _("Not encrypted")
+        PASSWORD = "password", _("Encrypted, key protected by the backup password")
+        RECIPIENT = "recipient", _("Encrypted to an age public key (no key on this server)")
 
     name = models.CharField(max_length=100, unique=True, validators=[validate_no_control_chars])
     # Set from the name on save; becomes a folder name (archives, destinations), so only
@@ -170,13 +179,13 @@ class Job(models.Model):
     report_to = models.TextField(
         blank=True,
         validators=[validate_address_list],
-        help_text="E-mail addresses (comma separated) alerted when a run fails.",
+        help_text=_("E-mail addresses (comma separated) alerted when a run fails."),
     )
     interval = models.CharField(max_length=10, choices=Interval.choices, default=Interval.MANUAL)
     cron = models.CharField(max_length=100, blank=True, validators=[validate_no_control_chars])
     first_run_at = models.DateTimeField(null=True, blank=True)
     timezone = models.CharField(
-        max_length=64, default=default_timezone, help_text="Schedule times are wall-clock times in this zone."
+        max_length=64, default=default_timezone, help_text=_("Schedule times are wall-clock times in this zone.")
     )
     sources = models.ManyToManyField(Source, related_name="jobs")
     destinations = models.ManyToManyField("destinations.Destination", related_name="jobs")
@@ -198,13 +207,23 @@ class Job(models.Model):
     next_run_at = models.DateTimeField(null=True, blank=True, db_index=True)
     # --- alerts (jobs/notifications.py) ------------------------------------------------
     notify_success = models.BooleanField(
-        default=False, help_text="Also e-mail the report-to addresses after every successful run."
+        default=False, help_text=_("Also e-mail the report-to addresses after every successful run.")
+    )
+    #: The language of the alert e-mails to the report-to addresses (they are not users).
+    language = models.CharField(
+        _("language of the alert e-mails"),
+        max_length=10,
+        choices=language_choices,
+        default=default_language,
+        help_text=_("Failure, recovery, stale and test e-mails to the report-to addresses are written in it."),
     )
     ping_url = models.URLField(
         max_length=500,
         blank=True,
-        help_text="Optional dead man's switch (healthchecks.io, Uptime Kuma): requested at the start, on "
-        "success, and at <url>/fail with the error.",
+        help_text=_(
+            "Optional dead man's switch (healthchecks.io, Uptime Kuma): requested at the start, on "
+            "success, and at <url>/fail with the error."
+        ),
     )
     #: A failure was e-mailed and no run succeeded since: the next success sends the recovery e-mail.
     alert_open = models.BooleanField(default=False)
@@ -212,7 +231,7 @@ class Job(models.Model):
     stale_alerted_at = models.DateTimeField(null=True, blank=True)
     # --- integrity drill (jobs/drills.py) ------------------------------------------------
     drill_interval_days = models.PositiveSmallIntegerField(
-        default=7, help_text="Read the newest backup back from each destination every this many days (0: never)."
+        default=7, help_text=_("Read the newest backup back from each destination every this many days (0: never).")
     )
     last_drill_at = models.DateTimeField(null=True, blank=True)
     # --- event trigger (jobs/triggers.py): the secret of the trigger URL, encrypted ------
@@ -271,14 +290,14 @@ class Job(models.Model):
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            errors["timezone"] = "Unknown time zone."
+            errors["timezone"] = _("Unknown time zone.")
         if self.interval == self.Interval.CRON:
             try:
                 self.cron = validate_cron(self.cron, self.timezone if "timezone" not in errors else "UTC")
             except ScheduleError as exc:
                 errors["cron"] = str(exc)
         elif self.interval != self.Interval.MANUAL and self.first_run_at is None:
-            errors["first_run_at"] = "A scheduled job needs its first start."
+            errors["first_run_at"] = _("A scheduled job needs its first start.")
         try:
             validate_template(self.archive_name_template)
         except ValueError as exc:
@@ -489,33 +508,33 @@ def _keep_next_run_current(sender, instance: Job, raw: bool = False, **kwargs) -
 
 class Run(models.Model):
     class State(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        WAITING = "waiting", "Waiting for a free slot"
-        RUNNING = "running", "Running"
-        UPLOADING = "uploading", "Uploading"
-        SUCCEEDED = "succeeded", "Succeeded"
-        PARTIAL = "partial", "Partially succeeded"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
-        INTERRUPTED = "interrupted", "Interrupted"  # the worker stopped (killed, crashed, restarted)
-        TIMED_OUT = "timed_out", "Timed out"  # the soft time limit stopped it
-        SKIPPED = "skipped", "Skipped"  # its scheduled slot came while the previous run was still archiving
+        QUEUED = "queued", _("Queued")
+        WAITING = "waiting", _("Waiting for a free slot")
+        RUNNING = "running", _("Running")
+        UPLOADING = "uploading", _("Uploading")
+        SUCCEEDED = "succeeded", _("Succeeded")
+        PARTIAL = "partial", _("Partially succeeded")
+        FAILED = "failed", _("Failed")
+        CANCELLED = "cancelled", _("Cancelled")
+        INTERRUPTED = "interrupted", _("Interrupted")  # the worker stopped (killed, crashed, restarted)
+        TIMED_OUT = "timed_out", _("Timed out")  # the soft time limit stopped it
+        SKIPPED = "skipped", _("Skipped")  # its scheduled slot came while the previous run was still archiving
 
     class Phase(models.TextChoices):
-        PENDING = "", "Not started"
-        COLLECT = "collect", "Collecting"
-        ARCHIVE = "archive", "Archiving"
-        UPLOAD = "upload", "Uploading"
-        RETENTION = "retention", "Applying retention"
-        NOTIFY = "notify", "Notifying"
-        DONE = "done", "Done"
+        PENDING = "", _("Not started")
+        COLLECT = "collect", _("Collecting")
+        ARCHIVE = "archive", _("Archiving")
+        UPLOAD = "upload", _("Uploading")
+        RETENTION = "retention", _("Applying retention")
+        NOTIFY = "notify", _("Notifying")
+        DONE = "done", _("Done")
 
     class Trigger(models.TextChoices):
-        MANUAL = "manual", "Run now"
-        SCHEDULE = "schedule", "Schedule"
-        CLI = "cli", "Command line"
-        WIZARD = "wizard", "Wizard"
-        EVENT = "event", "Event (trigger URL)"
+        MANUAL = "manual", _("Run now")
+        SCHEDULE = "schedule", _("Schedule")
+        CLI = "cli", _("Command line")
+        WIZARD = "wizard", _("Wizard")
+        EVENT = "event", _("Event (trigger URL)")
 
     #: The archive stage: the job's one active run (database-enforced) and, while
     #: running, a heavy slot. Once the archive is written the run is ``uploading``: not
@@ -933,12 +952,12 @@ class Upload(models.Model):
     """One archive going to one destination: the upload stage of a run (jobs/uploads.py)."""
 
     class State(models.TextChoices):
-        PENDING = "pending", "Pending"
-        UPLOADING = "uploading", "Uploading"
-        RETRYING = "retrying", "Waiting to retry"  # a transient error; next_attempt_at says when
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-        DELETED = "deleted", "Deleted"  # "delete this backup" removed it there
+        PENDING = "pending", _("Pending")
+        UPLOADING = "uploading", _("Uploading")
+        RETRYING = "retrying", _("Waiting to retry")  # a transient error; next_attempt_at says when
+        SUCCEEDED = "succeeded", _("Succeeded")
+        FAILED = "failed", _("Failed")
+        DELETED = "deleted", _("Deleted")  # "delete this backup" removed it there
 
     #: Not settled: the run stays "uploading" while any of its uploads is in one of these.
     OPEN_STATES = (State.PENDING, State.UPLOADING, State.RETRYING)
@@ -1011,8 +1030,8 @@ class ServiceHeartbeat(models.Model):
     (``/healthz``, the dashboard) knows which parts of the installation are alive."""
 
     class Role(models.TextChoices):
-        DISPATCHER = "dispatcher", "Scheduler (dispatcher tick)"
-        WORKER = "worker", "Worker"
+        DISPATCHER = "dispatcher", _("Scheduler (dispatcher tick)")
+        WORKER = "worker", _("Worker")
 
     name = models.CharField(max_length=255, primary_key=True)  # "dispatcher", "worker:celery@host1"
     role = models.CharField(max_length=20, choices=Role.choices)
@@ -1041,13 +1060,13 @@ class Notification(models.Model):
     of attempts. A run never waits for a mail server."""
 
     class Channel(models.TextChoices):
-        EMAIL = "email", "E-mail"
-        PING = "ping", "Ping URL"
+        EMAIL = "email", _("E-mail")
+        PING = "ping", _("Ping URL")
 
     class State(models.TextChoices):
-        PENDING = "pending", "Pending"
-        SENT = "sent", "Sent"
-        FAILED = "failed", "Failed"
+        PENDING = "pending", _("Pending")
+        SENT = "sent", _("Sent")
+        FAILED = "failed", _("Failed")
 
     channel = models.CharField(max_length=10, choices=Channel.choices)
     kind = models.CharField(max_length=30)  # "run_failed", "recovered", "stale", "start", ...
@@ -1077,14 +1096,14 @@ class Activity(models.Model):
     integrity drill. Progress is written here, throttled, for the run page."""
 
     class Kind(models.TextChoices):
-        VERIFY = "verify", "Verification"
-        RESTORE = "restore", "Restore"
-        DRILL = "drill", "Integrity drill"
+        VERIFY = "verify", _("Verification")
+        RESTORE = "restore", _("Restore")
+        DRILL = "drill", _("Integrity drill")
 
     class State(models.TextChoices):
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
+        RUNNING = "running", _("Running")
+        SUCCEEDED = "succeeded", _("Succeeded")
+        FAILED = "failed", _("Failed")
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="activities")
     kind = models.CharField(max_length=10, choices=Kind.choices)

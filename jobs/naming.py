@@ -7,6 +7,8 @@ import re
 import string
 from datetime import datetime
 
+from django.utils.translation import gettext as _
+
 PLACEHOLDERS = {"job", "date", "time", "weekday", "run"}
 _SAFE = re.compile(r"^[A-Za-z0-9._+@-]+$")
 ARCHIVE_SUFFIX = ".tar.zst"
@@ -15,19 +17,20 @@ MANIFEST_SUFFIX = ".manifest.json"
 
 def validate_template(template: str) -> None:
     if not template:
-        raise ValueError("The file name template must not be empty.")
+        raise ValueError(_("The file name template must not be empty."))
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        fields = [f for _literal, f, _spec, _conversion in string.Formatter().parse(template) if f is not None]
     except ValueError:
-        raise ValueError("Unbalanced braces in the file name template.") from None
+        raise ValueError(_("Unbalanced braces in the file name template.")) from None
     unknown = set(fields) - PLACEHOLDERS
     if unknown:
-        raise ValueError(f"Unknown placeholder(s): {', '.join(sorted('{' + u + '}' for u in unknown))}.")
-    literal = "".join(text for text, _, _, _ in string.Formatter().parse(template))
+        names = ", ".join(sorted("{" + u + "}" for u in unknown))
+        raise ValueError(_("Unknown placeholder(s): %(names)s.") % {"names": names})
+    literal = "".join(text for text, _field, _spec, _conversion in string.Formatter().parse(template))
     if "/" in literal or "\\" in literal or ".." in literal or (literal and not _SAFE.match(literal)):
-        raise ValueError("Use only letters, digits, '.', '-', '_', '+' and '@' around the placeholders.")
+        raise ValueError(_("Use only letters, digits, '.', '-', '_', '+' and '@' around the placeholders."))
     if template.startswith("."):
-        raise ValueError("The file name must not start with a dot.")
+        raise ValueError(_("The file name must not start with a dot."))
 
 
 def render(template: str, *, job_slug: str, when: datetime, run_id: int) -> str:

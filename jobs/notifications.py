@@ -34,7 +34,8 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Q
 from django.template.loader import render_to_string
-from django.utils import timezone
+from django.utils import formats, timezone, translation
+from django.utils.translation import gettext as _
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,22 @@ def _job_of(run):
     return Job.objects.filter(pk=run.job_id).first() if run.job_id else None
 
 
+def alert_language(job=None, run=None) -> str:
+    """The language of the alert e-mails of *job* (or of *run*'s job, from its snapshot
+    when the job is gone or the run was a one-off): the job's ``language``, else
+    ``LANGUAGE_CODE``. The report-to addresses are not users: they have no choice of
+    their own."""
+    code = getattr(job, "language", "") if job is not None else ""
+    if not code and run is not None:
+        code = (run.config or {}).get("job", {}).get("language", "")
+    return code if code in dict(settings.LANGUAGES) else settings.LANGUAGE_CODE
+
+
+def in_alert_language(job=None, run=None):
+    """Render (subject, body and every text the context computes) in the job's language."""
+    return translation.override(alert_language(job, run))
+
+
 def _recipients(run, job) -> list[str]:
     if job is not None:
         return job.report_to_list
@@ -143,9 +160,13 @@ def kept_at(run) -> list[str]:
         where = []
         path = candidate.local_file
         if path is not None and path.is_file():
-            where.append(f"the local copy on {candidate.host or 'the server'}")
+            where.append(
+                _("the local copy on %(host)s") % {"host": candidate.host}
+                if candidate.host
+                else _("the local copy on the server")
+            )
         where += [
-            f"destination “{name}”"
+            _("destination “%(name)s”") % {"name": name}
             for name in Upload.objects.filter(run=candidate, state=Upload.State.SUCCEEDED).values_list(
                 "destination_name", flat=True
             )
@@ -154,7 +175,7 @@ def kept_at(run) -> list[str]:
             places.append(f"{label}: {', '.join(where)}")
 
     if run.archive_size is not None:
-        describe(run, f"This run's archive {run.archive_name}")
+        describe(run, _("This run's archive %(name)s") % {"name": run.archive_name})
     if run.job_id:
         last = (
             Run.objects.filter(job_id=run.job_id, state__in=[Run.State.SUCCEEDED, Run.State.PARTIAL])
@@ -163,10 +184,9 @@ def kept_at(run) -> list[str]:
             .first()
         )
         if last is not None:
-            describe(
-                last, f"The last good backup, run #{last.pk} of {timezone.localtime(last.created_at):%Y-%m-%d %H:%M}"
-            )
-    return places or ["No backup of this job exists yet."]
+            when = formats.date_format(timezone.localtime(last.created_at), "SHORT_DATETIME_FORMAT")
+            describe(last, _("The last good backup, run #%(pk)s of %(when)s") % {"pk": last.pk, "when": when})
+    return places or [_("No backup of this job exists yet.")]
 
 
 def _open_alert(job) -> None:
@@ -179,14 +199,15 @@ def _open_alert(job) -> None:
 def notify_run_failed(run) -> bool:
     """E-mail the job's report-to addresses that *run* failed (and ping /fail)."""
     job = _job_of(run)
-    sent = send_alert(
-        _recipients(run, job),
-        "run_failed",
-        {"run": run, "kept": kept_at(run), "phase": run.get_phase_display()},
-        what=f"failure e-mail for run {run.pk}",
-        job=job,
-        run=run,
-    )
+    with in_alert_language(job, run):
+        sent = send_alert(
+            _recipients(run, job),
+            "run_failed",
+            {"run": run, "kept": kept_at(run), "phase": run.get_phase_display()},
+            what=f"failure e-mail for run {run.pk}",
+            job=job,
+            run=run,
+        )
     _open_alert(job)
     ping(job, "fail", run=run, error=f"Run #{run.pk} {run.get_state_display().lower()}: {run.error}")
     return sent
@@ -196,14 +217,15 @@ def notify_upload_failed(upload) -> bool:
     """E-mail that an upload finally failed (retries used up, or a permanent error)."""
     run = upload.run
     job = _job_of(run)
-    sent = send_alert(
-        _recipients(run, job),
-        "upload_failed",
-        {"run": run, "upload": upload, "kept": kept_at(run)},
-        what=f"upload failure e-mail for upload {upload.pk}",
-        job=job,
-        run=run,
-    )
+    with in_alert_language(job, run):
+        sent = send_alert(
+            _recipients(run, job),
+            "upload_failed",
+            {"run": run, "upload": upload, "kept": kept_at(run)},
+            what=f"upload failure e-mail for upload {upload.pk}",
+            job=job,
+            run=run,
+        )
     _open_alert(job)
     return sent
 
@@ -218,14 +240,10 @@ def run_closed(run) -> None:
         return
     if run.state == Run.State.SUCCEEDED:
         recovered = Job.objects.filter(pk=job.pk, alert_open=True).update(alert_open=False, stale_alerted_at=None)
-        if recovered:
-            send_alert(
-                job.report_to_list, "run_recovered", {"run": run, "job": job}, what="recovery e-mail", job=job, run=run
-            )
-        elif job.notify_success:
-            send_alert(
-                job.report_to_list, "run_succeeded", {"run": run, "job": job}, what="success e-mail", job=job, run=run
-            )
+        template = "run_recovered" if recovered else "run_succeeded" if job.notify_success else None
+        if template is not None:
+            with in_alert_language(job, run):
+                send_alert(job.report_to_list, template, {"run": run, "job": job}, what=template, job=job, run=run)
         ping(job, "success", run=run)
     elif run.state in (Run.State.PARTIAL, Run.State.FAILED):
         ping(job, "fail", run=run, error=f"Run #{run.pk} {run.get_state_display().lower()}: {run.error}")
@@ -233,9 +251,10 @@ def run_closed(run) -> None:
 
 def send_test_email(job, user=None) -> bool:
     who = user.get_username() if user is not None and user.is_authenticated else ""
-    return send_alert(
-        job.report_to_list, "test_email", {"job": job, "who": who}, what=f"test e-mail of job {job.pk}", job=job
-    )
+    with in_alert_language(job):
+        return send_alert(
+            job.report_to_list, "test_email", {"job": job, "who": who}, what=f"test e-mail of job {job.pk}", job=job
+        )
 
 
 # --- stale jobs -------------------------------------------------------------------------------
@@ -284,10 +303,11 @@ def check_stale(now=None) -> int:
             continue
         from django.utils.timesince import timesince
 
-        silent_text = timesince(now - silent, now).replace("\xa0", " ")
-        context = {"job": job, "last_success_at": job.last_success_at, "silent_text": silent_text}
-        if send_alert(job.report_to_list, "job_stale", context, what=f"stale e-mail of job {pk}", job=job):
-            sent += 1
+        with in_alert_language(job):
+            silent_text = timesince(now - silent, now).replace("\xa0", " ")
+            context = {"job": job, "last_success_at": job.last_success_at, "silent_text": silent_text}
+            if send_alert(job.report_to_list, "job_stale", context, what=f"stale e-mail of job {pk}", job=job):
+                sent += 1
         Job.objects.filter(pk=pk).update(alert_open=True)
         ping(job, "fail", error=f"No successful backup since {job.last_success_at or 'ever'}.")
     return sent

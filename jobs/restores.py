@@ -80,19 +80,19 @@ def validate_restore_target(value: str) -> Path:
     """An absolute path strictly inside one of :func:`restore_roots` (no ``..``, no
     control characters, no symlink leading out of the root)."""
     if not isinstance(value, str) or not value.strip():
-        raise VerificationError("A target folder is required.")
+        raise VerificationError(_("A target folder is required."))
     value = value.strip()
     if any(ord(c) < 32 or ord(c) == 127 for c in value) or "\\" in value:
-        raise VerificationError("The target folder contains characters that are not allowed.")
+        raise VerificationError(_("The target folder contains characters that are not allowed."))
     if not value.startswith("/"):
-        raise VerificationError("The target folder must be an absolute path (start with /).")
+        raise VerificationError(_("The target folder must be an absolute path (start with /)."))
     if ".." in value.split("/"):
-        raise VerificationError("The target folder must not contain '..'.")
+        raise VerificationError(_("The target folder must not contain '..'."))
     resolved = Path(value).resolve()
     roots = restore_roots()
     if not any(root in resolved.parents for root in roots):
         listed = ", ".join(str(r) for r in roots)
-        raise VerificationError(f"Restores from the web go into a new folder inside {listed}.")
+        raise VerificationError(_("Restores from the web go into a new folder inside %(roots)s.") % {"roots": listed})
     return resolved
 
 
@@ -100,11 +100,11 @@ def check_target_free(target: Path) -> None:
     """Refuse at once what the extraction would refuse later: a target that is not an
     empty folder, or whose parent folder is missing."""
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise VerificationError(f"{target} exists and is not a folder.")
+        raise VerificationError(_("%(target)s exists and is not a folder.") % {"target": target})
     if target.is_dir() and any(target.iterdir()):
-        raise VerificationError(f"{target} is not empty; restore into an empty or new folder.")
+        raise VerificationError(_("%(target)s is not empty; restore into an empty or new folder.") % {"target": target})
     if not target.exists() and not target.parent.is_dir():
-        raise VerificationError(f"The folder {target.parent} does not exist.")
+        raise VerificationError(_("The folder %(folder)s does not exist.") % {"folder": target.parent})
 
 
 # --- the outcome --------------------------------------------------------------------

@@ -29,9 +29,10 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
+from django.utils.dates import WEEKDAYS
+from django.utils.translation import gettext as _
 
 MANUAL, HOURLY, DAILY, WEEKLY, MONTHLY, CRON = "manual", "hourly", "daily", "weekly", "monthly", "cron"
-WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 # A cron expression must fire within this long to be accepted ("0 0 30 2 *" never does).
 CRON_HORIZON = timedelta(days=5 * 366)
 
@@ -44,7 +45,7 @@ def zone(name: str) -> tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError(f"Unknown time zone {name!r}.") from None
+        raise ScheduleError(_("Unknown time zone %(name)r.") % {"name": name}) from None
 
 
 def localize(naive: datetime, tz: tzinfo) -> datetime:
@@ -77,16 +78,16 @@ def validate_cron(expression: str, tz_name: str = "UTC") -> str:
     """A five-field cron expression that fires at least once within five years."""
     expression = " ".join((expression or "").split())
     if len(expression.split(" ")) != 5:
-        raise ScheduleError("A cron expression has five fields: minute hour day-of-month month day-of-week.")
+        raise ScheduleError(_("A cron expression has five fields: minute hour day-of-month month day-of-week."))
     start = datetime.now(zone(tz_name))
     try:
         first = next(iter(CronSim(expression, start)))
     except CronSimError as exc:
-        raise ScheduleError(f"Invalid cron expression: {exc}.") from None
+        raise ScheduleError(_("Invalid cron expression: %(error)s.") % {"error": exc}) from None
     except StopIteration:
         first = None
     if first is None or first - start > CRON_HORIZON:
-        raise ScheduleError("This cron expression never fires.")
+        raise ScheduleError(_("This cron expression never fires."))
     return expression
 
 
@@ -113,7 +114,7 @@ def next_run_after(
                 if candidate > moment:
                     return candidate.astimezone(UTC)
         except CronSimError as exc:
-            raise ScheduleError(f"Invalid cron expression: {exc}.") from None
+            raise ScheduleError(_("Invalid cron expression: %(error)s.") % {"error": exc}) from None
         return None
     if first_run_at is None:
         return None
@@ -132,7 +133,7 @@ def next_run_after(
         day = local_moment.date() - timedelta(days=1)
         if interval == WEEKLY:
             day -= timedelta(days=(day.weekday() - anchor.weekday()) % 7)
-        for _ in range(4):
+        for _attempt in range(4):
             candidate = localize(datetime.combine(day, wall), tz)
             if candidate > moment:
                 return candidate.astimezone(UTC)
@@ -144,7 +145,7 @@ def next_run_after(
             year, month = year - 1, 12
         else:
             month -= 1
-        for _ in range(4):
+        for _attempt in range(4):
             day = _monthly_on(year, month, anchor.day)
             candidate = localize(datetime(year, month, day, wall.hour, wall.minute, wall.second), tz)
             if candidate > moment:
@@ -170,29 +171,32 @@ def upcoming(
 
 
 def describe(interval: str, first_run_at: datetime | None, tz_name: str, cron: str) -> str:
-    """The schedule in words: "Every day at 02:30 (Europe/Berlin)"."""
+    """The schedule in words, in the active language: "Every day at 02:30 (Europe/Berlin)".
+    (A cron expression is explained by cronsim, in English only.)"""
     if interval == MANUAL:
-        return "Manually only"
+        return _("Manually only")
     tz_label = tz_name or "UTC"
     if interval == CRON:
         try:
             words = CronSim(cron, datetime.now(zone(tz_label))).explain()
         except (CronSimError, ScheduleError):
-            return f"Cron {cron} (invalid)"
+            return _("Cron %(expression)s (invalid)") % {"expression": cron}
         return f"{words} ({tz_label})"
     if first_run_at is None:
-        return "Not scheduled (no first start)"
+        return _("Not scheduled (no first start)")
     local = first_run_at.astimezone(zone(tz_label))
-    clock = local.strftime("%H:%M")
+    values = {"time": local.strftime("%H:%M"), "zone": tz_label, "minute": local.strftime("%M")}
     if interval == HOURLY:
-        return f"Every hour at :{local.strftime('%M')}, from {local:%Y-%m-%d %H:%M} ({tz_label})"
+        values["start"] = local.strftime("%Y-%m-%d %H:%M")
+        return _("Every hour at :%(minute)s, from %(start)s (%(zone)s)") % values
     if interval == DAILY:
-        return f"Every day at {clock} ({tz_label})"
+        return _("Every day at %(time)s (%(zone)s)") % values
     if interval == WEEKLY:
-        return f"Every {WEEKDAY_NAMES[local.weekday()]} at {clock} ({tz_label})"
+        values["weekday"] = WEEKDAYS[local.weekday()]
+        return _("Every %(weekday)s at %(time)s (%(zone)s)") % values
     if interval == MONTHLY:
-        day = local.day
-        suffix = "the last day" if day > 28 else f"day {day}"
-        note = f"day {day} (the last day in shorter months)" if day > 28 else suffix
-        return f"Every month on {note} at {clock} ({tz_label})"
+        values["day"] = local.day
+        if local.day > 28:
+            return _("Every month on day %(day)s (the last day in shorter months) at %(time)s (%(zone)s)") % values
+        return _("Every month on day %(day)s at %(time)s (%(zone)s)") % values
     return interval

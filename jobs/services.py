@@ -96,6 +96,7 @@ SNAPSHOT_JOB_FIELDS = (
     "report_to",
     "keep_last",
     "max_age_days",
+    "language",
 )
 
 
@@ -117,6 +118,7 @@ def snapshot_of(job: dict, sources: list[dict], destinations: list[dict]) -> dic
             "report_to": split_addresses(job["report_to"]),
             "keep_last": job["keep_last"],
             "max_age_days": job["max_age_days"],
+            "language": job.get("language", ""),  # of the alert e-mails
         },
         "sources": [
             {"id": s["pk"], "name": s["name"], "slug": s["slug"], "kind": s["kind"], "settings": s["settings"]}

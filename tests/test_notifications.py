@@ -50,7 +50,7 @@ def test_a_failed_run_emails_the_report_to_addresses_with_phase_error_link_and_w
     assert sorted(message.recipients) == ["boss@example.com", "ops@example.com"]
     assert message.subject == "[backupsite] Backup failed: Office backup"
     body = message.body
-    assert "Phase:    Collecting" in body and "does not exist" in body
+    assert "Phase: Collecting" in body and "does not exist" in body
     assert f"Details: http://127.0.0.1:8000/runs/{bad.pk}/" in body
     assert f"The last good backup, run #{good.pk}" in body and "destination “Local disk”" in body
     assert "the local copy on test-host" in body

@@ -195,7 +195,7 @@ def test_a_permanent_error_fails_the_upload_at_once_and_says_where_the_backup_is
     [message] = mail.outbox
     assert message.subject == "[backupsite] Upload failed: Office backup → Local disk"
     assert sorted(message.to) == ["boss@example.com", "ops@example.com"]
-    assert "Phase:    upload" in message.body and "does not exist" in message.body
+    assert "Phase: upload" in message.body and "does not exist" in message.body
     assert "the local copy on test-host" in message.body and f"/runs/{run.pk}/" in message.body
 
 

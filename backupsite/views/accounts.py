@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
@@ -18,6 +19,7 @@ from django.views.decorators.http import require_http_methods
 
 from backupsite import audit, sudo
 from backupsite.forms import ForgotPasswordForm, SudoForm
+from backupsite.languages import set_user_language, supported
 from backupsite.ratelimit import RateLimited
 from backupsite.users import reset_requested
 
@@ -105,3 +107,34 @@ def password_reset(request):
             log.exception("Could not send a password-reset e-mail")
         return redirect("password_reset_done")
     return render(request, "registration/password_reset_form.html", {"form": form})
+
+
+@login_not_required
+@require_http_methods(["POST"])
+def set_language(request):
+    """The language selector (every page's footer): saved on the signed-in user, and in
+    the language cookie (for the login page, and for the browser after logging out).
+    An empty choice goes back to the browser's language."""
+    code = supported(request.POST.get("language", ""))
+    if request.user.is_authenticated:
+        set_user_language(request.user, code)
+    response = redirect(_safe_next(request, request.POST.get("next", "")))
+    if code:
+        response.set_cookie(
+            settings.LANGUAGE_COOKIE_NAME,
+            code,
+            max_age=settings.LANGUAGE_COOKIE_AGE,
+            path=settings.LANGUAGE_COOKIE_PATH,
+            domain=settings.LANGUAGE_COOKIE_DOMAIN,
+            secure=settings.LANGUAGE_COOKIE_SECURE,
+            httponly=settings.LANGUAGE_COOKIE_HTTPONLY,
+            samesite=settings.LANGUAGE_COOKIE_SAMESITE,
+        )
+    else:
+        response.delete_cookie(
+            settings.LANGUAGE_COOKIE_NAME,
+            path=settings.LANGUAGE_COOKIE_PATH,
+            domain=settings.LANGUAGE_COOKIE_DOMAIN,
+            samesite=settings.LANGUAGE_COOKIE_SAMESITE,
+        )
+    return response

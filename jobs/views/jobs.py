@@ -103,7 +103,7 @@ def job_run_now(request, pk: int):
         messages.warning(request, str(exc))
         active = job.active_run()
         return redirect(active or job)
-    messages.success(request, f"Backup of “{job.name}” queued.")
+    messages.success(request, _("Backup of “%(name)s” queued.") % {"name": job.name})
     return redirect(run)
 
 

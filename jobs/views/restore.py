@@ -16,6 +16,7 @@ from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods
@@ -53,13 +54,13 @@ def _destination(value: str):
 
 
 class _LocationForm(forms.Form):
-    location = forms.ChoiceField(label="Read the backup from")
+    location = forms.ChoiceField(label=_("Read the backup from"))
     password = forms.CharField(
-        label="Backup password",
+        label=_("Backup password"),
         required=False,
         strip=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "off"}),
-        help_text="The job's backup password: it unlocks the job's key for this check only and is not stored.",
+        help_text=_("The job's backup password: it unlocks the job's key for this check only and is not stored."),
     )
 
     def __init__(self, *args, run: Run, **kwargs):
@@ -71,7 +72,7 @@ class _LocationForm(forms.Form):
 
 class VerifyForm(_LocationForm):
     checksum_only = forms.BooleanField(
-        label="Only compare the stored file with its checksum (no password; contents not checked)",
+        label=_("Only compare the stored file with its checksum (no password; contents not checked)"),
         required=False,
     )
 
@@ -192,7 +193,7 @@ def _verify(request, run: Run, data: dict) -> bool:
         )
     except VerificationError as exc:
         audit.record(request, audit.VERIFY, run, outcome="refused", message=str(exc))
-        messages.error(request, f"Could not verify: {exc}")
+        messages.error(request, gettext("Could not verify: %(error)s") % {"error": exc})
         return False
     audit.record(
         request,
@@ -204,8 +205,10 @@ def _verify(request, run: Run, data: dict) -> bool:
     )
     messages.info(
         request,
-        "Verification started in the background: the result appears under “Verification” when it is done "
-        "(a damaged backup is marked invalid and the report-to addresses are alerted).",
+        _(
+            "Verification started in the background: the result appears under “Verification” when it is done "
+            "(a damaged backup is marked invalid and the report-to addresses are alerted)."
+        ),
     )
     return True
 

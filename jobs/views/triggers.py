@@ -21,6 +21,7 @@ from django.contrib.auth.decorators import login_not_required, permission_requir
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
@@ -115,9 +116,9 @@ def job_trigger_regenerate(request, pk: int):
     job.new_trigger_token()
     configwrite.save(job, request=request)
     if had:
-        messages.success(request, "A new trigger URL was made; the old one no longer works.")
+        messages.success(request, _("A new trigger URL was made; the old one no longer works."))
     else:
-        messages.success(request, "The trigger URL was made.")
+        messages.success(request, _("The trigger URL was made."))
     return redirect(reverse("jobs:job_detail", args=[job.pk]) + "#trigger")
 
 
@@ -127,7 +128,7 @@ def job_trigger_remove(request, pk: int):
     job = get_object_or_404(Job, pk=pk)
     job.trigger_token_encrypted = ""
     configwrite.save(job, request=request)
-    messages.success(request, "The trigger URL was removed; calls to it are refused.")
+    messages.success(request, _("The trigger URL was removed; calls to it are refused."))
     return redirect(reverse("jobs:job_detail", args=[job.pk]) + "#trigger")
 
 
@@ -136,11 +137,14 @@ def job_trigger_remove(request, pk: int):
 def job_test_email(request, pk: int):
     job = get_object_or_404(Job, pk=pk)
     if not job.report_to_list:
-        messages.warning(request, "This job has no report-to addresses: nobody would get alerts.")
+        messages.warning(request, _("This job has no report-to addresses: nobody would get alerts."))
     elif notifications.send_test_email(job, request.user):
-        messages.success(request, f"A test e-mail to {', '.join(job.report_to_list)} is on its way.")
+        messages.success(
+            request,
+            gettext("A test e-mail to %(addresses)s is on its way.") % {"addresses": ", ".join(job.report_to_list)},
+        )
     else:
-        messages.error(request, "The test e-mail could not be queued; see the log.")
+        messages.error(request, _("The test e-mail could not be queued; see the log."))
     return redirect(reverse("jobs:job_detail", args=[job.pk]) + "#alerts")
 
 
@@ -162,8 +166,9 @@ class AlertSettingsForm(forms.ModelForm):
 
     class Meta:
         model = Job
-        fields = ["notify_success", "drill_interval_days"]
+        fields = ["language", "notify_success", "drill_interval_days"]
         labels = {
+            "language": _("Language of the alert e-mails"),
             "notify_success": _("E-mail after every successful run too"),
             "drill_interval_days": _("Integrity drill every … days (0: never)"),
         }
@@ -190,8 +195,8 @@ def job_alert_settings(request, pk: int):
     form = AlertSettingsForm(request.POST, instance=job)
     if form.is_valid():
         configwrite.save(form.save(), request=request)
-        messages.success(request, "The alert settings were saved.")
+        messages.success(request, _("The alert settings were saved."))
     else:
         errors = "; ".join(str(error) for errors in form.errors.values() for error in errors)
-        messages.error(request, f"The alert settings were not saved: {errors}")
+        messages.error(request, gettext("The alert settings were not saved: %(errors)s") % {"errors": errors})
     return redirect(reverse("jobs:job_detail", args=[job.pk]) + "#alerts")

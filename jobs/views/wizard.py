@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from datetime import datetime
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, SuspiciousOperation
 from django.db.models import Q
@@ -176,6 +177,7 @@ class JobWizard(SessionWizardView):
             return {
                 "name": name,
                 "report_to": job.report_to,
+                "language": job.language,
                 "interval": job.interval,
                 "cron": job.cron,
                 "timezone": job.timezone,
@@ -505,6 +507,7 @@ class JobWizard(SessionWizardView):
             "first_local": first.astimezone(zone) if first else None,
             "upcoming": [t.astimezone(zone) for t in _upcoming(general)],  # the saved job's arithmetic
             "words": _words(general),
+            "language_name": dict(settings.LANGUAGES).get(general.get("language"), general.get("language", "")),
             "folder": f"backupsite/{self._folder_slug()}/",
             "unencrypted": encryption == Job.Encryption.NONE,
             "sensitive_in_clear": Job.is_sensitive_in_clear(encryption, sources),

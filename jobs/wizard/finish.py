@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import transaction
 from django.utils.translation import gettext as _
 
@@ -35,6 +36,7 @@ class Outcome:
 def apply_general(job: Job, general: dict) -> None:
     job.name = general["name"]
     job.report_to = general["report_to"]
+    job.language = general.get("language") or settings.LANGUAGE_CODE
     job.interval = general["interval"]
     job.cron = general.get("cron", "") if general["interval"] == Job.Interval.CRON else ""
     job.timezone = general["timezone"]
@@ -82,7 +84,11 @@ def finish(*, steps: dict, mode: str, job: Job | None, request, tested: str = ""
         kept = list(job.destinations.all()) if job is not None and target == KEEP else []
 
         if action == RUN_ONLY:
-            settings_of = Job(name=general["name"], report_to=general["report_to"])
+            settings_of = Job(
+                name=general["name"],
+                report_to=general["report_to"],
+                language=general.get("language") or settings.LANGUAGE_CODE,
+            )
             password = ""
             if content["encryption"] == Job.Encryption.RECIPIENT:
                 settings_of.set_recipient(content["age_recipient"])

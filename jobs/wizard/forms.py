@@ -32,6 +32,7 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext_lazy as _
 
+from backupsite.languages import choices as language_choices
 from backupsite.validators import split_addresses, validate_address_list, validate_no_control_chars
 from destinations import services as destination_services
 from destinations.backends import REGISTRY as DESTINATION_KINDS
@@ -129,6 +130,11 @@ class GeneralForm(StepForm):
         widget=forms.TextInput(attrs={"autocomplete": "email"}),
         help_text=_("E-mail addresses told when a backup fails, separated by commas."),
     )
+    language = forms.ChoiceField(
+        label=_("Language of the alert e-mails"),
+        choices=language_choices,
+        help_text=_("The report-to addresses get failure, recovery and test e-mails in this language."),
+    )
     interval = forms.ChoiceField(label=_("Backup interval"), choices=Job.Interval.choices, initial=Job.Interval.DAILY)
     cron = forms.CharField(
         label=_("Cron expression"),
@@ -169,6 +175,7 @@ class GeneralForm(StepForm):
         super().__init__(*args, **kwargs)
         self.fields["timezone"].choices = timezone_choices()
         self.fields["timezone"].initial = settings.TIME_ZONE
+        self.fields["language"].initial = settings.LANGUAGE_CODE
         if not self.initial.get("first_date"):
             start = next_full_hour(self.initial.get("timezone") or settings.TIME_ZONE)
             self.fields["first_date"].initial = start.date()
