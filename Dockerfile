@@ -32,6 +32,13 @@ RUN pip install --no-cache-dir -r requirements.txt
 
 COPY . .
 
+# The translations: gettext's msgfmt compiles locale/<lang>/LC_MESSAGES/django.po (the
+# .mo files are not in the repository); the final image gets the .mo files, not gettext.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gettext \
+    && for po in locale/*/LC_MESSAGES/django.po; do msgfmt --check -o "${po%.po}.mo" "$po" || exit 1; done \
+    && rm -rf /var/lib/apt/lists/*
+
 # collectstatic needs the settings to import: throw-away secrets generated for this RUN
 # only (the settings refuse placeholders), and a scratch data dir so nothing lands in
 # /data. The files go to /app/staticfiles (STATIC_ROOT of the final image), inside the

@@ -28,10 +28,8 @@ $(VENV)/.deps-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 
 # The translations (locale/<lang>/LC_MESSAGES/django.po) are compiled here, not committed:
 # needs GNU gettext's msgfmt (apt: gettext); the Docker image compiles them when built.
-MESSAGES_IGNORE := --ignore .venv --ignore var --ignore tests --ignore bench --ignore staticfiles --ignore docs --ignore docker
-
 compilemessages: $(VENV)/.deps-run
-	$(PY) manage.py compilemessages $(MESSAGES_IGNORE) --verbosity 0
+	$(PY) manage.py compilemessages --verbosity 0
 
 # After changing a user-visible text: extract every marked string into the catalogues
 # (then translate the new entries; tests/test_i18n.py fails on any left untranslated).

@@ -79,10 +79,21 @@ class AuditEvent(models.Model):
         return action_label(self.action)
 
     @property
+    def object_label_display(self) -> str:
+        """The kind of object in the reader's language ("destination", „Speicherort“): the
+        model's verbose name now, else the label stored with the event."""
+        from django.apps import apps
+
+        try:
+            return str(apps.get_model(self.object_type)._meta.verbose_name) if self.object_type else self.object_label
+        except (LookupError, ValueError):
+            return self.object_label
+
+    @property
     def summary(self) -> str:
         """One line: "changed destination “NAS”"."""
         what = " ".join(
-            part for part in (self.object_label, f"“{self.object_repr}”" if self.object_repr else "") if part
+            part for part in (self.object_label_display, f"“{self.object_repr}”" if self.object_repr else "") if part
         )
         return f"{self.action_label} {what}".strip()
 

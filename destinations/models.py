@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.db import models
 from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
 
 from backupsite.crypto import EncryptedJSONField
 from backupsite.slugs import unique_slug
@@ -43,6 +44,7 @@ class Destination(models.Model):
 
     class Meta:
         ordering = ["name"]
+        verbose_name = _("destination")
 
     def __str__(self) -> str:
         return self.name

@@ -71,6 +71,7 @@ class Source(models.Model):
 
     class Meta:
         ordering = ["name"]
+        verbose_name = _("source")
         constraints = [
             # The panel's own database is one source, made by a migration (never two).
             models.UniqueConstraint(
@@ -241,6 +242,7 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["name"]
+        verbose_name = _("job")
         permissions = [("run_job", "Can run backup jobs")]
 
     def __str__(self) -> str:

@@ -28,6 +28,20 @@ def pytest_report_header(config) -> str:
     return teststack.describe()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_translations(django_test_environment):
+    """The German and Swedish catalogues compiled (``.mo`` files are not committed; an
+    up-to-date one is left alone), so a plain ``pytest`` sees the same pages as ``make
+    test``. Without msgfmt the panel stays English; tests/test_i18n.py then skips (and
+    fails in CI, where .ci/run installs gettext)."""
+    import shutil
+
+    from django.core.management import call_command
+
+    if shutil.which("msgfmt"):
+        call_command("compilemessages", verbosity=0)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """``stack_independent`` tests run in the default pass only; the marker on a test
     that uses the database is a mistake (that test must run on both stacks).
