@@ -31,12 +31,31 @@ def user_language(user) -> str:
     return supported(code)
 
 
-def set_user_language(user, code: str) -> str:
+#: The signed-in user's choice, cached in their session: [user id, code].
+SESSION_KEY = "backupsite_language"
+
+
+def session_language(request) -> str:
+    """The signed-in user's choice, from their session (read from the profile the first
+    time in a session)."""
+    session = getattr(request, "session", None)
+    cached = session.get(SESSION_KEY) if session is not None else None
+    if isinstance(cached, list) and len(cached) == 2 and cached[0] == request.user.pk:
+        return supported(cached[1])
+    code = user_language(request.user)
+    if session is not None:
+        session[SESSION_KEY] = [request.user.pk, code]
+    return code
+
+
+def set_user_language(user, code: str, request=None) -> str:
     """Save *code* (``""``: the browser's) as *user*'s language; returns what was saved."""
     from backupsite.models import UserProfile
 
     code = supported(code)
     UserProfile.objects.update_or_create(user=user, defaults={"language": code})
+    if request is not None and getattr(request, "session", None) is not None:
+        request.session[SESSION_KEY] = [user.pk, code]
     return code
 
 

@@ -69,8 +69,9 @@ class UserLanguageMiddleware:
 
     After AuthenticationMiddleware (it needs ``request.user``); LocaleMiddleware, earlier,
     already chose the browser's language (or LANGUAGE_CODE) and sets Content-Language and
-    ``Vary`` on the way out from whatever is active then. One small query per signed-in
-    request; a user without a choice keeps the browser's language."""
+    ``Vary`` on the way out from whatever is active then. The choice is read from the
+    profile once per session and kept in the session (the selector updates both), so a
+    page costs no extra query; a user without a choice keeps the browser's language."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -78,9 +79,9 @@ class UserLanguageMiddleware:
     def __call__(self, request):
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
-            from backupsite.languages import user_language
+            from backupsite.languages import session_language
 
-            language = request.user_language = user_language(user)
+            language = request.user_language = session_language(request)
             if language:
                 translation.activate(language)
                 request.LANGUAGE_CODE = translation.get_language()

@@ -60,7 +60,7 @@ def ensure_roles(sender=None, using="default", apps=None, **kwargs) -> None:
     for app_config in global_apps.get_app_configs():
         create_permissions(app_config, verbosity=0, using=using)
     for role, perms in ROLE_PERMISSIONS.items():
-        group, _ = Group.objects.using(using).get_or_create(name=role)
+        group, _created = Group.objects.using(using).get_or_create(name=role)
         wanted = []
         for perm in perms:
             app_label, codename = perm.split(".")

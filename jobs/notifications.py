@@ -36,6 +36,7 @@ from django.db.models import Q
 from django.template.loader import render_to_string
 from django.utils import formats, timezone, translation
 from django.utils.translation import gettext as _
+from django.utils.translation import pgettext_lazy
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,18 @@ def _job_of(run):
     return Job.objects.filter(pk=run.job_id).first() if run.job_id else None
 
 
+#: The word after "Backup" in a failure e-mail's subject, per final state (its own
+#: message: a state's label is a heading, "Failed", and reads differently in a sentence).
+SUBJECT_STATES = {
+    "failed": pgettext_lazy("alert subject: Backup …", "failed"),
+    "partial": pgettext_lazy("alert subject: Backup …", "partially succeeded"),
+    "interrupted": pgettext_lazy("alert subject: Backup …", "interrupted"),
+    "timed_out": pgettext_lazy("alert subject: Backup …", "timed out"),
+    "cancelled": pgettext_lazy("alert subject: Backup …", "cancelled"),
+    "skipped": pgettext_lazy("alert subject: Backup …", "skipped"),
+}
+
+
 def alert_language(job=None, run=None) -> str:
     """The language of the alert e-mails of *job* (or of *run*'s job, from its snapshot
     when the job is gone or the run was a one-off): the job's ``language``, else
@@ -203,7 +216,12 @@ def notify_run_failed(run) -> bool:
         sent = send_alert(
             _recipients(run, job),
             "run_failed",
-            {"run": run, "kept": kept_at(run), "phase": run.get_phase_display()},
+            {
+                "run": run,
+                "kept": kept_at(run),
+                "phase": run.get_phase_display(),
+                "state_word": SUBJECT_STATES.get(run.state) or run.get_state_display().lower(),
+            },
             what=f"failure e-mail for run {run.pk}",
             job=job,
             run=run,

@@ -28,6 +28,18 @@ def pytest_report_header(config) -> str:
     return teststack.describe()
 
 
+@pytest.fixture(autouse=True)
+def _language_reset():
+    """Each test starts in LANGUAGE_CODE: LocaleMiddleware activates a request's language
+    for the thread and leaves it active after the response (harmless in a server, where
+    every request activates its own), so a test client request in German would leak."""
+    from django.utils import translation
+
+    translation.deactivate()
+    yield
+    translation.deactivate()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _compiled_translations(django_test_environment):
     """The German and Swedish catalogues compiled (``.mo`` files are not committed; an

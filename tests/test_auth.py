@@ -7,7 +7,15 @@ import re
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-PUBLIC = {"login", "password_reset", "password_reset_done", "password_reset_confirm", "password_reset_complete"}
+PUBLIC = {
+    "login",
+    "password_reset",
+    "password_reset_done",
+    "password_reset_confirm",
+    "password_reset_complete",
+    # the language selector: also on the login page (anonymous: only the cookie is set)
+    "set_language",
+}
 # Called by machines with a job's secret instead of a login (tests/test_triggers.py): an
 # anonymous call without the right secret finds nothing.
 TOKEN_AUTHENTICATED = {"jobs:job_trigger", "jobs:job_trigger_token"}

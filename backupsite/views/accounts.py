@@ -117,7 +117,7 @@ def set_language(request):
     An empty choice goes back to the browser's language."""
     code = supported(request.POST.get("language", ""))
     if request.user.is_authenticated:
-        set_user_language(request.user, code)
+        set_user_language(request.user, code, request)
     response = redirect(_safe_next(request, request.POST.get("next", "")))
     if code:
         response.set_cookie(

@@ -173,6 +173,10 @@ class AlertSettingsForm(forms.ModelForm):
             "drill_interval_days": _("Integrity drill every … days (0: never)"),
         }
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["language"].required = False  # not sent: the job keeps its language
+
     def clean_ping_url(self):
         value = self.cleaned_data["ping_url"]
         if value and not value.lower().startswith(("http://", "https://")):

@@ -36,7 +36,7 @@ class Outcome:
 def apply_general(job: Job, general: dict) -> None:
     job.name = general["name"]
     job.report_to = general["report_to"]
-    job.language = general.get("language") or settings.LANGUAGE_CODE
+    job.language = general.get("language") or job.language or settings.LANGUAGE_CODE
     job.interval = general["interval"]
     job.cron = general.get("cron", "") if general["interval"] == Job.Interval.CRON else ""
     job.timezone = general["timezone"]

@@ -133,6 +133,7 @@ class GeneralForm(StepForm):
     language = forms.ChoiceField(
         label=_("Language of the alert e-mails"),
         choices=language_choices,
+        required=False,  # not sent: the job keeps its language (a new one: LANGUAGE_CODE)
         help_text=_("The report-to addresses get failure, recovery and test e-mails in this language."),
     )
     interval = forms.ChoiceField(label=_("Backup interval"), choices=Job.Interval.choices, initial=Job.Interval.DAILY)
