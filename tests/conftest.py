@@ -44,14 +44,11 @@ def _language_reset():
 def _compiled_translations(django_test_environment):
     """The German and Swedish catalogues compiled (``.mo`` files are not committed; an
     up-to-date one is left alone), so a plain ``pytest`` sees the same pages as ``make
-    test``. Without msgfmt the panel stays English; tests/test_i18n.py then skips (and
-    fails in CI, where .ci/run installs gettext)."""
-    import shutil
-
+    test``. Without msgfmt polib compiles them; tests/test_i18n.py's msgfmt checks then
+    skip (and fail in CI, where .ci/run installs gettext)."""
     from django.core.management import call_command
 
-    if shutil.which("msgfmt"):
-        call_command("compilemessages", verbosity=0)
+    call_command("compilemessages", verbosity=0)  # msgfmt, else polib
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -391,3 +391,29 @@ def test_the_selector_turns_the_wizard_and_an_alert_email_german_then_swedish(tm
         assert expected in swedish
         assert not user.errors, user.errors
         context.close()
+
+
+@pytest.mark.parametrize("language", ["de", "sv"])
+def test_without_msgfmt_polib_compiles_the_same_catalogue(tmp_path, language):
+    """make run on a machine without GNU gettext: compilemessages falls back to polib,
+    whose .mo holds exactly what msgfmt's does (contexts and plurals included)."""
+    import gettext
+    import shutil
+    import subprocess
+
+    import polib
+    from django.conf import settings
+
+    msgfmt = shutil.which("msgfmt")
+    if msgfmt is None:
+        pytest.skip("msgfmt (GNU gettext) is not installed")
+    po = Path(settings.LOCALE_PATHS[0]) / language / "LC_MESSAGES" / "django.po"
+    polib.pofile(str(po)).save_as_mofile(str(tmp_path / "polib.mo"))
+    subprocess.run([msgfmt, "-o", str(tmp_path / "msgfmt.mo"), str(po)], check=True)
+    catalogues = []
+    for name in ("polib.mo", "msgfmt.mo"):
+        with open(tmp_path / name, "rb") as fh:
+            catalogue = dict(gettext.GNUTranslations(fh)._catalog)
+        catalogue.pop("", None)  # the header: the same fields, laid out by each tool its own way
+        catalogues.append(catalogue)
+    assert len(catalogues[0]) > 900 and catalogues[0] == catalogues[1]

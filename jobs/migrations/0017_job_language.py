@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0014_run_indexes_for_overviews'),
+        ('jobs', '0016_runs_keep_their_key'),
     ]
 
     operations = [
