@@ -11,7 +11,7 @@ class BackupsiteConfig(AppConfig):
         from django.contrib.auth import get_user_model
         from django.urls import reverse
 
-        from backupsite import audit, checks, configwrite  # noqa: F401  (registers the checks and receivers)
+        from backupsite import audit, checks, configwrite, languages  # noqa: F401  (registers the checks and receivers)
         from backupsite.roles import ensure_roles
 
         post_migrate.connect(ensure_roles, dispatch_uid="backupsite.ensure_roles")

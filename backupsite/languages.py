@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 
 from django.conf import settings
+from django.contrib.auth.signals import user_logged_in
 from django.utils import translation
 
 
@@ -35,9 +36,20 @@ def user_language(user) -> str:
 SESSION_KEY = "backupsite_language"
 
 
+def remember_at_login(sender, request, user, **kwargs) -> None:
+    """Put the user's choice into the new session at login (the login writes the session
+    anyway), so that no page needs a query for it."""
+    session = getattr(request, "session", None)
+    if session is not None:
+        session[SESSION_KEY] = [user.pk, user_language(user)]
+
+
+user_logged_in.connect(remember_at_login, dispatch_uid="backupsite.languages.remember_at_login")
+
+
 def session_language(request) -> str:
-    """The signed-in user's choice, from their session (read from the profile the first
-    time in a session)."""
+    """The signed-in user's choice, from their session (put there at login; read from the
+    profile for a session older than that)."""
     session = getattr(request, "session", None)
     cached = session.get(SESSION_KEY) if session is not None else None
     if isinstance(cached, list) and len(cached) == 2 and cached[0] == request.user.pk:

@@ -70,8 +70,9 @@ class UserLanguageMiddleware:
     After AuthenticationMiddleware (it needs ``request.user``); LocaleMiddleware, earlier,
     already chose the browser's language (or LANGUAGE_CODE) and sets Content-Language and
     ``Vary`` on the way out from whatever is active then. The choice is read from the
-    profile once per session and kept in the session (the selector updates both), so a
-    page costs no extra query; a user without a choice keeps the browser's language."""
+    profile at login and kept in the session (the selector updates both), so a page
+    costs no extra query; a change made in another session applies there at its next
+    login; a user without a choice keeps the browser's language."""
 
     def __init__(self, get_response):
         self.get_response = get_response
