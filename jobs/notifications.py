@@ -141,6 +141,14 @@ SUBJECT_STATES = {
     "skipped": pgettext_lazy("alert subject: Backup …", "skipped"),
 }
 
+#: The word after "Planning export" in an export failure e-mail's subject.
+EXPORT_SUBJECT_STATES = {
+    "failed": pgettext_lazy("alert subject: Planning export …", "failed"),
+    "partial": pgettext_lazy("alert subject: Planning export …", "partially succeeded"),
+    "interrupted": pgettext_lazy("alert subject: Planning export …", "interrupted"),
+    "timed_out": pgettext_lazy("alert subject: Planning export …", "timed out"),
+}
+
 
 def alert_language(job=None, run=None) -> str:
     """The language of the alert e-mails of *job* (or of *run*'s job, from its snapshot
@@ -258,7 +266,11 @@ def notify_export_failed(export_run) -> bool:
     return send_alert(
         recipients,
         "export_failed",
-        {"run": export_run, "uploads": list(export_run.uploads.all())},
+        {
+            "run": export_run,
+            "uploads": list(export_run.uploads.all()),
+            "state_word": EXPORT_SUBJECT_STATES.get(export_run.state) or export_run.get_state_display().lower(),
+        },
         what=f"failure e-mail for export run {export_run.pk}",
     )
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlparse
+from django.utils.translation import gettext as _
 from sqlparse import tokens as T
 
 PARAMETERS = ("start", "end")
@@ -72,11 +73,12 @@ def check(sql: str) -> list:
     """The flattened tokens of the one statement in *sql*; :class:`QueryRefused`
     otherwise."""
     if not isinstance(sql, str) or not sql.strip():
-        raise QueryRefused("Enter a SELECT query.")
+        raise QueryRefused(_("Enter a SELECT query."))
     statements = [s for s in sqlparse.parse(sql) if _meaningful(s)]
     if len(statements) != 1:
         raise QueryRefused(
-            f"Enter exactly one SELECT statement; this text holds {len(statements)} statements (separated by “;”)."
+            _("Enter exactly one SELECT statement; this text holds %(count)s statements (separated by “;”).")
+            % {"count": len(statements)}
         )
     statement = statements[0]
     tokens = list(statement.flatten())
@@ -84,34 +86,40 @@ def check(sql: str) -> list:
     # A ";" may end the statement; anything after it is another statement.
     for index, token in enumerate(words):
         if token.ttype is T.Punctuation and token.value == ";" and index != len(words) - 1:
-            raise QueryRefused("Enter exactly one SELECT statement; remove what follows the “;”.")
+            raise QueryRefused(_("Enter exactly one SELECT statement; remove what follows the “;”."))
     first = words[0]
     if not ((first.ttype is T.Keyword.DML and _keyword(first) == "SELECT") or first.ttype is T.Keyword.CTE):
         what = first.value.split()[0].upper() if first.value.strip() else "?"
         raise QueryRefused(
-            f"Only a query that reads is allowed (SELECT or WITH … SELECT); this one starts with {what}."
+            _("Only a query that reads is allowed (SELECT or WITH … SELECT); this one starts with %(word)s.")
+            % {"word": what}
         )
     if statement.get_type() != "SELECT":
-        raise QueryRefused(f"Only a query that reads is allowed; this one is a {statement.get_type()} statement.")
+        raise QueryRefused(
+            _("Only a query that reads is allowed; this one is a %(type)s statement.") % {"type": statement.get_type()}
+        )
     recent: list[str] = []
     for index, token in enumerate(words):
         if token.ttype is T.Error:
-            raise QueryRefused("The query cannot be read: is a quote or a comment left open?")
+            raise QueryRefused(_("The query cannot be read: is a quote or a comment left open?"))
         word = _keyword(token)
         following = words[index + 1] if index + 1 < len(words) else None
         if token.ttype in T.Keyword.DDL:
-            raise QueryRefused(f"Only a query that reads is allowed; {word} changes the database.")
+            raise QueryRefused(_("Only a query that reads is allowed; %(word)s changes the database.") % {"word": word})
         if word in _LOCKS and ({"FOR", "LOCK"} & set(recent)):
-            raise QueryRefused("FOR UPDATE / FOR SHARE locks rows; an export only reads. Remove it.")
+            raise QueryRefused(_("FOR UPDATE / FOR SHARE locks rows; an export only reads. Remove it."))
         is_function = following is not None and following.value == "("
         if (token.ttype is T.Keyword.DML and word != "SELECT") or (word in _WRITING and not is_function):
             if word == "INTO":
-                raise QueryRefused("SELECT … INTO writes a table or a file; an export only reads. Remove INTO.")
-            raise QueryRefused(f"Only a query that reads is allowed; {word} changes data.")
+                raise QueryRefused(_("SELECT … INTO writes a table or a file; an export only reads. Remove INTO."))
+            raise QueryRefused(_("Only a query that reads is allowed; %(word)s changes data.") % {"word": word})
         if token.ttype in T.Name.Placeholder and token.value not in _PLACEHOLDERS:
             raise QueryRefused(
-                f"Unknown parameter {token.value}: use %(start)s and %(end)s for the window's first moment "
-                "and the moment after its last."
+                _(
+                    "Unknown parameter %(name)s: use %(start)s and %(end)s for the window's first moment "
+                    "and the moment after its last."
+                )
+                % {"name": token.value, "start": "%(start)s", "end": "%(end)s"}
             )
         recent = [*recent[-2:], word]
     return tokens

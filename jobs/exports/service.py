@@ -46,6 +46,7 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.db.models import F, Max, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from backupsite.private import private_dir
 from destinations.backends.base import REPLACE, DestinationError, UploadItem, check_folder
@@ -113,7 +114,7 @@ def create_run(export: PlanningExport, *, trigger: str = ExportRun.Trigger.MANUA
                 enqueued_at=timezone.now(),
             )
     except IntegrityError:
-        raise AlreadyRunning(f"“{export.name}” is already running.") from None
+        raise AlreadyRunning(_("“%(name)s” is already running.") % {"name": export.name}) from None
 
 
 def enqueue(export: PlanningExport, *, trigger: str = ExportRun.Trigger.MANUAL, user=None, moment=None) -> ExportRun:
@@ -544,7 +545,7 @@ def _execute(run: ExportRun, progress: Progress, staging: Path) -> tuple[str, st
 
 
 def _upload(run: ExportRun, dest: dict, folder: str, written: list[WrittenFile], *, base: int, progress) -> bool:
-    upload, _ = ExportUpload.objects.get_or_create(
+    upload, _created = ExportUpload.objects.get_or_create(
         run=run, destination_id=dest["id"], defaults={"destination_name": dest["name"]}
     )
     now = timezone.now()
@@ -647,7 +648,7 @@ def delete_export(export: PlanningExport, *, request=None) -> None:
     from backupsite import configwrite
 
     if export.active_run() is not None:
-        raise InUse(f"“{export.name}” is running; let the run finish first.")
+        raise InUse(_("“%(name)s” is running; let the run finish first.") % {"name": export.name})
     configwrite.delete(export, request=request)
 
 
@@ -753,7 +754,9 @@ def test_destinations(destinations, folder: str) -> list[DestinationCheck]:
         try:
             check_folder(folder)
             if not destination.can(REPLACE):
-                raise DestinationError(f"{destination.kind_label} destinations cannot replace files.")
+                raise DestinationError(
+                    _("%(kind)s destinations cannot replace files.") % {"kind": destination.kind_label}
+                )
             name = f"{PROBE_PREFIX}{_secrets.token_hex(6)}.tmp"
             data = os.urandom(4096)
             digest = hashlib.sha256(data).hexdigest()
@@ -765,13 +768,17 @@ def test_destinations(destinations, folder: str) -> list[DestinationCheck]:
                 if destination.can(DELETE):
                     session.delete(folder, name)
             results.append(
-                DestinationCheck(destination.name, True, "Connected; a test file was written and deleted.", where)
+                DestinationCheck(destination.name, True, _("Connected; a test file was written and deleted."), where)
             )
         except DestinationError as exc:
             results.append(DestinationCheck(destination.name, False, str(exc)))
         except Exception as exc:  # noqa: BLE001 - only the type: a library's message may quote secrets
             log.error("Export connection test to %s failed unexpectedly: %s", destination.pk, type(exc).__name__)
             results.append(
-                DestinationCheck(destination.name, False, f"The test failed unexpectedly ({type(exc).__name__}).")
+                DestinationCheck(
+                    destination.name,
+                    False,
+                    _("The test failed unexpectedly (%(type)s).") % {"type": type(exc).__name__},
+                )
             )
     return results

@@ -45,6 +45,7 @@ from itertools import islice
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from django.utils.translation import gettext as _
 from openpyxl import Workbook
 from openpyxl.cell import Cell, WriteOnlyCell
 from openpyxl.styles import Font
@@ -90,7 +91,7 @@ class SheetResult:
 def check_sheet_title(title: str) -> str:
     if not title or len(title) > 31 or any(c in SHEET_TITLE_FORBIDDEN for c in title) or title.startswith("'"):
         raise SheetError(
-            "A sheet title has 1 to 31 characters, none of [ ] : * ? / \\, and does not start with an apostrophe."
+            _("A sheet title has 1 to 31 characters, none of [ ] : * ? / \\, and does not start with an apostrophe.")
         )
     return title
 
