@@ -27,14 +27,16 @@ $(VENV)/.deps-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 	printf '# Written by `make run`: development mode, secrets generated under var/.\nDEBUG=1\n# The demo may test destinations on this machine (127.0.0.1); never in production.\nBACKUPSITE_ALLOW_LOCAL_DESTINATIONS=1\n' > .env
 
 # The translations (locale/<lang>/LC_MESSAGES/django.po) are compiled here, not committed:
-# needs GNU gettext's msgfmt (apt: gettext); the Docker image compiles them when built.
+# with GNU gettext's msgfmt when installed, else polib; the Docker image compiles them when
+# built. The test settings need no .env or secrets (a throw-away data dir), so this works
+# on a fresh clone before anything else is set up.
 compilemessages: $(VENV)/.deps-run
-	$(PY) manage.py compilemessages --verbosity 0
+	DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py compilemessages --verbosity 0
 
 # After changing a user-visible text: extract every marked string into the catalogues
 # (then translate the new entries; tests/test_i18n.py fails on any left untranslated).
 messages: $(VENV)/.deps-run
-	$(PY) manage.py makemessages -l de -l sv
+	DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemessages -l de -l sv
 
 run: $(VENV)/.deps-run .env compilemessages
 	$(PY) manage.py migrate --noinput
