@@ -85,6 +85,9 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
+# Run as a script, this folder comes first on sys.path, and bench/destinations.py would
+# shadow the destinations package: the repository first, this folder not at all.
+sys.path[:] = [str(REPO_DIR)] + [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
 MIB = 1 << 20
 TARGET_RATIO = 0.8
 
