@@ -275,11 +275,29 @@ def wizard_pages() -> list[tuple[str, str, object]]:
     state: dict = {}
 
     def start(client) -> dict:
-        """A wizard of this client's session: its id and management field, from a GET."""
+        """A wizard of this client's session: its id and management field, from a GET,
+        then filled in step by step with Next (a valid content and destination step), so
+        that "go to step" reaches every step: a step link stops at the first step before
+        it that does not validate."""
         if not state:
+            from destinations.models import Destination
+            from jobs.models import Source
+
             html = client.get(url).content.decode()
             state["id"] = re.search(r'name="wizard_id" value="([^"]+)"', html).group(1)
             state["field"] = re.search(r'name="([^"]+-current_step)"', html).group(1)
+            source = Source.objects.exclude(kind="panel_database").order_by("name").first()
+            destination = Destination.objects.order_by("name").first()
+            fill = [
+                ("general", general),
+                ("content", {"content-sources": [str(source.pk)], "content-encryption": "none"}),
+                ("destination", {"destination-target": str(destination.pk)}),
+            ]
+            for step, data in fill:
+                response = client.post(url, {"wizard_id": state["id"], state["field"]: step, **data})
+                following = re.search(r'name="[^"]+-current_step" value="([^"]+)"', response.content.decode())
+                if response.status_code != 200 or following is None or following.group(1) == step:
+                    raise SystemExit(f"the wizard did not accept step {step} (status {response.status_code})")
         return state
 
     # Step 1 as a user fills it in, sent with every "go to step" (the step being left is
@@ -299,7 +317,13 @@ def wizard_pages() -> list[tuple[str, str, object]]:
         def show(client, step=step):
             wizard = start(client)
             data = {"wizard_id": wizard["id"], wizard["field"]: "general", "wizard_goto_step": step, **general}
-            return client.post(url, data)
+            response = client.post(url, data)
+            if step not in wizard.setdefault("checked", set()):  # (once: not in the timed requests)
+                shown = re.search(r'name="[^"]+-current_step" value="([^"]+)"', response.content.decode())
+                if shown is None or shown.group(1) != step:
+                    raise SystemExit(f"the wizard showed {shown and shown.group(1)} instead of step {step}")
+                wizard["checked"].add(step)
+            return response
 
         pages.append((f"wizard: {step}", url, show))
     return pages

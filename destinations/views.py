@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
+from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
@@ -31,6 +32,7 @@ from destinations.forms import DestinationForm, KindChoiceForm, KindForms, kind_
 from destinations.models import Destination
 
 FORM_TEMPLATE = "destinations/destination_form.html"
+DESTINATIONS_PER_PAGE = 25
 REGION_TEMPLATE = "destinations/_test_region.html"
 
 
@@ -46,7 +48,9 @@ def _kind_info(kind: str) -> dict:
 # --- list and details ------------------------------------------------------------------
 @permission_required("destinations.view_destination", raise_exception=True)
 def destination_list(request):
-    return render(request, "destinations/destination_list.html", {"destinations": services.list_rows()})
+    page = Paginator(services.list_rows(), DESTINATIONS_PER_PAGE).get_page(request.GET.get("page"))
+    context = {"destinations": list(page.object_list), "page": page}
+    return render(request, "destinations/destination_list.html", context)
 
 
 def _detail_context(request, destination: Destination, **extra) -> dict:

@@ -126,6 +126,23 @@ def test_the_list_makes_no_query_per_row(client, bob, django_assert_num_queries,
     assert len(seven) == len(one)
 
 
+def test_the_list_is_paginated_by_name(client, bob, folders):
+    from destinations.views import DESTINATIONS_PER_PAGE
+
+    total = DESTINATIONS_PER_PAGE + 3
+    for i in range(total):
+        Destination.objects.create(name=f"Disk {i:02d}", kind="local", settings={"path": "/x"})
+    client.force_login(bob)
+    first = client.get(reverse("destinations:list")).content.decode()
+    assert first.count('scope="row"') == DESTINATIONS_PER_PAGE
+    assert f"Page 1 of 2 ({total} destinations)" in first and 'rel="next"' in first
+    assert "Disk 00" in first and f"Disk {total - 1}" not in first
+    second = client.get(reverse("destinations:list") + "?page=2").content.decode()
+    assert second.count('scope="row"') == 3 and f"Disk {total - 1}" in second and 'rel="prev"' in second
+    # A page number past the end shows the last page, not an error.
+    assert client.get(reverse("destinations:list") + "?page=99").content.decode().count('scope="row"') == 3
+
+
 # --- create --------------------------------------------------------------------------------
 def test_create_page_has_every_kind_fieldset_a_chooser_and_no_inline_script(client, alice, folders):
     client.force_login(alice)

@@ -267,9 +267,11 @@ class Conf:
     """
 
     @classmethod
-    def parse(cls, data: dict | None):
+    def parse(cls, data: dict | None, *, policy: bool = True):
         """Settings as stored on a Destination row (or typed into its form): strict,
-        then :meth:`validate`. Code that builds a Conf directly skips ``validate``."""
+        then :meth:`validate` (unless *policy* is false: describing a stored row needs no
+        policy checks, which may touch the disk). Code that builds a Conf directly skips
+        ``validate``."""
         data = dict(data or {})
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
@@ -279,7 +281,8 @@ class Conf:
             conf = cls(**data)
         except TypeError as exc:
             raise ConfError(f"Invalid settings ({exc}).") from None
-        conf.validate()
+        if policy:
+            conf.validate()
         return conf
 
     def validate(self) -> None:
@@ -486,7 +489,10 @@ class Backend:
 
     @classmethod
     def describe(cls, settings: dict) -> str:
-        return cls.describe_conf(cls.conf_class.parse(settings))
+        """Words for pages (a list shows a hundred): the stored settings, strictly parsed
+        but without the policy checks (they ran when the settings were saved, and run
+        again before any use)."""
+        return cls.describe_conf(cls.conf_class.parse(settings, policy=False))
 
     @classmethod
     def describe_conf(cls, conf) -> str:

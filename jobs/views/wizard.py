@@ -392,7 +392,7 @@ class JobWizard(SessionWizardView):
             chosen = [row for row in rows if row.checked]
             context["total"] = sum(row.size or 0 for row in chosen)
             context["unmeasured"] = [row.source.name for row in chosen if row.size is None]
-            context["warnings"] = size_warnings(context["total"], self._likely_destinations())
+            context["warnings"] = size_warnings(context["total"], self._likely_destinations) if chosen else []
             context["sensitive_chosen"] = any(row.source.is_sensitive for row in chosen)
         elif current == "destination":
             context.update(self._destination_context(form, estimate))
@@ -441,12 +441,12 @@ class JobWizard(SessionWizardView):
         data = self.storage.get_step_data("destination")
         target = data.get("destination-target") if data else None
         if target and target not in (steps.KEEP, steps.NEW):
-            return list(Destination.objects.filter(pk=_int(target)))
+            return list(Destination.objects.filter(pk=_int(target)).defer("secrets"))
         if self.job is not None and (target == steps.KEEP or target is None) and self.job.destinations.exists():
             return list(self.job.destinations.all())
         if target == steps.NEW:
             return []
-        return list(Destination.objects.filter(enabled=True))
+        return list(Destination.objects.filter(enabled=True).defer("secrets"))
 
     def _destination_context(self, form, estimate: int | None) -> dict:
         result = getattr(form, "result", None)
@@ -595,6 +595,8 @@ def size_warnings(estimate: int, destinations, *, free_bytes: int | None = None)
     warnings = []
     if not estimate:
         return warnings
+    if callable(destinations):  # (loaded only when there is something to warn about)
+        destinations = destinations()
     for destination in destinations:
         try:  # settings only: the limits need no credentials (and no query for them)
             kind = destination.kind_class

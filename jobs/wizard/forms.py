@@ -28,6 +28,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.forms.utils import ErrorDict, flatatt
 from django.utils import timezone
+from django.utils.choices import BaseChoiceIterator
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext_lazy as _
@@ -71,6 +72,35 @@ class ZoneSelect(forms.Select):
             html.replace('">', '" selected>', 1) if zone_name == chosen else html for zone_name, html in options.items()
         )
         return mark_safe(f"<select{flatatt(attrs)}>{body}</select>")  # noqa: S308 - escaped above
+
+
+class _ZoneChoices(BaseChoiceIterator):
+    """The zones as a choice iterator: Django normalises a list of choices whenever a
+    field is made or copied (about 1,200 calls for 600 zones, several times per wizard
+    request); an iterator is taken as it is."""
+
+    def __iter__(self):
+        return iter(timezone_choices())
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class ZoneField(forms.ChoiceField):
+    """A time zone of the IANA database (the ones this Python knows)."""
+
+    widget = ZoneSelect
+
+    def __init__(self, **kwargs):
+        super().__init__(choices=_ZoneChoices(), **kwargs)
+
+    def valid_value(self, value) -> bool:
+        return str(value) in _zone_names()
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> frozenset[str]:
+    return frozenset(name for name, _label in timezone_choices())
 
 
 def next_full_hour(tz_name: str) -> datetime:
@@ -150,10 +180,8 @@ class GeneralForm(StepForm):
     first_time = forms.TimeField(
         label=_("First start: time"), required=False, widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M")
     )
-    timezone = forms.ChoiceField(
+    timezone = ZoneField(
         label=_("Time zone"),
-        choices=(),
-        widget=ZoneSelect,
         help_text=_("The first start and every later run are wall-clock times in this zone."),
     )
     keep_last = forms.IntegerField(
@@ -174,7 +202,6 @@ class GeneralForm(StepForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["timezone"].choices = timezone_choices()
         self.fields["timezone"].initial = settings.TIME_ZONE
         self.fields["language"].initial = settings.LANGUAGE_CODE
         if not self.initial.get("first_date"):
@@ -275,7 +302,7 @@ class GeneralForm(StepForm):
             runs = schedule.upcoming(interval, first, tz_name, cron, timezone.now(), 3)
         except (schedule.ScheduleError, ValueError):
             words, runs = "", []
-        zone = schedule.zone(tz_name) if tz_name in zoneinfo.available_timezones() else zoneinfo.ZoneInfo("UTC")
+        zone = schedule.zone(tz_name) if tz_name in _zone_names() else zoneinfo.ZoneInfo("UTC")
         return {
             "folder": folder,
             "words": words,
@@ -375,7 +402,9 @@ class ContentForm(StepForm):
     def __init__(self, *args, memory: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.memory = memory if memory is not None else {}
-        self.fields["sources"].queryset = Source.objects.order_by("name")
+        # The secrets stay in the database: the step shows and checks names, kinds,
+        # locations and sizes (a hundred sources would mean a hundred decryptions).
+        self.fields["sources"].queryset = Source.objects.defer("secrets").order_by("name")
         #: Editing a job that has a backup password: blank password fields keep it.
         self.has_password = (
             self.mode == EDIT
@@ -460,7 +489,7 @@ class ContentForm(StepForm):
         rows = []
         for index, source in enumerate(self.fields["sources"].queryset):
             try:
-                location = source.handler().describe()
+                location = source.describe()  # (without the secrets: none are loaded here)
             except Exception:  # noqa: BLE001 - a broken source still gets its checkbox
                 location = _("(its settings cannot be read)")
             rows.append(SourceRow(source, source.pk in chosen, location, f"{self['sources'].auto_id}_{index}"))
