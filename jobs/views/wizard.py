@@ -389,6 +389,9 @@ class JobWizard(SessionWizardView):
             context["preview"] = form.preview()
         elif current == "content":
             context["rows"] = rows = form.rows()
+            context["rows_html"] = steps.source_rows_html(
+                rows, form["sources"].html_name, may_measure=self.request.user.has_perm("jobs.change_source")
+            )
             chosen = [row for row in rows if row.checked]
             context["total"] = sum(row.size or 0 for row in chosen)
             context["unmeasured"] = [row.source.name for row in chosen if row.size is None]
@@ -465,6 +468,7 @@ class JobWizard(SessionWizardView):
             "kind_forms": form.kinds.rows(),
             "result": result,
             "targets": targets,
+            "targets_html": steps.targets_html(targets),
             "estimate": estimate,
             **self._region(form, chosen),
         }
