@@ -6,6 +6,7 @@ import re
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
+from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 
 from backupsite.slugs import UnsafeFolderName, safe_folder_name
@@ -24,14 +25,29 @@ def split_addresses(value: str) -> list[str]:
 
 
 def validate_address_list(value: str) -> None:
-    """A comma- or line-separated list of e-mail addresses."""
-    for address in split_addresses(value):
-        try:
-            validate_email(address)
-        except ValidationError:
+    """A comma- or line-separated list of e-mail addresses.
+
+    The error quotes the whole entry the user typed between two commas (or line
+    breaks), not the first word of it: "not an address" is named as typed, not as "not".
+    """
+    for entry in re.split(r"[,;\r\n]+", value or ""):
+        if not all(_is_address(part) for part in split_addresses(entry)):
             raise ValidationError(
-                _("%(address)s is not a valid e-mail address."), params={"address": address}
-            ) from None
+                _("“%(address)s” is not an e-mail address; separate several addresses with commas."),
+                code="invalid_address",
+                params={"address": Truncator(entry.strip()).chars(_SHOWN_CHARS)},
+            )
+
+
+_SHOWN_CHARS = 80  # of a wrong entry in the error (a pasted paragraph stays readable)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        validate_email(text)
+    except ValidationError:
+        return False
+    return True
 
 
 # --- slugs that become folder names (backupsite/slugs.py) ----------------------------

@@ -166,6 +166,67 @@ def test_the_form_refuses_bad_sql_folders_and_duplicate_file_names(client, alice
     assert "“..” is not allowed" in page or "A folder under the destination" in page
 
 
+def test_an_empty_form_asks_for_a_dataset_in_words(client, alice, planning_source, local):
+    client.force_login(alice)
+    response = client.post(reverse("jobs:export_create"), form_data(planning_source, [local], []))
+    page = response.content.decode()
+    assert response.status_code == 200 and not PlanningExport.objects.exists()
+    assert "Add at least one dataset: a file name, a sheet title and a query." in page
+    assert "Please submit at least" not in page
+    # next to the datasets: inside the "Files" fieldset, before the first dataset form
+    files = page.index("<legend>Files</legend>")
+    assert files < page.index("Add at least one dataset") < page.index("<legend>Where to</legend>")
+
+
+def test_destinations_are_a_labelled_list_of_checkboxes(client, alice, planning_source, local):
+    client.force_login(alice)
+    page = client.get(reverse("jobs:export_create")).content.decode()
+    fieldset = re.search(r'<fieldset class="field" id="id_destinations".*?</fieldset>', page, re.S)
+    assert fieldset, "the destinations are a fieldset of their own"
+    html = fieldset.group(0)
+    assert "<legend>Destinations</legend>" in html
+    assert f'<div class="check-row"><input type="checkbox" name="destinations" value="{local.pk}"' in html
+    assert '<label for="id_destinations_0">Local disk' in html
+
+
+@pytest.mark.parametrize(
+    ("typed", "shown"),
+    [
+        ("not an address", "“not an address” is not an e-mail address; separate several addresses with commas."),
+        ("desk@example.com, not-an-address", "“not-an-address” is not an e-mail address"),
+        ("desk@example.com\r\nBcc: evil@example.com", "“Bcc: evil@example.com” is not an e-mail address"),
+    ],
+)
+def test_a_wrong_report_to_entry_is_named_as_typed(client, alice, planning_source, local, typed, shown):
+    client.force_login(alice)
+    response = client.post(
+        reverse("jobs:export_create"), form_data(planning_source, [local], demo.DATASETS, report_to=typed)
+    )
+    assert response.status_code == 200 and not PlanningExport.objects.exists()
+    assert shown in response.content.decode()
+
+
+def test_report_to_still_takes_addresses_separated_by_commas_spaces_or_lines(db):
+    from django.core.exceptions import ValidationError
+
+    from backupsite.validators import split_addresses, validate_address_list
+
+    for typed in ("a@example.com, b@example.com", "a@example.com b@example.com", "a@example.com\nb@example.com;"):
+        validate_address_list(typed)
+        assert split_addresses(typed) == ["a@example.com", "b@example.com"]
+    with pytest.raises(ValidationError) as refused:
+        validate_address_list("a@example.com, " + "x" * 200)
+    assert len(refused.value.messages[0]) < 200 and "…" in refused.value.messages[0]  # a pasted paragraph is cut
+
+
+def test_export_runs_page_links_keep_the_export_filter(client, charlie, export):
+    for _ in range(30):
+        ExportRun.objects.create(export=export, export_name=export.name, state="succeeded")
+    client.force_login(charlie)
+    page = client.get(reverse("jobs:export_run_list"), {"export": str(export.pk)}).content.decode()
+    assert "Page 1 of 2" in page and f'href="?page=2&amp;export={export.pk}" rel="next"' in page
+
+
 def test_e_mail_destinations_are_not_offered(client, alice, planning_source, local):
     mail_dest = Destination.objects.create(
         name="Mailbox", kind="email", settings={"to": "x@example.com", "host": "mail.example.com"}

@@ -214,6 +214,19 @@ def test_runs_list_is_paginated_newest_first(client, charlie, job):
     assert len(page2.object_list) == 5
 
 
+def test_runs_list_page_links_say_newer_older_and_keep_the_state_filter(client, charlie, job):
+    for _ in range(30):
+        Run.objects.create(job=job, job_name=job.name, state=Run.State.FAILED)
+    client.force_login(charlie)
+    first = client.get(reverse("jobs:run_list"), {"state": "failed"}).content.decode()
+    assert "Page 1 of 2" in first and "Older →" in first and "Newer" not in first
+    assert 'href="?page=2&amp;state=failed" rel="next"' in first
+    second = client.get(reverse("jobs:run_list"), {"state": "failed", "page": "2"}).content.decode()
+    assert 'href="?page=1&amp;state=failed" rel="prev"' in second and "← Newer" in second
+    unknown = client.get(reverse("jobs:run_list"), {"state": "<b>"}).content.decode()
+    assert 'href="?page=2" rel="next"' in unknown  # an unknown state is not carried along
+
+
 def test_dashboard_lists_jobs_with_last_run_and_last_success(client, charlie, job):
     run_job(job)
     client.force_login(charlie)

@@ -80,7 +80,7 @@ def test_step_one_shows_the_folder_the_next_runs_and_defaults(admin_client, sett
     [
         ({"name": "office BACKUP"}, "name", "A job with this name exists already"),
         ({"name": "x" * 101}, "name", "at most 100 characters"),
-        ({"report_to": "ops@example.com, not-an-address"}, "report_to", "not-an-address is not a valid e-mail address"),
+        ({"report_to": "ops@example.com, not-an-address"}, "report_to", "“not-an-address” is not an e-mail address"),
         ({"report_to": ""}, "report_to", "This field is required"),
         ({"interval": "cron", "cron": "0 0 30 2 *"}, "cron", "Bad day-of-month"),  # 30 February: never
         ({"interval": "cron", "cron": "every day"}, "cron", "five fields"),

@@ -72,6 +72,11 @@ class DatasetForm(forms.ModelForm):
 
 
 class BaseDatasetFormSet(BaseInlineFormSet):
+    default_error_messages = {
+        # Django's "Please submit at least 1 form." says nothing to someone filling in a page.
+        "too_few_forms": _("Add at least one dataset: a file name, a sheet title and a query."),
+    }
+
     def clean(self) -> None:
         super().clean()
         names = set()

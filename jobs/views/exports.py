@@ -9,6 +9,8 @@ that reload the page with their results under the form, keeping what was typed.
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
@@ -233,7 +235,8 @@ def export_run_list(request):
     if export_id:
         runs = runs.filter(export_id=int(export_id))
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
-    return render(request, "jobs/exports/run_list.html", {"page": page, "runs": page.object_list})
+    query = urlencode({"export": export_id}) if export_id else ""  # the page links keep the filter
+    return render(request, "jobs/exports/run_list.html", {"page": page, "runs": page.object_list, "query": query})
 
 
 def _run_context(run: ExportRun) -> dict:

@@ -1,3 +1,5 @@
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.http import Http404, HttpResponse
@@ -25,7 +27,10 @@ def run_list(request):
     if state in Run.State.values:
         runs = runs.filter(state=state)
     page = EndAwarePaginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
-    return render(request, "jobs/run_list.html", {"page": page, "state": state, "states": Run.State.choices})
+    query = urlencode({"state": state}) if state in Run.State.values else ""  # the page links keep the filter
+    return render(
+        request, "jobs/run_list.html", {"page": page, "state": state, "states": Run.State.choices, "query": query}
+    )
 
 
 def _run_context(request, run: Run) -> dict:
