@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
 from django.urls import reverse
@@ -404,23 +404,25 @@ class Job(models.Model):
     # --- integrity drill ------------------------------------------------------------------
     def last_proven(self) -> list[dict]:
         """Per destination of the job, the newest upload read back and found intact
-        ("last proven at the destination")."""
+        ("last proven at the destination"), and a newer failed read-back if there is one.
+        Three queries however many destinations the job has."""
+        from destinations.backends.base import READ
+
+        def newest(ok: bool):
+            uploads = Upload.objects.filter(run__job=self, destination=OuterRef("pk"), verify_ok=ok)
+            return Subquery(uploads.order_by("-verified_at", "-pk").values("pk")[:1])
+
+        destinations = list(
+            self.destinations.defer("secrets").annotate(proven_pk=newest(True), failed_pk=newest(False))
+        )
+        found = Upload.objects.in_bulk(
+            [pk for d in destinations for pk in (d.proven_pk, d.failed_pk) if pk is not None]
+        )
         proven = []
-        for destination in self.destinations.all():
-            upload = (
-                Upload.objects.filter(run__job=self, destination=destination, verify_ok=True)
-                .order_by("-verified_at")
-                .first()
-            )
-            failed = (
-                Upload.objects.filter(run__job=self, destination=destination, verify_ok=False)
-                .order_by("-verified_at")
-                .first()
-            )
+        for destination in destinations:
+            upload, failed = found.get(destination.proven_pk), found.get(destination.failed_pk)
             if failed is not None and upload is not None and failed.verified_at < upload.verified_at:
                 failed = None
-            from destinations.backends.base import READ
-
             destination.readable = destination.can(READ)
             proven.append({"destination": destination, "upload": upload, "failed": failed})
         return proven

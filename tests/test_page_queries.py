@@ -152,3 +152,31 @@ def test_the_runs_list_last_page(admin):
     text = admin.get(reverse("jobs:run_list") + "?page=2").content.decode()
     oldest = Run.objects.order_by("created_at", "pk").first()
     assert f'href="{oldest.get_absolute_url()}"' in text and "Page 2 of 2" in text
+
+
+def test_the_job_page_does_not_grow_with_the_jobs_destinations(admin):
+    """The "last proven at the destination" card: read-back results of every destination
+    in a fixed number of queries (it was two per destination)."""
+    job = make_jobs(1)[0]
+    run = job.runs.filter(state=Run.State.SUCCEEDED).first()
+    now = timezone.now()
+
+    def add_destination(n: int, ok: bool) -> Destination:
+        destination = Destination.objects.create(name=f"Proven {n}", kind="local", settings={"path": f"/srv/p{n}"})
+        job.destinations.add(destination)
+        Upload.objects.create(
+            run=run, destination=destination, destination_name=destination.name, verified_at=now, verify_ok=ok
+        )
+        return destination
+
+    add_destination(0, True)
+    url = reverse("jobs:job_detail", args=[job.pk])
+    one = queries_of(admin, url, None)
+    for n in range(1, 4):
+        add_destination(n, n % 2 == 0)
+    assert queries_of(admin, url, None) == one
+    page = admin.get(url).content.decode()
+    proven = page[page.index('id="proven"') :]
+    assert proven.count(">proven</span>") == 2  # Proven 0 and Proven 2 (1 and 3 failed)
+    assert proven.count("damaged or missing") == 2
+    assert reverse("jobs:run_detail", args=[run.pk]) in proven
