@@ -28,6 +28,7 @@ class DestinationForm(forms.ModelForm):
     class Meta:
         model = Destination
         fields = ["name", "enabled"]
+        labels = {"name": _("Name"), "enabled": _("Enabled")}
         help_texts = {
             "name": _("Shown in jobs, logs and e-mails, e.g. “NAS in the office”."),
             "enabled": _("Disabled destinations receive no uploads."),

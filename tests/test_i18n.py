@@ -184,6 +184,26 @@ def test_without_a_choice_the_browser_language_is_used(client, alice, german_cat
     assert english["Content-Language"] == "en" and ">Dashboard</a>" in english.content.decode()
 
 
+def test_kind_names_descriptions_and_capabilities_are_translated(client, alice, german_catalogue, folders):
+    """The destination and source kinds' names and descriptions, and what a kind can do,
+    were English on German and Swedish pages."""
+    from destinations.models import Destination
+
+    client.force_login(alice)
+    german = {"HTTP_ACCEPT_LANGUAGE": "de"}
+    create = client.get(reverse("destinations:create"), **german).content.decode()
+    assert "Festplatte des Servers" in create and "Windows-Freigabe" in create and "USB-Speicher" in create
+    assert "Ein Ordner auf den Festplatten dieses Servers" in create and ">Name</label>" in create
+    assert "Server hard drive" not in create
+    sources = client.get(reverse("jobs:source_create"), **german).content.decode()
+    assert "Verzeichnis" in sources and "PostgreSQL-Datenbank" in sources
+    destination = Destination.objects.create(name="NAS", kind="local", settings={"path": str(folders["backups"])})
+    detail = client.get(destination.get_absolute_url(), HTTP_ACCEPT_LANGUAGE="sv").content.decode()
+    assert "läsa tillbaka filer" in detail and "Serverns hårddisk" in detail
+    english = client.get(destination.get_absolute_url(), HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "read files back" in english and "Server hard drive" in english
+
+
 def test_the_users_choice_is_saved_and_wins_over_the_browser(client, alice, german_catalogue):
     client.force_login(alice)
     response = client.post(reverse("set_language"), {"language": "de", "next": reverse("jobs:run_list")})

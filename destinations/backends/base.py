@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
+from django.utils.translation import gettext_lazy
+
 from jobs.engine.archive import Cancelled
 
 ProgressCallback = Callable[[int], None]
@@ -65,11 +67,11 @@ FREE_SPACE = "free_space"
 REPLACE = "replace"  # upload(replace=True): the planning export
 ALL_CAPABILITIES = frozenset({LIST, READ, DELETE, FREE_SPACE, REPLACE})
 CAPABILITY_LABELS = {
-    LIST: "list files",
-    READ: "read files back",
-    DELETE: "delete old backups",
-    FREE_SPACE: "report free space",
-    REPLACE: "replace files",
+    LIST: gettext_lazy("list files"),
+    READ: gettext_lazy("read files back"),
+    DELETE: gettext_lazy("delete old backups"),
+    FREE_SPACE: gettext_lazy("report free space"),
+    REPLACE: gettext_lazy("replace files"),
 }
 
 

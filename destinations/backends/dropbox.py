@@ -544,7 +544,7 @@ class DropboxSession(Session):
 class DropboxBackend(Backend):
     kind = "dropbox"
     label = "Dropbox"
-    help_text = "A Dropbox app folder: backups of any size (upload sessions), tokens refreshed automatically."
+    help_text = _("A Dropbox app folder: backups of any size (upload sessions), tokens refreshed automatically.")
     conf_class = DropboxConf
     secret_fields = ("app_secret", "refresh_token")
     capabilities = ALL_CAPABILITIES

@@ -294,8 +294,8 @@ def _mail_server() -> str:
 # --- the backend -------------------------------------------------------------------------------
 class EmailBackend(Backend):
     kind = "email"
-    label = "E-mail"
-    help_text = "Each backup is e-mailed as attachments (small backups only; the mailbox cannot be read back)."
+    label = _("E-mail")
+    help_text = _("Each backup is e-mailed as attachments (small backups only; the mailbox cannot be read back).")
     conf_class = EmailConf
     secret_fields = ()
     capabilities = frozenset()  # write-only: no list, read, delete, free space or replace

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.utils.translation import gettext_lazy as _
 
 from backupsite.private import private_dir
 from destinations.backends.base import (
@@ -196,10 +197,10 @@ class LocalSession(FileTreeSession):
 
 class LocalBackend(Backend):
     kind = "local"
-    label = "Server hard drive"
+    label = _("Server hard drive")
     conf_class = LocalConf
     form_class_path = "destinations.forms.LocalForm"
-    help_text = "A folder on this server's disks (a second disk, a mounted NAS share)."
+    help_text = _("A folder on this server's disks (a second disk, a mounted NAS share).")
 
     #: Mode of files written; None follows the umask (files at a destination are meant
     #: to be read by people). The local copies folder uses 0600.

@@ -726,8 +726,8 @@ def _host_for_url(host: str) -> str:
 # --- the backend ----------------------------------------------------------------------------
 class S3Backend(Backend):
     kind = "s3"
-    label = "S3-compatible storage"
-    help_text = "A bucket at Amazon S3 or an S3-compatible store (MinIO, Ceph, Garage, Wasabi, …)."
+    label = _("S3-compatible storage")
+    help_text = _("A bucket at Amazon S3 or an S3-compatible store (MinIO, Ceph, Garage, Wasabi, …).")
     conf_class = S3Conf
     secret_fields = ("secret_key",)
     # Free space: S3 has no notion of it.

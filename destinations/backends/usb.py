@@ -268,10 +268,10 @@ class UsbSession(LocalSession):
 
 class UsbBackend(LocalBackend):
     kind = "usb"
-    label = "USB storage"
+    label = _("USB storage")
     conf_class = UsbConf
     form_class_path = "destinations.backends.usb.UsbForm"
-    help_text = (
+    help_text = _(
         "A USB disk mounted on this server. Nothing is written unless the disk is really mounted "
         "(and, if given, has the expected label), so an unplugged disk never fills the system disk."
     )

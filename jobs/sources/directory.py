@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
+from django.utils.translation import gettext_lazy as _
 
 from backupsite.sensitive import check_directory_source, panel_paths_under
 from jobs.engine import walk_directory
@@ -100,8 +101,8 @@ class DirectoryConf:
 
 class DirectorySource(SourceKind):
     kind = "directory"
-    label = "Directory"
-    help_text = "A folder on this server, with optional include and exclude patterns."
+    label = _("Directory")
+    help_text = _("A folder on this server, with optional include and exclude patterns.")
     form_class_path = "jobs.sources.forms.DirectoryForm"
     conf_class = DirectoryConf
 

@@ -33,6 +33,7 @@ class SourceForm(forms.ModelForm):
     class Meta:
         model = Source
         fields = ["name"]
+        labels = {"name": _("Name")}
         help_texts = {
             "name": _("Shown as a checkbox in the backup wizard and in logs, e.g. “Office files”."),
         }

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.utils.translation import gettext_lazy as _
+
 from jobs.sources.base import SourceError, on_field
 from jobs.sources.dbtools import (
     CONNECT_TIMEOUT,
@@ -168,8 +170,8 @@ def server_info(conf: MysqlConf, password: str | None) -> tuple[str, int]:
 
 class MysqlSource(DumpSource):
     kind = "mysql"
-    label = "MySQL/MariaDB database"
-    help_text = "One MySQL or MariaDB database, dumped as SQL with mysqldump (restored with the mysql client)."
+    label = _("MySQL/MariaDB database")
+    help_text = _("One MySQL or MariaDB database, dumped as SQL with mysqldump (restored with the mysql client).")
     form_class_path = "jobs.sources.forms.MysqlForm"
     secret_fields = ("password",)
     title = "MySQL"

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from django.utils.translation import gettext_lazy as _
+
 from backupsite.sensitive import excluded_table_names
 from jobs.sources import dbtools
 from jobs.sources.base import SourceError, SourceKind, TestResult
@@ -34,8 +36,8 @@ class PanelDatabaseSource(SourceKind):
     PostgreSQL (``pg_dump -Fc``)."""
 
     kind = "panel_database"
-    label = "Panel database"
-    help_text = "backupsite's own database, for disaster recovery of the panel (always there, cannot be deleted)."
+    label = _("Panel database")
+    help_text = _("backupsite's own database, for disaster recovery of the panel (always there, cannot be deleted).")
     form_class_path = "jobs.sources.forms.PanelDatabaseForm"
     sensitive = True
     testable = True

@@ -30,6 +30,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.utils.translation import gettext_lazy as _
+
 from jobs.sources.base import ConfError, SourceError, on_field
 from jobs.sources.dbtools import (
     CONNECT_TIMEOUT,
@@ -281,8 +283,8 @@ def server_info(conf: PostgresConf, password: str | None) -> tuple[str, int]:
 
 class PostgresSource(DumpSource):
     kind = "postgresql"
-    label = "PostgreSQL database"
-    help_text = "One PostgreSQL database, dumped with pg_dump (custom format, restored with pg_restore)."
+    label = _("PostgreSQL database")
+    help_text = _("One PostgreSQL database, dumped with pg_dump (custom format, restored with pg_restore).")
     form_class_path = "jobs.sources.forms.PostgresForm"
     secret_fields = ("password",)
     title = "PostgreSQL"

@@ -20,6 +20,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.utils.translation import gettext_lazy as _
+
 from jobs.engine.atomic import fsync_dir
 from jobs.sources.base import ConfError, SourceError, TestResult, on_field
 from jobs.sources.dbtools import (
@@ -115,8 +117,8 @@ def database_size(path: str | Path) -> int:
 
 class SqliteSource(DumpSource):
     kind = "sqlite"
-    label = "SQLite database"
-    help_text = "A SQLite database file on this server, copied consistently while it is in use."
+    label = _("SQLite database")
+    help_text = _("A SQLite database file on this server, copied consistently while it is in use.")
     form_class_path = "jobs.sources.forms.SqliteForm"
     title = "SQLite"
     conf_class = SqliteConf

@@ -17,6 +17,8 @@ import posixpath
 import ssl
 from dataclasses import dataclass
 
+from django.utils.translation import gettext_lazy as _
+
 from destinations import netguard
 from destinations.backends.base import (
     ALL_CAPABILITIES,
@@ -256,7 +258,7 @@ class FtpBackend(Backend):
     secret_fields = ("password",)
     capabilities = ALL_CAPABILITIES - {FREE_SPACE}  # FTP has no standard way to tell
     form_class_path = "destinations.backends.ftp.forms.FtpForm"
-    help_text = "An FTP server, encrypted with TLS (FTPS, explicit TLS) unless you choose plain FTP."
+    help_text = _("An FTP server, encrypted with TLS (FTPS, explicit TLS) unless you choose plain FTP.")
 
     conf: FtpConf
 

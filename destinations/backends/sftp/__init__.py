@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 
 import paramiko
+from django.utils.translation import gettext_lazy as _
 from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_INIT, CMD_VERSION, SFTPError
 
 from destinations import netguard
@@ -746,7 +747,9 @@ class _MappedReader:
 class SftpBackend(Backend):
     kind = "sftp"
     label = "SFTP"
-    help_text = "An SSH server: a NAS, a Linux server, a hosting provider's backup space (user and password, or a key)."
+    help_text = _(
+        "An SSH server: a NAS, a Linux server, a hosting provider's backup space (user and password, or a key)."
+    )
     conf_class = SftpConf
     secret_fields = ("password", "private_key", "passphrase")
     form_class_path = "destinations.backends.sftp.form.SftpForm"

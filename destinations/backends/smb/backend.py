@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import ClassVar
 
+from django.utils.translation import gettext_lazy as _
 from smbprotocol.exceptions import SMBResponseException
 from smbprotocol.header import NtStatus
 from smbprotocol.open import CreateDisposition, CreateOptions, FilePipePrinterAccessMask, ShareAccess
@@ -171,12 +172,12 @@ def _display(remote_path: str) -> str:
 
 class SmbBackend(Backend):
     kind = "smb"
-    label = "Windows share"
+    label = _("Windows share")
     conf_class = SmbConf
     secret_fields = ("password",)
     capabilities = ALL_CAPABILITIES
     form_class_path = "destinations.backends.smb.forms.SmbForm"
-    help_text = "A shared folder on a Windows server or a NAS (SMB 2 or 3), e.g. \\\\nas\\backups."
+    help_text = _("A shared folder on a Windows server or a NAS (SMB 2 or 3), e.g. \\\\nas\\backups.")
 
     #: The SMB dialect to insist on (None: the newest both sides speak). Tests pin it.
     dialect: ClassVar[int | None] = None
