@@ -223,9 +223,13 @@ class ExportWork(slots.HeavyKind):
 
 
 def _log_append(line: str) -> Concat:
+    return _log_concat(ExportRun.log_line(line))
+
+
+def _log_concat(text: str) -> Concat:
     from django.db import models
 
-    return Concat(F("log"), Value(ExportRun.log_line(line)), output_field=models.TextField())
+    return Concat(F("log"), Value(text), output_field=models.TextField())
 
 
 def _apply_interrupt(decision: reconcile.Decision, now) -> bool:
@@ -430,6 +434,7 @@ def execute(run_id: int, *, listener: Callable[[ExportRun], None] | None = None)
 
 
 def _work_on(run: ExportRun, listener) -> bool:
+    run._log_stored = len(run.log)  # what the row holds already (a requeue's line)
     progress = Progress(run, listener)
     heartbeat = Heartbeat(run.pk)
     heartbeat.start()
@@ -464,6 +469,8 @@ def _work_on(run: ExportRun, listener) -> bool:
         if ended is False:
             log.warning("Export run %s was ended elsewhere while this worker worked on it", run.pk)
             run.refresh_from_db()
+        else:
+            run.log = ExportRun.objects.filter(pk=run.pk).values_list("log", flat=True).first() or run.log
     return bool(ended)
 
 
@@ -480,15 +487,23 @@ WORKER_FIELDS = (
     "bytes_done",
     "bytes_total",
     "files",
-    "log",
     "error",
     "finished_at",
 )
 
 
 def _store(run: ExportRun) -> bool:
+    """Write this worker's fields while the run is still its own. The log is appended
+    to, never overwritten: lines others add meanwhile (*Cancel*'s "Cancellation
+    requested by …") stay. ``run._log_stored`` is how much of ``run.log`` is written."""
     fields = {name: getattr(run, name) for name in WORKER_FIELDS}
-    return bool(ExportRun.objects.filter(pk=run.pk, state=ExportRun.State.RUNNING).update(**fields))
+    stored = getattr(run, "_log_stored", 0)
+    if len(run.log) > stored:
+        fields["log"] = _log_concat(run.log[stored:])
+    written = bool(ExportRun.objects.filter(pk=run.pk, state=ExportRun.State.RUNNING).update(**fields))
+    if written:
+        run._log_stored = len(run.log)
+    return written
 
 
 def _finish(run: ExportRun, state: str, message: str = "") -> bool:
