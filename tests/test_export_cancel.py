@@ -70,6 +70,33 @@ def assert_untouched(planning, before: dict[str, bytes]) -> None:
     assert now == before
 
 
+@pytest.fixture
+def own_tmp(tmp_path, monkeypatch):
+    """This test's own temporary folder (openpyxl's write-only sheets go there)."""
+    import tempfile
+
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+@pytest.mark.stack_independent
+def test_a_sheet_stopped_midway_leaves_no_temporary_file(tmp_path, own_tmp):
+    from jobs.engine import Cancelled
+    from jobs.exports import xlsx
+
+    def stop(rows: int) -> None:
+        if rows >= 2000:
+            raise Cancelled()
+
+    rows = ((n, f"row {n}") for n in range(100_000))
+    with pytest.raises(Cancelled):
+        xlsx.write_sheet(tmp_path / "x.xlsx", "Sheet", ["n", "label"], rows, progress=stop)
+    assert list(own_tmp.iterdir()) == []  # openpyxl would keep it until the process exits
+    assert not (tmp_path / "x.xlsx").exists()
+
+
 # --- queued --------------------------------------------------------------------------------------
 def test_a_queued_run_is_cancelled_at_once_and_a_late_delivery_does_nothing(planning, bob):
     run = service.create_run(planning["export"])
@@ -98,7 +125,7 @@ def test_a_waiting_run_is_cancelled_at_once(planning, job):
 # --- running -------------------------------------------------------------------------------------
 @pytest.mark.django_db(transaction=True)
 def test_a_running_export_stops_while_writing_rows_and_hands_the_slot_to_a_waiting_backup(
-    planning, job, quick_cancel_poll
+    planning, job, quick_cancel_poll, own_tmp
 ):
     before = last_nights_files(planning)
     ExportDataset.objects.filter(export=planning["export"], file_name="topics.xlsx").update(sql=MANY_ROWS_SQL)
@@ -133,7 +160,7 @@ def test_a_running_export_stops_while_writing_rows_and_hands_the_slot_to_a_waiti
     assert run.error.startswith("Cancelled by a user.") and "keep last night's" in run.error
     assert "Cancellation requested." in ExportRun.objects.get(pk=run.pk).log
     assert 0 < run.rows_done < 3_000_000
-    assert not service.staging_dir(run.pk).exists()
+    assert not service.staging_dir(run.pk).exists() and list(own_tmp.iterdir()) == []
     assert_untouched(planning, before)
     assert run.uploads.count() == 0  # nothing was uploaded
     assert Run.objects.get(pk=seen["backup"]).state == Run.State.SUCCEEDED  # woken by the release, and run
