@@ -30,14 +30,17 @@ flag that its heartbeat thread polls, and the worker stops at the next progress 
 (between rows batches, between datasets, during an upload through the destination
 contract's ``cancel`` callback: the temporary file goes, last night's file stays), removes
 its staging folder and hands the slot on. The run records the host that executes it, so
-after a crash only a worker on that host removes its staging folder. Due exports are started by the dispatcher tick
-(``jobs.dispatch``, through the hook :func:`start_due_exports`); runs whose worker died,
-lost hand-overs and waiting runs are the slot's reconcile's (:class:`ExportWork.apply`),
-which the reaper and the dispatcher tick call.
+after a crash only a worker on that host removes its staging folder.
+
+Due exports are started by the dispatcher tick (``jobs.dispatch``, through the hook
+:func:`start_due_exports`); runs whose worker died, lost hand-overs, waiting runs and
+cancels a worker never saw are the slot's reconcile's (:class:`ExportWork.apply`), which
+the reaper and the dispatcher tick call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -47,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
 from django.db.models import F, Max, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -469,7 +472,9 @@ def _work_on(run: ExportRun, listener) -> bool:
         if ended is False:
             log.warning("Export run %s was ended elsewhere while this worker worked on it", run.pk)
             run.refresh_from_db()
-        else:
+    if ended:
+        # The log as stored, with the lines others appended (a cancel's "requested by").
+        with contextlib.suppress(DatabaseError):
             run.log = ExportRun.objects.filter(pk=run.pk).values_list("log", flat=True).first() or run.log
     return bool(ended)
 
