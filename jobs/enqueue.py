@@ -10,8 +10,9 @@ Queues (README, "Several worker machines"):
 * ``archives``: the archive stage (any worker with a data dir; it becomes the run's host);
 * ``exports``: planning exports;
 * ``host.<name>``: everything that reads a host's local copies (uploads, local verify,
-  local retention, cleaning up a dead worker's temporary files). Every worker consumes
-  the queue of its own host (``BACKUPSITE_HOST``) besides the ones it is started with;
+  local retention, cleaning up a dead worker's temporary files and a dead export run's
+  staging folder). Every worker consumes the queue of its own host (``BACKUPSITE_HOST``)
+  besides the ones it is started with;
 * ``celery``: the light work (the dispatcher tick, the sweep, the reaper, e-mails and
   pings, drills and verifications that read from a destination).
 
@@ -90,6 +91,11 @@ def finalize(run_id: int, host: str) -> None:
 def clean_staging(host: str, job_slug: str) -> None:
     """Remove a stopped worker's temporary files from *host*'s staging folder."""
     _after_commit("clean_staging", [job_slug], queue=host_queue(host))
+
+
+def clean_export_staging(host: str, export_run_id: int) -> None:
+    """Remove an ended export run's staging folder on *host*, the machine that ran it."""
+    _after_commit("clean_export_staging", [export_run_id], queue=host_queue(host))
 
 
 def verification(ticket_id: int, host: str | None) -> None:

@@ -1,9 +1,11 @@
 """Reconciling active runs with the workers: which run is still alive, which one waits
 legitimately, which one nobody will ever take. Pure: no I/O, no Django.
 
-:func:`plan` looks at every active run (queued, waiting, running, uploading) at one
-moment and returns one :class:`Decision` with a reason for each; ``services.reconcile_runs``
-applies them with conditional updates (so two reconciles, or a reconcile racing a worker's
+:func:`plan` looks at every active row of heavy work (backup runs: queued, waiting,
+running, uploading; planning export runs: queued, waiting, running) at one moment and
+returns one :class:`Decision` with a reason for each; ``services.reconcile_runs`` (through
+``jobs.slots``, where each kind applies the decisions about its own rows) applies them
+with conditional updates (so two reconciles, or a reconcile racing a worker's
 claim, never act twice). The reaper calls it every ``BACKUPSITE_REAPER_SECONDS``, a run
 that ends calls it to hand its slot to the next waiting run, and the scheduling
 dispatcher can call it from its tick.
@@ -19,6 +21,9 @@ The rules, with ``stale`` = ``BACKUPSITE_STALE_RUN_SECONDS`` and ``grace`` =
   first in the line for the slot it held; else ``interrupt`` it (final, with a message
   that says how often it was tried). Its slot is free from now on. A fresh heartbeat:
   ``keep``.
+  Both kinds can be cancelled (backups and planning exports: *Cancel* sets
+  ``cancel_requested``), so ``cancel`` is asked of either; ``restart`` only of a
+  restartable kind (backups; an export is interrupted instead).
 * A **queued/waiting** run whose cancel was requested: ``cancel`` (nobody holds it).
 * The other queued/waiting runs form a line, oldest first. While live runs hold every
   slot, the whole line legitimately waits (``keep``): a six-hour backup must not fail the

@@ -96,3 +96,12 @@ def run_export(export_run_id: int) -> str:
     from jobs.exports import service
 
     return service.execute(export_run_id).state
+
+
+@app.task(ignore_result=True)
+def clean_export_staging(export_run_id: int) -> bool:
+    # Sent to the run's host queue (jobs.enqueue.clean_export_staging): the staging
+    # folder of an export run whose worker died is on that machine.
+    from jobs.exports import service
+
+    return service.clean_staging(export_run_id)

@@ -52,4 +52,5 @@ urlpatterns = [
     path("exports/runs/", exports.export_run_list, name="export_run_list"),
     path("exports/runs/<int:pk>/", exports.export_run_detail, name="export_run_detail"),
     path("exports/runs/<int:pk>/progress/", exports.export_run_progress, name="export_run_progress"),
+    path("exports/runs/<int:pk>/cancel/", exports.export_run_cancel, name="export_run_cancel"),
 ]

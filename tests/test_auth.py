@@ -211,6 +211,7 @@ ACCESS: dict[str, set[str]] = {
     "jobs:export_run_detail": READERS,
     "jobs:export_run_progress": READERS,
     "jobs:export_run_now": OPERATORS_UP,
+    "jobs:export_run_cancel": OPERATORS_UP,
     "jobs:export_create": ADMINS,
     "jobs:export_edit": ADMINS,
     "jobs:export_delete": ADMINS,
@@ -271,7 +272,7 @@ def _kwargs(name: str, route: str, world: dict) -> dict:
             kwargs[param] = "x"
         elif name.startswith(("destinations:", "users:")):
             kwargs["pk"] = world["destination" if name.startswith("destinations:") else "user"]
-        elif name in ("jobs:export_run_detail", "jobs:export_run_progress"):
+        elif name in ("jobs:export_run_detail", "jobs:export_run_progress", "jobs:export_run_cancel"):
             kwargs["pk"] = world["export_run"]
         else:  # jobs:run_…, jobs:job_…, jobs:source_…, jobs:export_…, jobs:restore_…
             kwargs["pk"] = world[name.split(":")[1].split("_")[0]]

@@ -3,7 +3,8 @@
 leaves no temporary file behind; a connection cut mid-upload (RELIABILITY 5) fails the
 run within the timeout and leaves the previous night's file intact; a worker killed
 mid-upload (RELIABILITY 1) leaves the previous file under the final name, and the next
-run cleans up after it."""
+run cleans up after it; a *Cancel* mid-upload leaves the previous file and no temporary
+file."""
 
 from __future__ import annotations
 
@@ -259,3 +260,32 @@ def test_a_worker_killed_mid_upload_leaves_the_previous_file_and_the_next_night_
     assert partial in kind.raw_names(FOLDER)
     assert night(remote["export"]).state == ExportRun.State.SUCCEEDED
     assert kind.raw_names(FOLDER) == ["count.xlsx", "topics.xlsx"]  # the partial went with the next upload
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)  # the heartbeat thread must see the cancel flag
+def test_a_cancel_mid_upload_leaves_the_previous_nights_file_and_no_temporary_file(remote, monkeypatch):
+    """*Cancel* while the big file goes up (the destination contract's ``cancel``
+    callback, polled between chunks): the old file stays byte for byte, the temporary
+    one is removed, the run is cancelled."""
+    from jobs.services import CancelOutcome
+
+    monkeypatch.setattr(service.Heartbeat, "CANCEL_POLL", 0.05)
+    planning_db(remote["database"], BIG_ROWS, seed=6)
+    assert night(remote["export"]).state == ExportRun.State.SUCCEEDED
+    previous = stored(remote, "topics.xlsx")
+    planning_db(remote["database"], BIG_ROWS, seed=7)
+    asked = []
+
+    def cancel_when_uploading(current: ExportRun) -> None:
+        if current.phase == ExportRun.Phase.UPLOAD and not asked:
+            asked.append(service.cancel_run(current.pk))
+            time.sleep(0.5)  # the heartbeat thread sees the flag (ten polls) before the first chunk goes
+
+    run = service.execute(service.create_run(remote["export"]).pk, listener=cancel_when_uploading)
+    assert asked == [CancelOutcome.REQUESTED]
+    assert run.state == ExportRun.State.CANCELLED, run.error
+    assert run.uploads.get().state == "failed"
+    assert stored(remote, "topics.xlsx") == previous  # intact, byte for byte
+    assert remote["kind"].raw_names(FOLDER) == ["count.xlsx", "topics.xlsx"]  # no temporary file left
+    assert not service.staging_dir(run.pk).exists()

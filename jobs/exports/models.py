@@ -243,6 +243,7 @@ class ExportRun(models.Model):
         FAILED = "failed", _("Failed")
         INTERRUPTED = "interrupted", _("Interrupted")
         TIMED_OUT = "timed_out", _("Timed out")
+        CANCELLED = "cancelled", _("Cancelled")
 
     class Phase(models.TextChoices):
         PENDING = "", _("Not started")
@@ -256,7 +257,14 @@ class ExportRun(models.Model):
         CLI = "cli", _("Command line")
 
     ACTIVE_STATES = (State.QUEUED, State.WAITING, State.RUNNING)
-    FINAL_STATES = (State.SUCCEEDED, State.PARTIAL, State.FAILED, State.INTERRUPTED, State.TIMED_OUT)
+    FINAL_STATES = (
+        State.SUCCEEDED,
+        State.PARTIAL,
+        State.FAILED,
+        State.INTERRUPTED,
+        State.TIMED_OUT,
+        State.CANCELLED,
+    )
     ALERT_STATES = (State.FAILED, State.PARTIAL, State.INTERRUPTED, State.TIMED_OUT)
 
     export = models.ForeignKey(PlanningExport, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
@@ -289,6 +297,12 @@ class ExportRun(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    #: Set by *Cancel*; the worker polls it (as a backup run's) and stops at its next
+    #: progress point.
+    cancel_requested = models.BooleanField(default=False)
+    #: The worker machine that executes the run (``BACKUPSITE_HOST``): its staging folder
+    #: is there, so only a worker on that host removes it after a crash.
+    host = models.CharField(max_length=255, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -310,6 +324,10 @@ class ExportRun(models.Model):
 
     @property
     def is_active(self) -> bool:
+        return self.state in self.ACTIVE_STATES
+
+    @property
+    def can_cancel(self) -> bool:
         return self.state in self.ACTIVE_STATES
 
     @property

@@ -24,25 +24,33 @@ export's configuration and its window, handed to the ``exports`` queue, and exec
    e-mails the export's report-to addresses through the notifications outbox.
 
 Progress (the dataset, its rows so far, then bytes uploaded) and a heartbeat are written
-to the run row about once a second. Due exports are started by the dispatcher tick
-(``jobs.dispatch``, through the hook :func:`start_due_exports`); runs whose worker died,
-lost hand-overs and waiting runs are the slot's reconcile's (:class:`ExportWork.apply`),
-which the reaper and the dispatcher tick call.
+to the run row about once a second. *Cancel* (:func:`cancel_run`) works as a backup run's:
+a queued or waiting run is cancelled at once; a running one gets the ``cancel_requested``
+flag that its heartbeat thread polls, and the worker stops at the next progress point
+(between rows batches, between datasets, during an upload through the destination
+contract's ``cancel`` callback: the temporary file goes, last night's file stays), removes
+its staging folder and hands the slot on. The run records the host that executes it, so
+after a crash only a worker on that host removes its staging folder.
+
+Due exports are started by the dispatcher tick (``jobs.dispatch``, through the hook
+:func:`start_due_exports`); runs whose worker died, lost hand-overs, waiting runs and
+cancels a worker never saw are the slot's reconcile's (:class:`ExportWork.apply`), which
+the reaper and the dispatcher tick call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
 from django.db.models import F, Max, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -52,11 +60,16 @@ from backupsite.private import private_dir
 from destinations.backends.base import REPLACE, DestinationError, UploadItem, check_folder
 from destinations.models import Destination
 from jobs import dispatch, notifications, reconcile, slots
+from jobs.engine import Cancelled
+from jobs.enqueue import clean_export_staging as send_clean_staging
 from jobs.enqueue import export as send_export
+from jobs.enqueue import this_host
 from jobs.exports import drivers, xlsx
 from jobs.exports.models import ExportRun, ExportUpload, PlanningExport, site_zone
 from jobs.exports.query import QueryRefused
 from jobs.models import Source
+from jobs.progress import Heartbeat as BaseHeartbeat
+from jobs.services import CancelOutcome
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +144,18 @@ def hand_over(run_ids: list[int]) -> None:
         send_export(run_id)
 
 
+RUN_INFO_FIELDS = (
+    "pk",
+    "state",
+    "created_at",
+    "heartbeat_at",
+    "started_at",
+    "enqueued_at",
+    "requeues",
+    "cancel_requested",
+)
+
+
 # --- the heavy slot ----------------------------------------------------------------------
 class ExportWork(slots.HeavyKind):
     """Planning exports as heavy work (``jobs.slots``): a run holds a slot while it runs,
@@ -138,10 +163,12 @@ class ExportWork(slots.HeavyKind):
     ``BACKUPSITE_MAX_CONCURRENT_RUNS``.
 
     A run whose worker died is *interrupted*, never started again
-    (``RunInfo.restartable`` False): report-to is told, files already replaced at a
-    destination are complete, the others keep last night's, and the next night (or
-    *Run now*) writes them all. Exports have no cancel, so the reconcile never asks this
-    kind to cancel or restart a row."""
+    (``RunInfo.restartable`` False, so the reconcile never asks this kind to restart a
+    row): report-to is told, files already replaced at a destination are complete, the
+    others keep last night's, and the next night (or *Run now*) writes them all. A run a
+    user asked to cancel (``cancel_requested``) is *cancelled* by the reconcile instead:
+    at once while it waits for a slot, and when its worker died before it saw the flag
+    (the same rules as a backup's, ``jobs.reconcile``)."""
 
     name = EXPORT
 
@@ -161,21 +188,30 @@ class ExportWork(slots.HeavyKind):
         return texts
 
     def active(self) -> list[reconcile.RunInfo]:
-        fields = ("pk", "state", "created_at", "heartbeat_at", "started_at", "enqueued_at", "requeues")
         return [
             reconcile.RunInfo(**row, kind=EXPORT, ref=f"export run #{row['pk']}", restartable=False)
-            for row in ExportRun.objects.filter(state__in=ExportRun.ACTIVE_STATES).values(*fields)
+            for row in ExportRun.objects.filter(state__in=ExportRun.ACTIVE_STATES).values(*RUN_INFO_FIELDS)
         ]
 
     def last_release(self):
         return ExportRun.objects.filter(started_at__isnull=False).aggregate(at=Max("finished_at"))["at"]
 
     def prepare(self, pk: int, now) -> bool:
-        return ExportRun.objects.filter(pk=pk, state__in=reconcile.PENDING).exists()
+        row = ExportRun.objects.filter(pk=pk).values("state", "cancel_requested").first()
+        if row is None or row["state"] not in reconcile.PENDING:
+            return False
+        if row["cancel_requested"]:
+            _cancel_pending(pk, now)
+            return False
+        return True
 
     def start(self, pk: int, now) -> None:
         ExportRun.objects.filter(pk=pk).update(
-            state=ExportRun.State.RUNNING, phase=ExportRun.Phase.QUERY, started_at=now, heartbeat_at=now
+            state=ExportRun.State.RUNNING,
+            phase=ExportRun.Phase.QUERY,
+            started_at=now,
+            heartbeat_at=now,
+            host=this_host(),
         )
 
     def park(self, pk: int) -> None:
@@ -183,45 +219,93 @@ class ExportWork(slots.HeavyKind):
 
     def apply(self, decision: reconcile.Decision, now) -> bool:
         action = _APPLY.get(decision.action)
-        if action is None:  # cancel / restart: not asked of a row that is not restartable and has no cancel
+        if action is None:  # restart: never asked of a row that is not restartable
             log.warning("Export run %s: %s is not done for exports (%s)", decision.pk, decision.action, decision.reason)
             return False
         return action(decision, now)
 
 
 def _log_append(line: str) -> Concat:
+    return _log_concat(ExportRun.log_line(line))
+
+
+def _log_concat(text: str) -> Concat:
     from django.db import models
 
-    return Concat(F("log"), Value(ExportRun.log_line(line)), output_field=models.TextField())
+    return Concat(F("log"), Value(text), output_field=models.TextField())
 
 
 def _apply_interrupt(decision: reconcile.Decision, now) -> bool:
-    """A running export whose worker stopped sending heartbeats: interrupted (conditional
-    on the heartbeat the plan saw, so a worker alive after all keeps its run), its open
-    uploads failed, its staging folder removed, report-to told."""
-    info = decision.run
+    """A running export whose worker stopped sending heartbeats: interrupted, report-to told."""
+    return end_abandoned(decision.run, ExportRun.State.INTERRUPTED, now) is not None
+
+
+def _apply_cancel(decision: reconcile.Decision, now) -> bool:
+    """A cancel the worker never saw: a queued/waiting run ends here; a running one whose
+    worker is gone is cancelled as abandoned (its staging removed, no e-mail: a user
+    asked for it)."""
+    if decision.run.state in reconcile.HELD:
+        return end_abandoned(decision.run, ExportRun.State.CANCELLED, now) is not None
+    return _cancel_pending(decision.pk, now)
+
+
+def end_abandoned(info: reconcile.RunInfo, state: str, now=None) -> ExportRun | None:
+    """End a running export whose worker is gone (*state* interrupted or cancelled),
+    conditional on the heartbeat the caller saw (a worker alive after all keeps its
+    run: None): its open uploads failed, its staging folder removed on its host, and
+    report-to told when interrupted. Returns the updated run."""
+    now = now or timezone.now()
     run = ExportRun.objects.filter(pk=info.pk).first()
     if run is None:
-        return False
+        return None
     silent = int((now - reconcile.last_sign_of_life(info)).total_seconds())
-    message = (
-        f"Interrupted: the worker stopped while {run.get_phase_display().lower()} (no heartbeat for "
-        f"{silent} s). Files already replaced at a destination are complete; the others keep last night's."
-    )
+    phase = run.get_phase_display().lower()
+    aftermath = "Files already replaced at a destination are complete; the others keep last night's."
+    if state == ExportRun.State.CANCELLED:
+        message = (
+            f"Cancelled: the worker running this export had stopped while {phase} (no heartbeat for {silent} s), "
+            f"so the cancellation was completed at once. {aftermath}"
+        )
+    else:
+        message = f"Interrupted: the worker stopped while {phase} (no heartbeat for {silent} s). {aftermath}"
     with transaction.atomic():
         ended = ExportRun.objects.filter(
             pk=info.pk, state=ExportRun.State.RUNNING, heartbeat_at=info.heartbeat_at
-        ).update(state=ExportRun.State.INTERRUPTED, finished_at=now, error=message, log=_log_append(message))
+        ).update(state=state, finished_at=now, error=message, log=_log_append(message))
         if not ended:
-            return False
+            return None
         ExportUpload.objects.filter(
             run_id=info.pk, state__in=[ExportUpload.State.PENDING, ExportUpload.State.UPLOADING]
         ).update(state=ExportUpload.State.FAILED, error="The worker stopped during this upload.", finished_at=now)
-    # The staging folder is on the dead worker's machine: removed here when that is this
-    # one (export runs record no host, so on another machine it stays until removed by hand).
-    shutil.rmtree(staging_dir(info.pk), ignore_errors=True)
-    notify_failed(ExportRun.objects.get(pk=info.pk))
-    return True
+    line = remove_staging(run)
+    if line:
+        ExportRun.objects.filter(pk=info.pk).update(log=_log_append(line))
+    run.refresh_from_db()
+    if state == ExportRun.State.INTERRUPTED:
+        notify_failed(run)
+    return run
+
+
+def remove_staging(run: ExportRun) -> str:
+    """The staging folder of an ended run, removed where it is: here when the run ran on
+    this host (or recorded none: made before hosts were recorded), else by a task on its
+    host's queue. Returns a log line for the other host's case."""
+    if run.host and run.host != this_host():
+        send_clean_staging(run.host, run.pk)
+        return f"The staging folder on {run.host} is removed by a worker there."
+    clean_staging(run.pk)
+    return ""
+
+
+def clean_staging(run_id: int) -> bool:
+    """Remove this host's staging folder of an ended run (the ``clean_export_staging``
+    task on its host's queue); never the folder of a run still running here."""
+    if ExportRun.objects.filter(pk=run_id, state=ExportRun.State.RUNNING, host=this_host()).exists():
+        return False
+    path = staging_dir(run_id)
+    existed = path.exists()
+    shutil.rmtree(path, ignore_errors=True)
+    return existed
 
 
 def _apply_wake(decision: reconcile.Decision, now) -> bool:
@@ -260,6 +344,7 @@ def _apply_fail(decision: reconcile.Decision, now) -> bool:
 
 _APPLY = {
     reconcile.INTERRUPT: _apply_interrupt,
+    reconcile.CANCEL: _apply_cancel,
     reconcile.WAKE: _apply_wake,
     reconcile.REQUEUE: _apply_requeue,
     reconcile.FAIL: _apply_fail,
@@ -281,7 +366,9 @@ def _release_slot() -> None:
 # --- progress and heartbeat ------------------------------------------------------------------
 class Progress:
     """Writes the run's progress to its row at most once per *interval*, with a
-    heartbeat; raises :class:`LostRun` once the row is no longer this worker's."""
+    heartbeat; raises :class:`LostRun` once the row is no longer this worker's and
+    :class:`~jobs.engine.Cancelled` once a user asked to cancel it (as a backup run's
+    ``RunProgress``): every progress write is a point where a cancel stops the run."""
 
     FIELDS = ("phase", "datasets_done", "current_file", "rows_done", "bytes_done", "bytes_total")
 
@@ -300,41 +387,32 @@ class Progress:
         self._last = now
         self.run.heartbeat_at = timezone.now()
         fields = {name: getattr(self.run, name) for name in self.FIELDS}
-        if not ExportRun.objects.filter(pk=self.run.pk, state=ExportRun.State.RUNNING).update(
+        if not ExportRun.objects.filter(pk=self.run.pk, state=ExportRun.State.RUNNING, cancel_requested=False).update(
             heartbeat_at=self.run.heartbeat_at, **fields
         ):
+            if ExportRun.objects.filter(pk=self.run.pk, state=ExportRun.State.RUNNING).exists():
+                raise Cancelled()
             raise LostRun(self.run.pk)
         if self.listener:
             self.listener(self.run)
 
 
-class Heartbeat(threading.Thread):
+class Heartbeat(BaseHeartbeat):
     """Keeps ``heartbeat_at`` fresh during stretches without progress (a long query
     before its first row, a slow server), so the tick only ends runs whose worker is
-    really gone."""
+    really gone, and looks at the cancel flag (``cancelled``, which uploads poll)."""
 
-    def __init__(self, run_id: int) -> None:
-        super().__init__(name=f"heartbeat-export-{run_id}", daemon=True)
+    def __init__(self, run_id: int, interval: float | None = None) -> None:
+        super().__init__(f"heartbeat-export-{run_id}", interval)
         self.run_id = run_id
-        self.interval = float(settings.BACKUPSITE_HEARTBEAT_SECONDS)
-        self._stopped = threading.Event()
 
-    def run(self) -> None:
-        try:
-            while not self._stopped.wait(self.interval):
-                try:
-                    ExportRun.objects.filter(pk=self.run_id, state=ExportRun.State.RUNNING).update(
-                        heartbeat_at=timezone.now()
-                    )
-                except Exception:  # a database blip must not kill the thread
-                    log.warning("Heartbeat of export run %s failed; retrying", self.run_id, exc_info=True)
-                    close_old_connections()
-        finally:
-            connection.close()
+    def beat(self) -> bool:
+        return bool(
+            ExportRun.objects.filter(pk=self.run_id, state=ExportRun.State.RUNNING).update(heartbeat_at=timezone.now())
+        )
 
-    def stop(self) -> None:
-        self._stopped.set()
-        self.join(timeout=10)
+    def cancel_asked(self) -> bool:
+        return ExportRun.objects.filter(pk=self.run_id, cancel_requested=True).exists()
 
 
 # --- executing ----------------------------------------------------------------------------
@@ -359,16 +437,19 @@ def execute(run_id: int, *, listener: Callable[[ExportRun], None] | None = None)
 
 
 def _work_on(run: ExportRun, listener) -> bool:
+    run._log_stored = len(run.log)  # what the row holds already (a requeue's line)
     progress = Progress(run, listener)
     heartbeat = Heartbeat(run.pk)
     heartbeat.start()
     staging = staging_dir(run.pk)
     ended: bool | None = None
     try:
-        state, message = _execute(run, progress, staging)
+        state, message = _execute(run, progress, staging, cancelled=heartbeat.cancelled.is_set)
         ended = _finish(run, state, message)
     except LostRun:
         ended = False
+    except Cancelled:
+        ended = _finish(run, ExportRun.State.CANCELLED, CANCELLED_MESSAGE)
     except (drivers.ExportError, xlsx.SheetError, DestinationError, ValueError) as exc:
         ended = _finish(run, ExportRun.State.FAILED, str(exc))
     except OSError as exc:
@@ -391,8 +472,16 @@ def _work_on(run: ExportRun, listener) -> bool:
         if ended is False:
             log.warning("Export run %s was ended elsewhere while this worker worked on it", run.pk)
             run.refresh_from_db()
+    if ended:
+        # The log as stored, with the lines others appended (a cancel's "requested by").
+        with contextlib.suppress(DatabaseError):
+            run.log = ExportRun.objects.filter(pk=run.pk).values_list("log", flat=True).first() or run.log
     return bool(ended)
 
+
+CANCELLED_MESSAGE = (
+    "Cancelled by a user. Files already replaced at a destination are complete; the others keep last night's."
+)
 
 WORKER_FIELDS = (
     "state",
@@ -403,15 +492,23 @@ WORKER_FIELDS = (
     "bytes_done",
     "bytes_total",
     "files",
-    "log",
     "error",
     "finished_at",
 )
 
 
 def _store(run: ExportRun) -> bool:
+    """Write this worker's fields while the run is still its own. The log is appended
+    to, never overwritten: lines others add meanwhile (*Cancel*'s "Cancellation
+    requested by …") stay. ``run._log_stored`` is how much of ``run.log`` is written."""
     fields = {name: getattr(run, name) for name in WORKER_FIELDS}
-    return bool(ExportRun.objects.filter(pk=run.pk, state=ExportRun.State.RUNNING).update(**fields))
+    stored = getattr(run, "_log_stored", 0)
+    if len(run.log) > stored:
+        fields["log"] = _log_concat(run.log[stored:])
+    written = bool(ExportRun.objects.filter(pk=run.pk, state=ExportRun.State.RUNNING).update(**fields))
+    if written:
+        run._log_stored = len(run.log)
+    return written
 
 
 def _finish(run: ExportRun, state: str, message: str = "") -> bool:
@@ -428,7 +525,11 @@ def _finish(run: ExportRun, state: str, message: str = "") -> bool:
         ExportUpload.objects.filter(
             run_id=run.pk, state__in=[ExportUpload.State.PENDING, ExportUpload.State.UPLOADING]
         ).update(
-            state=ExportUpload.State.FAILED, error="Not uploaded: the run ended early.", finished_at=run.finished_at
+            state=ExportUpload.State.FAILED,
+            error="Not uploaded: the run was cancelled."
+            if state == ExportRun.State.CANCELLED
+            else "Not uploaded: the run ended early.",
+            finished_at=run.finished_at,
         )
     return stored
 
@@ -457,7 +558,7 @@ def open_driver(config: dict) -> drivers.Driver:
     return drivers.for_source(source, tz=site_zone(), timeout=settings.BACKUPSITE_EXPORT_STATEMENT_TIMEOUT)
 
 
-def _execute(run: ExportRun, progress: Progress, staging: Path) -> tuple[str, str]:
+def _execute(run: ExportRun, progress: Progress, staging: Path, *, cancelled=None) -> tuple[str, str]:
     config = run.config
     datasets = config.get("datasets") or []
     destinations = config.get("destinations") or []
@@ -535,7 +636,7 @@ def _execute(run: ExportRun, progress: Progress, staging: Path) -> tuple[str, st
     )
     failed = 0
     for index, dest in enumerate(destinations):
-        ok = _upload(run, dest, folder, written, base=index * total, progress=progress)
+        ok = _upload(run, dest, folder, written, base=index * total, progress=progress, cancel=cancelled)
         failed += 0 if ok else 1
     if failed == len(destinations):
         return ExportRun.State.FAILED, "Every upload failed; last night's files stay at the destinations."
@@ -544,7 +645,9 @@ def _execute(run: ExportRun, progress: Progress, staging: Path) -> tuple[str, st
     return ExportRun.State.SUCCEEDED, ""
 
 
-def _upload(run: ExportRun, dest: dict, folder: str, written: list[WrittenFile], *, base: int, progress) -> bool:
+def _upload(
+    run: ExportRun, dest: dict, folder: str, written: list[WrittenFile], *, base: int, progress, cancel=None
+) -> bool:
     upload, _created = ExportUpload.objects.get_or_create(
         run=run, destination_id=dest["id"], defaults={"destination_name": dest["name"]}
     )
@@ -560,7 +663,9 @@ def _upload(run: ExportRun, dest: dict, folder: str, written: list[WrittenFile],
         backend = destination.backend()
         with backend.session() as session:
             upload.remote_folder = session.describe_folder(folder)[:500]
-            session.upload_files(folder, items, progress=lambda done: progress(bytes_done=base + done), replace=True)
+            session.upload_files(
+                folder, items, progress=lambda done: progress(bytes_done=base + done), cancel=cancel, replace=True
+            )
     except DestinationError as exc:
         upload.state, upload.error = ExportUpload.State.FAILED, str(exc)
         run.append_log(f"Upload to {dest['name']} failed: {exc}")
@@ -573,6 +678,44 @@ def _upload(run: ExportRun, dest: dict, folder: str, written: list[WrittenFile],
     if not _store(run):
         raise LostRun(run.pk)
     return upload.state == ExportUpload.State.SUCCEEDED
+
+
+# --- cancel ----------------------------------------------------------------------------------
+def _cancel_pending(run_id: int, now, who: str = "") -> bool:
+    """Cancel a queued/waiting run: nobody holds it, so it ends here, conditional on the
+    state (like the claim: whichever comes first wins, a later delivery finds it gone)."""
+    return bool(
+        ExportRun.objects.filter(pk=run_id, state__in=reconcile.PENDING).update(
+            state=ExportRun.State.CANCELLED,
+            cancel_requested=True,
+            finished_at=now,
+            error="Cancelled before it started.",
+            log=_log_append(f"Cancelled{who} before it started."),
+        )
+    )
+
+
+def cancel_run(run_id: int, user=None) -> str:
+    """Cancel an export run, as :func:`jobs.services.cancel_run` does a backup run (the
+    same :class:`~jobs.services.CancelOutcome`): one that has not started is cancelled
+    here and now; one whose worker is gone (stale heartbeat) too, its staging removed
+    on its host and the slot handed on; a live worker gets the flag it polls and stops
+    at its next progress point."""
+    who = f" by {user.get_username()}" if user is not None and user.is_authenticated else ""
+    now = timezone.now()
+    if _cancel_pending(run_id, now, who):
+        return CancelOutcome.NOT_STARTED
+    if not ExportRun.objects.filter(pk=run_id, state=ExportRun.State.RUNNING).update(
+        cancel_requested=True, log=_log_append(f"Cancellation requested{who}.")
+    ):
+        return CancelOutcome.FINISHED
+    row = ExportRun.objects.filter(pk=run_id).values(*RUN_INFO_FIELDS).first()
+    info = reconcile.RunInfo(**row, kind=EXPORT, ref=f"export run #{run_id}", restartable=False)
+    gone = reconcile.worker_gone(info, now, settings.BACKUPSITE_STALE_RUN_SECONDS)
+    if gone and end_abandoned(info, ExportRun.State.CANCELLED, now) is not None:
+        _release_slot()
+        return CancelOutcome.ABANDONED
+    return CancelOutcome.REQUESTED
 
 
 # --- e-mail -------------------------------------------------------------------------------------
@@ -611,6 +754,7 @@ __all__ = [
     "EXPORT",
     "AlreadyRunning",
     "ExportWork",
+    "cancel_run",
     "create_run",
     "enqueue",
     "execute",

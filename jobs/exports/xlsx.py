@@ -34,6 +34,7 @@ collected into a shared-strings table). What the sheet looks like:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import json
@@ -347,6 +348,30 @@ def write_sheet(
 
     wb = Workbook(write_only=True)
     ws = wb.create_sheet(title=check_sheet_title(sheet_title))
+    try:
+        return _write(wb, ws, path, header, sample, rows, tz, parse_text_dates, progress, progress_every)
+    except BaseException:
+        _discard(ws)
+        raise
+
+
+def _discard(ws) -> None:
+    """After a failure or a cancel mid-sheet: close the write-only sheet and remove its
+    temporary file (openpyxl keeps the rows so far in ``/tmp`` until the process exits,
+    and a worker lives for weeks)."""
+    writer = ws._writer  # openpyxl's WorksheetWriter: it owns the temporary file
+    if writer is None:
+        return
+    try:
+        ws.close()  # ends the rows, then the XML, in order
+    except Exception:  # noqa: BLE001 - a half-written stream may refuse; close what is left
+        with contextlib.suppress(Exception):
+            writer.close()
+    with contextlib.suppress(OSError, ValueError):
+        writer.cleanup()
+
+
+def _write(wb, ws, path, header, sample, rows, tz, parse_text_dates, progress, progress_every) -> SheetResult:
     converter = Converter(ws, tz, parse_text_dates=parse_text_dates)
     result = converter.result
     result.columns = len(header)

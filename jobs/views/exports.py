@@ -1,5 +1,5 @@
-"""Planning-export pages: the list and the details (every role), Run now (operators and
-administrators), create, edit, delete, Preview and Test connection (administrators), and
+"""Planning-export pages: the list and the details (every role), Run now and a run's
+Cancel (operators and administrators), create, edit, delete, Preview and Test connection (administrators), and
 the run pages with their live progress. What they do is in :mod:`jobs.exports.service`;
 every write goes through :mod:`backupsite.configwrite`.
 
@@ -19,14 +19,17 @@ from django.db.models import OuterRef, Prefetch, Subquery
 from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 
+from backupsite import audit
 from destinations import services as destination_services
 from destinations.models import Destination
 from jobs.exports import service
 from jobs.exports.forms import DatasetFormSet, PlanningExportForm
 from jobs.exports.models import validate_export_folder
 from jobs.models import ExportRun, PlanningExport, Source
+from jobs.services import CancelOutcome
 
 RUNS_PER_PAGE = 25
 STATE_LABELS = dict(ExportRun.State.choices)
@@ -247,6 +250,37 @@ def _run_context(run: ExportRun) -> dict:
 def export_run_detail(request, pk: int):
     run = get_object_or_404(ExportRun, pk=pk)
     return render(request, "jobs/exports/run_detail.html", _run_context(run))
+
+
+CANCEL_MESSAGES = {
+    CancelOutcome.NOT_STARTED: (messages.SUCCESS, gettext_lazy("Cancelled before it started.")),
+    CancelOutcome.ABANDONED: (
+        messages.SUCCESS,
+        gettext_lazy(
+            "Cancelled. The worker running this export had stopped, so the cancellation was completed at once: "
+            "its staging folder is removed and the next run can start."
+        ),
+    ),
+    CancelOutcome.REQUESTED: (
+        messages.INFO,
+        gettext_lazy("Cancellation requested; the worker stops the run at its next checkpoint, within seconds."),
+    ),
+    CancelOutcome.FINISHED: (messages.INFO, gettext_lazy("This run had already ended; there was nothing to cancel.")),
+}
+
+
+@require_POST
+@permission_required("jobs.run_planningexport", raise_exception=True)
+def export_run_cancel(request, pk: int):
+    """*Cancel* (operators and administrators, who may *Run now*), audited as a backup
+    run's cancel."""
+    run = get_object_or_404(ExportRun, pk=pk)
+    outcome = service.cancel_run(run.pk, user=request.user)
+    if outcome != CancelOutcome.FINISHED:
+        audit.record(request, audit.RUN_CANCELLED, run, outcome=outcome)
+    level, text = CANCEL_MESSAGES[outcome]
+    messages.add_message(request, level, text)
+    return redirect(run)
 
 
 @permission_required("jobs.view_exportrun", raise_exception=True)
