@@ -98,3 +98,50 @@ class EncryptedJSONField(models.TextField):
     def value_to_string(self, obj):
         # Serialisation (dumpdata) keeps the ciphertext, never the clear text.
         return self.get_prep_value(self.value_from_object(obj))
+
+
+def _is_token(value: str) -> bool:
+    # Every Fernet token starts with version byte 0x80 and a 64-bit timestamp: "gAAAAA".
+    return value.startswith("gAAAAA")
+
+
+class EncryptedTextField(models.TextField):
+    """A secret string (a ping URL with its token in the path), stored as a Fernet token;
+    the model sees the clear text. An empty value is stored as "" (so "is one set?" is a
+    plain query); any other lookup on the field cannot match (every encryption differs)."""
+
+    description = "Encrypted text"
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("default", "")
+        kwargs.setdefault("blank", True)
+        super().__init__(*args, **kwargs)
+
+    def from_db_value(self, value, expression, connection):
+        return decrypt_text(value) if value else ""
+
+    def to_python(self, value):
+        if value in (None, ""):
+            return ""
+        value = str(value)
+        # loaddata hands back what value_to_string wrote (ciphertext); forms hand clear text.
+        return decrypt_text(value) if _is_token(value) else value
+
+    def get_prep_value(self, value):
+        value = super().get_prep_value(value)
+        return encrypt_text(value) if value else ""
+
+    def value_to_string(self, obj):
+        # Serialisation (dumpdata) keeps the ciphertext, never the clear text.
+        return self.get_prep_value(self.value_from_object(obj))
+
+
+class TokenTextField(models.TextField):
+    """A text column the model itself fills with :func:`encrypt_text` tokens (and
+    decrypts where it needs the value). Only a marker: ``rotatekeys`` re-encrypts it."""
+
+    description = "Fernet token"
+
+
+#: Fields whose stored values are Fernet tokens: ``manage.py rotatekeys`` re-encrypts them.
+ENCRYPTED_FIELDS: tuple[type[models.Field], ...] = (EncryptedJSONField, EncryptedTextField, TokenTextField)

@@ -141,16 +141,22 @@ DUE_HOOKS: list[Callable[[datetime], int]] = []
 BATCH = 500  # jobs per transaction
 
 
-DUE_FIELDS = ("enabled", "next_run_at", "interval", "first_run_at", "timezone", "cron", "ping_url")
+DUE_FIELDS = ("enabled", "next_run_at", "interval", "first_run_at", "timezone", "cron")
 
 
 def due_jobs(now: datetime) -> list[dict]:
     """The due jobs as plain rows (no model instances: a tick may find 10,000)."""
+    from django.db.models import BooleanField, ExpressionWrapper, Q
+
     from jobs.models import Job
     from jobs.services import SNAPSHOT_JOB_FIELDS
 
+    # Whether a job has a ping URL, not the URL: it is encrypted, and a tick needs no secret.
+    has_ping = ExpressionWrapper(~Q(ping_url=""), output_field=BooleanField())
     return list(
-        Job.objects.filter(next_run_at__lte=now).order_by("next_run_at", "pk").values(*SNAPSHOT_JOB_FIELDS, *DUE_FIELDS)
+        Job.objects.filter(next_run_at__lte=now)
+        .order_by("next_run_at", "pk")
+        .values(*SNAPSHOT_JOB_FIELDS, *DUE_FIELDS, has_ping=has_ping)
     )
 
 
@@ -282,7 +288,7 @@ def tick(now: datetime | None = None, *, housekeeping: bool = True) -> TickResul
             created, refused = _insert(pairs, now)
             handed += [pk for pk, _, state in created if state == Run.State.QUEUED]
             result.started += [pk for pk, _, _ in created]
-            pinged += [(pk, job_id) for pk, job_id, _ in created if by_pk[job_id]["ping_url"]]
+            pinged += [(pk, job_id) for pk, job_id, _ in created if by_pk[job_id]["has_ping"]]
             skipping = [d for d in claimed if d.action == SKIP] + [
                 Decision(
                     d.job,

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator, URLValidator
 from django.db import models, transaction
 from django.db.models import OuterRef, Q, Subquery
 from django.db.models.signals import pre_save
@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from backupsite.crypto import EncryptedJSONField
+from backupsite.crypto import EncryptedJSONField, EncryptedTextField, TokenTextField
 from backupsite.slugs import unique_slug
 from backupsite.validators import (
     split_addresses,
@@ -218,9 +218,10 @@ class Job(models.Model):
         default=default_language,
         help_text=_("Failure, recovery, stale and test e-mails to the report-to addresses are written in it."),
     )
-    ping_url = models.URLField(
-        max_length=500,
-        blank=True,
+    #: A credential of the monitoring service (its token is in the path): encrypted at rest,
+    #: never rendered back; pages show :attr:`ping_host` only.
+    ping_url = EncryptedTextField(
+        validators=[URLValidator(schemes=["http", "https"]), MaxLengthValidator(500)],
         help_text=_(
             "Optional dead man's switch (healthchecks.io, Uptime Kuma): requested at the start, on "
             "success, and at <url>/fail with the error."
@@ -236,7 +237,7 @@ class Job(models.Model):
     )
     last_drill_at = models.DateTimeField(null=True, blank=True)
     # --- event trigger (jobs/triggers.py): the secret of the trigger URL, encrypted ------
-    trigger_token_encrypted = models.TextField(blank=True)
+    trigger_token_encrypted = TokenTextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -370,6 +371,18 @@ class Job(models.Model):
         if len(times) < 2:
             return None
         return times[1] - times[0]
+
+    @property
+    def ping_host(self) -> str:
+        """The host of the ping URL, all a page shows of it (the path holds its token)."""
+        from urllib.parse import urlsplit
+
+        if not self.ping_url:
+            return ""
+        try:
+            return urlsplit(self.ping_url).hostname or ""
+        except ValueError:
+            return ""
 
     # --- event trigger ------------------------------------------------------------------
     @property
@@ -1127,7 +1140,7 @@ class Notification(models.Model):
     subject = models.CharField(max_length=255, blank=True)
     body = models.TextField(blank=True)
     #: The ping's URL (kept encrypted: a ping URL is a credential of the monitoring service).
-    url_encrypted = models.TextField(blank=True)
+    url_encrypted = TokenTextField(blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     error = models.CharField(max_length=500, blank=True)

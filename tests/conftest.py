@@ -122,6 +122,17 @@ def _keep_the_test_transaction():
 
 
 @pytest.fixture(autouse=True)
+def _signal_receivers_kept():
+    """A test that disconnects a product receiver (the audit log's, say) fails itself and
+    the receiver is put back, instead of silencing it for every later test
+    (tests/isolation.py)."""
+    from tests.isolation import receivers_kept
+
+    with receivers_kept():
+        yield
+
+
+@pytest.fixture(autouse=True)
 def _clean_shared_cache(request):
     """On Redis the rate limiter's counters outlive a test (the database cache of the
     default stack is rolled back with it): every test starts with an empty cache."""

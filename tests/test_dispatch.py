@@ -240,3 +240,22 @@ def test_a_0230_job_runs_exactly_once_on_a_dst_night_with_a_tick_every_minute(jo
         assert (local.hour, local.minute, local.utcoffset()) == (2, 30, timedelta(hours=2))
     job.refresh_from_db()
     assert job.next_run_at.astimezone(tz).date() == datetime(2026, month, day + 1).date()
+
+
+def test_the_tick_pings_only_jobs_with_a_ping_url_and_never_reads_the_url(due_job, monkeypatch):
+    from jobs import notifications
+    from jobs.models import Notification
+
+    other = Job.objects.get(pk=due_job.pk)
+    other.pk, other.name, other.slug = None, "Second job", "second-job"
+    other.ping_url = "https://hc-ping.com/a9c1-secret"
+    other.save()
+    Job.objects.filter(pk=other.pk).update(next_run_at=due_job.next_run_at)
+    monkeypatch.setattr(notifications, "_queue", lambda notification: None)  # queued, not sent: no network here
+    rows = dispatch.due_jobs(timezone.now())
+    assert {row["pk"]: row["has_ping"] for row in rows} == {due_job.pk: False, other.pk: True}
+    assert all("ping_url" not in row for row in rows)  # a tick decrypts no URL
+    monkeypatch.setattr(dispatch_enqueue, "archive", lambda run_ids: None)  # the runs themselves: other tests
+    assert len(dispatch.tick(housekeeping=False).started) == 2
+    pings = Notification.objects.filter(channel=Notification.Channel.PING)
+    assert [(n.job_id, n.kind) for n in pings] == [(other.pk, "ping_start")]

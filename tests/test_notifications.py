@@ -12,6 +12,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.urls import reverse
 from django.utils import timezone
 
@@ -185,8 +187,9 @@ def test_pings_at_start_on_success_and_to_fail_with_the_error(job, folders, sett
     settings.BACKUPSITE_ALLOW_LOCAL_DESTINATIONS = True
     base, seen = ping_server
     Job.objects.filter(pk=job.pk).update(ping_url=f"{base}/ping/abc123")
+    assert "abc123" not in Job.objects.filter(pk=job.pk).values_list(Cast("ping_url", TextField()), flat=True)[0]
     job.refresh_from_db()
-    services.enqueue_run(job)  # Run now: the start ping
+    services.enqueue_run(job)  # Run now: the start ping (from the decrypted URL)
     ok = services.execute_run(Run.objects.get(job=job).pk)
     assert ok.state == Run.State.SUCCEEDED
     failing(job, folders)

@@ -25,7 +25,8 @@ DESTINATION_SECRET = "dest-Secret-4417-plain"
 NEW_DESTINATION_SECRET = "dest-Secret-9021-new"
 BACKUP_PASSWORD = "backup-Secret-7788 horse staple"
 USER_PASSWORD = "erin-Login-Secret-5533"
-SECRETS = [DESTINATION_SECRET, NEW_DESTINATION_SECRET, BACKUP_PASSWORD, USER_PASSWORD]
+PING_TOKEN = "ping-Secret-6120-uuid"  # a ping URL's token (refused: a loopback address, no network)
+SECRETS = [DESTINATION_SECRET, NEW_DESTINATION_SECRET, BACKUP_PASSWORD, USER_PASSWORD, PING_TOKEN]
 
 
 def raw_database_text() -> str:
@@ -71,7 +72,9 @@ def test_no_stored_secret_is_ever_shown_logged_mailed_or_stored_in_clear(
         edit.pop("kind")
         pages.append(client.post(reverse("destinations:edit", args=[destination.pk]), edit, follow=True))
         pages.append(client.post(reverse("destinations:test", args=[destination.pk]), follow=True))
-        pages.append(client.post(reverse("jobs:job_run_now", args=[job.pk]), follow=True))
+        alerts = {"drill_interval_days": "7", "ping_url": f"http://127.0.0.1:9/ping/{PING_TOKEN}"}
+        pages.append(client.post(reverse("jobs:job_alert_settings", args=[job.pk]), alerts, follow=True))
+        pages.append(client.post(reverse("jobs:job_run_now", args=[job.pk]), follow=True))  # and the start ping
     for url in (
         reverse("dashboard"),
         reverse("destinations:list"),
@@ -107,6 +110,9 @@ def test_no_stored_secret_is_ever_shown_logged_mailed_or_stored_in_clear(
         for secret in SECRETS:
             assert secret not in text, f"a stored secret appears in the {where}"
     assert "backup2" in texts["mail"] and "password: changed" in texts["mail"]  # the mail did say what changed
+    assert "ping URL: set" in texts["mail"]
+    job.refresh_from_db()
+    assert PING_TOKEN in job.ping_url  # stored, encrypted
     assert "backup2" in texts["database"]  # the search reads the stored values (settings are not secret)
     destination.refresh_from_db()
     assert destination.secrets == {"password": NEW_DESTINATION_SECRET}  # stored, encrypted

@@ -1,4 +1,6 @@
-"""Re-encrypt every stored secret with the first key of FIELD_ENCRYPTION_KEYS."""
+"""Re-encrypt every stored secret with the first key of FIELD_ENCRYPTION_KEYS: every field of a
+kind in :data:`backupsite.crypto.ENCRYPTED_FIELDS` (destination and source secrets, ping URLs,
+trigger tokens, queued ping requests)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from django.apps import apps
 from django.core.management.base import BaseCommand
 from django.db import connection, transaction
 
-from backupsite.crypto import EncryptedJSONField, rotate_token
+from backupsite.crypto import ENCRYPTED_FIELDS, rotate_token
 
 
 class Command(BaseCommand):
@@ -17,7 +19,7 @@ class Command(BaseCommand):
         qn = connection.ops.quote_name
         with transaction.atomic():
             for model in apps.get_models():
-                fields = [f for f in model._meta.concrete_fields if isinstance(f, EncryptedJSONField)]
+                fields = [f for f in model._meta.concrete_fields if isinstance(f, ENCRYPTED_FIELDS)]
                 if not fields:
                     continue
                 table, pk = model._meta.db_table, model._meta.pk.column
