@@ -17,7 +17,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from backupsite import audit, configwrite
 from backupsite.sudo import sudo_required
 from destinations.models import Destination
-from jobs.models import Job, Run, Upload
+from jobs.models import Job, Run, Source, Upload
 from jobs.services import AlreadyRunning, enqueue_run
 
 JOBS_PER_PAGE = 25
@@ -71,12 +71,15 @@ def destination_rows(job: Job):
 def job_detail(request, pk: int):
     from jobs.views.triggers import AlertSettingsForm, show_trigger, trigger_url
 
-    job = get_object_or_404(Job.objects.prefetch_related("sources"), pk=pk)
+    # The page names the sources and offers the other destinations: no credentials
+    # loaded (a hundred destinations were a hundred decryptions per request).
+    sources = Prefetch("sources", queryset=Source.objects.defer("secrets"))
+    job = get_object_or_404(Job.objects.prefetch_related(sources), pk=pk)
     runs = job.runs.order_by("-created_at", "-pk")[:10]
     destinations = list(destination_rows(job))
     for row in destinations:
         row.last_upload_label = dict(Upload.State.choices).get(row.last_upload_state, "")
-    addable = Destination.objects.exclude(pk__in=[d.pk for d in destinations]).order_by("name")
+    addable = Destination.objects.exclude(pk__in=[d.pk for d in destinations]).only("pk", "name").order_by("name")
     context = {
         "job": job,
         "runs": runs,
