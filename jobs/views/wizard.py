@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from datetime import datetime
+from functools import cached_property
 
 from django.conf import settings
 from django.contrib import messages
@@ -195,7 +196,7 @@ class JobWizard(SessionWizardView):
         if step == "destination":
             if job is not None and job.destinations.exists():
                 return {"target": steps.KEEP}
-            first = Destination.objects.filter(enabled=True).order_by("name").first()
+            first = Destination.objects.filter(enabled=True).defer("secrets").order_by("name").first()
             return {"target": str(first.pk) if first else steps.NEW}
         return {}
 
@@ -241,6 +242,7 @@ class JobWizard(SessionWizardView):
             if not form.is_valid():
                 self.storage.current_step = step
                 return self.render(form, **kwargs)
+            self._valid_forms[step] = form  # (the summary reads them: not validated twice)
         self.storage.current_step = goto_step
         form = self.get_form(goto_step, data=self.storage.get_step_data(goto_step))
         return self.render(self._quiet(form), **kwargs)
@@ -414,7 +416,14 @@ class JobWizard(SessionWizardView):
             return _("Duplicate job “%(name)s”") % {"name": self.job.name}
         return _("New backup job")
 
+    @cached_property
+    def _valid_forms(self) -> dict:
+        """Step forms this request validated and found valid (the view is made per request)."""
+        return {}
+
     def _cleaned(self, step: str) -> dict | None:
+        if step in self._valid_forms:
+            return self._valid_forms[step].cleaned_data
         data = self.storage.get_step_data(step)
         if data is None:
             return None
@@ -446,7 +455,7 @@ class JobWizard(SessionWizardView):
         if target and target not in (steps.KEEP, steps.NEW):
             return list(Destination.objects.filter(pk=_int(target)).defer("secrets"))
         if self.job is not None and (target == steps.KEEP or target is None) and self.job.destinations.exists():
-            return list(self.job.destinations.all())
+            return list(self.job.destinations.defer("secrets"))
         if target == steps.NEW:
             return []
         return list(Destination.objects.filter(enabled=True).defer("secrets"))
