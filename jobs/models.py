@@ -415,25 +415,47 @@ class Job(models.Model):
         return token
 
     # --- integrity drill ------------------------------------------------------------------
-    def last_proven(self) -> list[dict]:
-        """Per destination of the job, the newest upload read back and found intact
-        ("last proven at the destination"), and a newer failed read-back if there is one.
-        Three queries however many destinations the job has."""
-        from destinations.backends.base import READ
+    def destination_uploads(self) -> list:
+        """The job's destinations (without their credentials), ordered by name, each with
+        ``last_upload`` (its newest upload of this job), ``proven`` (the newest read back
+        and found intact), ``failed`` (the newest read back and found damaged or missing)
+        and ``last_verified`` (the newer of those two): Uploads, or None. Two queries
+        however many destinations the job has."""
 
-        def newest(ok: bool):
-            uploads = Upload.objects.filter(run__job=self, destination=OuterRef("pk"), verify_ok=ok)
-            return Subquery(uploads.order_by("-verified_at", "-pk").values("pk")[:1])
+        def newest(**verified):
+            uploads = Upload.objects.filter(run__job=self, destination=OuterRef("pk"), **verified)
+            order = ("-verified_at", "-pk") if verified else ("-pk",)
+            return Subquery(uploads.order_by(*order).values("pk")[:1])
 
         destinations = list(
-            self.destinations.defer("secrets").annotate(proven_pk=newest(True), failed_pk=newest(False))
+            self.destinations.defer("secrets")
+            .annotate(last_upload_pk=newest(), proven_pk=newest(verify_ok=True), failed_pk=newest(verify_ok=False))
+            .order_by("name")
         )
         found = Upload.objects.in_bulk(
-            [pk for d in destinations for pk in (d.proven_pk, d.failed_pk) if pk is not None]
+            [pk for d in destinations for pk in (d.last_upload_pk, d.proven_pk, d.failed_pk) if pk is not None]
         )
-        proven = []
         for destination in destinations:
-            upload, failed = found.get(destination.proven_pk), found.get(destination.failed_pk)
+            destination.last_upload = found.get(destination.last_upload_pk)
+            destination.proven = found.get(destination.proven_pk)
+            destination.failed = found.get(destination.failed_pk)
+            # A verification sets verified_at and verify_ok together: the newest of either.
+            destination.last_verified = max(
+                (u for u in (destination.proven, destination.failed) if u is not None),
+                key=lambda upload: (upload.verified_at, upload.pk),
+                default=None,
+            )
+        return destinations
+
+    def last_proven(self, destinations: list | None = None) -> list[dict]:
+        """Per destination of the job, the newest upload read back and found intact
+        ("last proven at the destination"), and a newer failed read-back if there is one.
+        From *destinations* (:meth:`destination_uploads`, which it calls without them)."""
+        from destinations.backends.base import READ
+
+        proven = []
+        for destination in self.destination_uploads() if destinations is None else destinations:
+            upload, failed = destination.proven, destination.failed
             if failed is not None and upload is not None and failed.verified_at < upload.verified_at:
                 failed = None
             destination.readable = destination.can(READ)

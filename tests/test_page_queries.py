@@ -180,3 +180,23 @@ def test_the_job_page_does_not_grow_with_the_jobs_destinations(admin):
     assert proven.count(">proven</span>") == 2  # Proven 0 and Proven 2 (1 and 3 failed)
     assert proven.count("damaged or missing") == 2
     assert reverse("jobs:run_detail", args=[run.pk]) in proven
+
+
+def test_the_job_pages_destinations_show_the_newest_upload_and_the_newest_verification(admin):
+    """Last upload: the newest upload of this job (whatever its state); last verification:
+    the newest read-back, failed or not, not the newest upload's (never verified)."""
+    job = make_jobs(1)[0]
+    oldest, older, newer = job.runs.order_by("created_at", "pk")[:3]
+    destination = Destination.objects.create(name="Columns", kind="local", settings={"path": "/srv/columns"})
+    job.destinations.add(destination)
+    now = timezone.now()
+    kw = {"destination": destination, "destination_name": destination.name}
+    Upload.objects.create(run=oldest, verified_at=now - timezone.timedelta(days=2), verify_ok=True, **kw)
+    Upload.objects.create(run=older, verified_at=now - timezone.timedelta(days=1), verify_ok=False, **kw)
+    Upload.objects.create(run=newer, state=Upload.State.SUCCEEDED, finished_at=now, **kw)
+    page = admin.get(reverse("jobs:job_detail", args=[job.pk])).content.decode()
+    table = page[page.index('id="job-destinations"') : page.index('id="proven"')]
+    row = table[table.index(">Columns</a>") :].split("</tr>")[0]
+    assert reverse("jobs:run_detail", args=[newer.pk]) in row and ">Succeeded</span>" in row  # the upload
+    assert '<span class="state state-failed">Failed</span>' in row and ">OK</span>" not in row  # the verification
+    assert "never verified" not in row and "nothing uploaded yet" not in row

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from backupsite import audit, configwrite
 from backupsite.sudo import sudo_required
 from destinations.models import Destination
-from jobs.models import Job, Run, Source, Upload
+from jobs.models import Job, Run, Source
 from jobs.services import AlreadyRunning, enqueue_run
 
 JOBS_PER_PAGE = 25
@@ -48,25 +48,6 @@ def job_list(request):
     return render(request, "jobs/job_list.html", {"page": page, "jobs": page.object_list})
 
 
-def destination_rows(job: Job):
-    """The job's destinations, each with its last upload of this job and its last
-    verification there, in one query."""
-    uploads = Upload.objects.filter(run__job=job, destination=OuterRef("pk")).order_by("-pk")
-    verified = uploads.filter(verified_at__isnull=False).order_by("-verified_at", "-pk")
-    return (
-        job.destinations.defer("secrets")
-        .annotate(
-            last_upload_state=Subquery(uploads.values("state")[:1]),
-            last_upload_at=Subquery(uploads.values("finished_at")[:1]),
-            last_upload_run=Subquery(uploads.values("run_id")[:1]),
-            last_verified_at=Subquery(verified.values("verified_at")[:1]),
-            last_verify_ok=Subquery(verified.values("verify_ok")[:1]),
-            last_verify_message=Subquery(verified.values("verify_message")[:1]),
-        )
-        .order_by("name")
-    )
-
-
 @permission_required("jobs.view_job", raise_exception=True)
 def job_detail(request, pk: int):
     from jobs.views.triggers import AlertSettingsForm, show_trigger, trigger_url
@@ -76,9 +57,7 @@ def job_detail(request, pk: int):
     sources = Prefetch("sources", queryset=Source.objects.defer("secrets"))
     job = get_object_or_404(Job.objects.prefetch_related(sources), pk=pk)
     runs = job.runs.order_by("-created_at", "-pk")[:10]
-    destinations = list(destination_rows(job))
-    for row in destinations:
-        row.last_upload_label = dict(Upload.State.choices).get(row.last_upload_state, "")
+    destinations = job.destination_uploads()
     addable = Destination.objects.exclude(pk__in=[d.pk for d in destinations]).only("pk", "name").order_by("name")
     context = {
         "job": job,
@@ -87,7 +66,7 @@ def job_detail(request, pk: int):
         "destinations": destinations,
         "addable": addable,
         "upcoming": job.upcoming_runs(3) if job.enabled else [],
-        "last_proven": job.last_proven(),
+        "last_proven": job.last_proven(destinations),
         "alert_form": AlertSettingsForm(instance=job) if request.user.has_perm("jobs.change_job") else None,
         # The secret is shown to administrators in sudo mode only ("Show the trigger URL").
         "trigger_url": trigger_url(request, job) if show_trigger(request, job) else "",
