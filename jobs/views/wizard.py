@@ -453,12 +453,12 @@ class JobWizard(SessionWizardView):
         data = self.storage.get_step_data("destination")
         target = data.get("destination-target") if data else None
         if target and target not in (steps.KEEP, steps.NEW):
-            return list(Destination.objects.filter(pk=_int(target)).defer("secrets"))
+            return list(Destination.objects.filter(pk=_int(target)).described())
         if self.job is not None and (target == steps.KEEP or target is None) and self.job.destinations.exists():
-            return list(self.job.destinations.defer("secrets"))
+            return list(self.job.destinations.described())
         if target == steps.NEW:
             return []
-        return list(Destination.objects.filter(enabled=True).defer("secrets"))
+        return list(Destination.objects.filter(enabled=True).described())
 
     def _destination_context(self, form, estimate: int | None) -> dict:
         result = getattr(form, "result", None)

@@ -31,6 +31,7 @@ from django.utils import timezone
 from django.utils.choices import BaseChoiceIterator
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from backupsite.languages import choices as language_choices
@@ -332,21 +333,18 @@ class SourceRow:
     def size(self) -> int | None:
         return self.source.size_bytes
 
-    @property
-    def size_text(self) -> str:
+    def size_text(self, template: str = "") -> str:
+        """ "12.3 MB, measured 2 hours ago" (*template*: that text translated, when a page
+        formats a hundred rows), or "" when never measured."""
         from django.contrib.humanize.templatetags.humanize import naturaltime
         from django.template.defaultfilters import filesizeformat
 
         if self.source.size_bytes is None:
             return ""
-        return str(
-            _("%(size)s, measured %(ago)s")
-            % {"size": filesizeformat(self.source.size_bytes), "ago": naturaltime(self.source.size_measured_at)}
-        )
-
-    @property
-    def measure_label(self) -> str:
-        return str(_("Measure %(name)s now") % {"name": self.source.name})
+        return (template or gettext("%(size)s, measured %(ago)s")) % {
+            "size": filesizeformat(self.source.size_bytes),
+            "ago": naturaltime(self.source.size_measured_at),
+        }
 
 
 def source_rows_html(rows: list[SourceRow], field_name: str, *, may_measure: bool) -> str:
@@ -355,16 +353,21 @@ def source_rows_html(rows: list[SourceRow], field_name: str, *, may_measure: boo
     request, this about 2 (bench/pages.py). Every value is escaped by ``format_html``."""
     not_measured = format_html('<span class="muted">{}</span>', _("not measured"))
     badge = format_html('<span class="badge muted">{}</span>', _("password hashes"))
-    measure_now = _("Measure now")
+    # Translated once, not per row.
+    measure_now, measure_one = gettext("Measure now"), gettext("Measure %(name)s now")
+    measured = gettext("%(size)s, measured %(ago)s")
+    kind_labels: dict[str, str] = {}
     html = []
     for row in rows:
         source = row.source
+        if source.kind not in kind_labels:
+            kind_labels[source.kind] = str(source.kind_label)
         button = (
             format_html(
                 '<button type="submit" class="btn small" name="wizard_measure" value="{}" formnovalidate '
                 'data-fragment-region="[data-sources-region]" aria-label="{}">{}</button>',
                 source.pk,
-                row.measure_label,
+                measure_one % {"name": source.name},
                 measure_now,
             )
             if may_measure
@@ -387,9 +390,9 @@ def source_rows_html(rows: list[SourceRow], field_name: str, *, may_measure: boo
                 checked=mark_safe(" checked") if row.checked else "",
                 label=source.name,
                 badge=badge if source.is_sensitive else "",
-                kind=source.kind_label,
+                kind=kind_labels[source.kind],
                 location=row.location,
-                size_text=not_measured if row.size is None else row.size_text,
+                size_text=not_measured if row.size is None else row.size_text(measured),
                 button=button,
             )
         )
@@ -451,7 +454,10 @@ class ContentForm(StepForm):
         self.memory = memory if memory is not None else {}
         # The secrets stay in the database: the step shows and checks names, kinds,
         # locations and sizes (a hundred sources would mean a hundred decryptions).
-        self.fields["sources"].queryset = Source.objects.defer("secrets").order_by("name")
+        # The columns the rows show (and describe() reads): no credentials, a hundred rows.
+        self.fields["sources"].queryset = Source.objects.only(
+            "pk", "name", "slug", "kind", "settings", "size_bytes", "size_measured_at"
+        ).order_by("name")
         #: Editing a job that has a backup password: blank password fields keep it.
         self.has_password = (
             self.mode == EDIT
@@ -587,7 +593,7 @@ class DestinationForm(StepForm):
         self.request = request
         self.job_slug = job_slug
         # Without their secrets: nothing here needs them decrypted (a hundred of them).
-        self.saved = list(Destination.objects.filter(enabled=True).defer("secrets").order_by("name"))
+        self.saved = list(Destination.objects.filter(enabled=True).described().order_by("name"))
         choices = []
         if self.keep_destinations:
             names = ", ".join(d.name for d in self.keep_destinations)
@@ -625,7 +631,7 @@ class DestinationForm(StepForm):
     @cached_property
     def keep_destinations(self) -> list[Destination]:
         if self.mode in (EDIT, DUPLICATE) and self.job is not None:
-            return list(self.job.destinations.all())
+            return list(self.job.destinations.described())
         return []
 
     def secret_keys(self) -> list[str]:
