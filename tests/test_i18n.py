@@ -64,20 +64,28 @@ def translated(lang: str, msgid: str, context: str | None = None) -> str:
 @pytest.fixture(scope="module")
 def fresh_catalogues(tmp_path_factory):
     """``makemessages -l de -l sv`` into a copy of ``locale/``: what the code marks now,
-    merged with what the catalogues hold."""
+    merged with what the catalogues hold.
+
+    It runs in a tree of links to the checkout's files whose ``locale`` is the copy:
+    makemessages writes into the ``locale`` folder of the directory it runs in, so run in
+    the checkout it rewrote the real catalogues and left the copy as it was."""
     require_binary("xgettext")
     require_binary("msgmerge")
+    import os
+
     from django.conf import settings
 
-    copy = tmp_path_factory.mktemp("locale") / "locale"
+    tree = tmp_path_factory.mktemp("tree")
+    copy = tree / "locale"
     shutil.copytree(LOCALE, copy, ignore=shutil.ignore_patterns("*.mo"))
+    for entry in ROOT.iterdir():
+        if entry.name != "locale" and not entry.name.startswith("."):
+            (tree / entry.name).symlink_to(entry)
     original_paths, cwd = settings.LOCALE_PATHS, Path.cwd()
     settings.LOCALE_PATHS = [copy]
     try:
-        import os
-
-        os.chdir(ROOT)
-        call_command("makemessages", locale=list(LANGUAGES), verbosity=0)
+        os.chdir(tree)
+        call_command("makemessages", locale=list(LANGUAGES), verbosity=0, symlinks=True)
     finally:
         os.chdir(cwd)
         settings.LOCALE_PATHS = original_paths
@@ -202,6 +210,26 @@ def test_kind_names_descriptions_and_capabilities_are_translated(client, alice, 
     assert "läsa tillbaka filer" in detail and "Serverns hårddisk" in detail
     english = client.get(destination.get_absolute_url(), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert "read files back" in english and "Server hard drive" in english
+
+
+def test_the_wizards_measured_sizes_read_well_in_german_and_swedish(german_catalogue):
+    """The measured age comes from naturaltime, which already says "vor 2 Stunden" /
+    "2 timmar sedan": the German text said "gemessen vor vor 2 Stunden"."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.models import Source
+    from jobs.wizard.forms import SourceRow
+
+    source = Source(
+        name="Files", kind="directory", size_bytes=2048, size_measured_at=timezone.now() - timedelta(hours=2)
+    )
+    row = SourceRow(source, False, "/srv", "id_0")
+    with translation.override("de"):
+        assert row.size_text().replace("\xa0", " ") == "2,0 KB, gemessen vor 2 Stunden"
+    with translation.override("sv"):
+        assert row.size_text().replace("\xa0", " ") == "2,0 kB, mätt 2 timmar sedan"
 
 
 def test_the_users_choice_is_saved_and_wins_over_the_browser(client, alice, german_catalogue):
