@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import close_old_connections, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -50,6 +50,7 @@ from jobs.engine.atomic import remove_partials
 from jobs.models import Job, Run, Source, Upload
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, render
 from jobs.progress import LostRun, RunHeartbeat, RunProgress
+from jobs.runstate import create_active, requester
 from jobs.sources import SourceError
 from jobs.sources import get_kind as get_source_kind
 from jobs.sources.base import cancel_check
@@ -57,6 +58,8 @@ from jobs.sources.base import cancel_check
 log = logging.getLogger(__name__)
 HEAVY_SLOT = slots.LOCK_NAME
 BACKUP = "backup"  # this module's kind of heavy work in jobs.slots
+#: A backup run's row as the reconcile sees it (backups count their restarts).
+RUN_INFO_FIELDS = (*reconcile.RUN_INFO_FIELDS, "restarts")
 
 # The names the rest of the code (and the tests) know these by.
 Progress = RunProgress
@@ -132,20 +135,20 @@ def create_run(job: Job, *, trigger: str = Run.Trigger.MANUAL, user=None, log_li
     """Create a queued run, or raise AlreadyRunning (the database refuses a second
     active run of the same job, whoever asks: double click, two beats, a retry)."""
     now = timezone.now()
-    try:
-        with transaction.atomic():
-            return Run.objects.create(
-                job=job,
-                job_name=job.name,
-                config=snapshot(job),
-                trigger=trigger,
-                created_by=user if user is not None and user.is_authenticated else None,
-                created_at=now,
-                enqueued_at=now,
-                log="".join(Run.log_line(line) for line in log_lines),
-            )
-    except IntegrityError:
-        raise AlreadyRunning(f"“{job.name}” is already running.") from None
+    run = create_active(
+        Run,
+        job=job,
+        job_name=job.name,
+        config=snapshot(job),
+        trigger=trigger,
+        created_by=requester(user),
+        created_at=now,
+        enqueued_at=now,
+        log="".join(Run.log_line(line) for line in log_lines),
+    )
+    if run is None:
+        raise AlreadyRunning(f"“{job.name}” is already running.")
+    return run
 
 
 def enqueue_run(job: Job, *, trigger: str = Run.Trigger.MANUAL, user=None, log_lines=()) -> Run:
@@ -177,7 +180,7 @@ def enqueue_oneoff(settings_of: Job, *, sources, destinations, password: str = "
             job=None,
             job_name=settings_of.name,
             trigger=Run.Trigger.WIZARD,
-            created_by=user if user is not None and user.is_authenticated else None,
+            created_by=requester(user),
             enqueued_at=timezone.now(),
             age_identity_wrapped=settings_of.age_identity_wrapped if password else "",
         )
@@ -226,20 +229,9 @@ class BackupWork(slots.HeavyKind):
         return texts
 
     def active(self) -> list[reconcile.RunInfo]:
-        fields = (
-            "pk",
-            "state",
-            "created_at",
-            "heartbeat_at",
-            "started_at",
-            "enqueued_at",
-            "requeues",
-            "cancel_requested",
-            "restarts",
-        )
         return [
             reconcile.RunInfo(**row, kind=BACKUP)
-            for row in Run.objects.filter(state__in=Run.ACTIVE_STATES).values(*fields)
+            for row in Run.objects.filter(state__in=Run.ACTIVE_STATES).values(*RUN_INFO_FIELDS)
         ]
 
     def last_release(self):
@@ -646,18 +638,7 @@ def reap_stale_runs() -> int:
 
 
 def _info(run: Run) -> reconcile.RunInfo:
-    return reconcile.RunInfo(
-        pk=run.pk,
-        state=run.state,
-        created_at=run.created_at,
-        heartbeat_at=run.heartbeat_at,
-        started_at=run.started_at,
-        enqueued_at=run.enqueued_at,
-        requeues=run.requeues,
-        cancel_requested=run.cancel_requested,
-        restarts=run.restarts,
-        kind=BACKUP,
-    )
+    return reconcile.RunInfo(**{field: getattr(run, field) for field in RUN_INFO_FIELDS}, kind=BACKUP)
 
 
 def reconcile_runs(now=None) -> list[reconcile.Decision]:

@@ -50,9 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
-from django.db.models import F, Max, Value
-from django.db.models.functions import Concat
+from django.db import DatabaseError, close_old_connections, transaction
+from django.db.models import Max
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -69,6 +68,7 @@ from jobs.exports.models import ExportRun, ExportUpload, PlanningExport, site_zo
 from jobs.exports.query import QueryRefused
 from jobs.models import Source
 from jobs.progress import Heartbeat as BaseHeartbeat
+from jobs.runstate import create_active, requester
 from jobs.services import CancelOutcome
 
 log = logging.getLogger(__name__)
@@ -113,21 +113,21 @@ def create_run(export: PlanningExport, *, trigger: str = ExportRun.Trigger.MANUA
     :class:`AlreadyRunning` (the database allows one active run per export)."""
     moment = moment or timezone.now()
     start, end = export.window_for(moment)
-    try:
-        with transaction.atomic():
-            return ExportRun.objects.create(
-                export=export,
-                export_name=export.name,
-                config=snapshot(export),
-                trigger=trigger,
-                created_by=user if user is not None and user.is_authenticated else None,
-                window_start=start,
-                window_end=end,
-                datasets_total=export.datasets.count(),
-                enqueued_at=timezone.now(),
-            )
-    except IntegrityError:
-        raise AlreadyRunning(_("“%(name)s” is already running.") % {"name": export.name}) from None
+    run = create_active(
+        ExportRun,
+        export=export,
+        export_name=export.name,
+        config=snapshot(export),
+        trigger=trigger,
+        created_by=requester(user),
+        window_start=start,
+        window_end=end,
+        datasets_total=export.datasets.count(),
+        enqueued_at=timezone.now(),
+    )
+    if run is None:
+        raise AlreadyRunning(_("“%(name)s” is already running.") % {"name": export.name})
+    return run
 
 
 def enqueue(export: PlanningExport, *, trigger: str = ExportRun.Trigger.MANUAL, user=None, moment=None) -> ExportRun:
@@ -140,20 +140,7 @@ def hand_over(run_ids: list[int]) -> None:
     """Send runs to the ``exports`` queue once the transaction commits (through
     ``jobs.enqueue``, the one module that sends tasks). A broker that cannot be reached
     is logged there: the slot's reconcile hands a run nobody took over again."""
-    for run_id in run_ids:
-        send_export(run_id)
-
-
-RUN_INFO_FIELDS = (
-    "pk",
-    "state",
-    "created_at",
-    "heartbeat_at",
-    "started_at",
-    "enqueued_at",
-    "requeues",
-    "cancel_requested",
-)
+    send_export(run_ids)
 
 
 # --- the heavy slot ----------------------------------------------------------------------
@@ -190,7 +177,7 @@ class ExportWork(slots.HeavyKind):
     def active(self) -> list[reconcile.RunInfo]:
         return [
             reconcile.RunInfo(**row, kind=EXPORT, ref=f"export run #{row['pk']}", restartable=False)
-            for row in ExportRun.objects.filter(state__in=ExportRun.ACTIVE_STATES).values(*RUN_INFO_FIELDS)
+            for row in ExportRun.objects.filter(state__in=ExportRun.ACTIVE_STATES).values(*reconcile.RUN_INFO_FIELDS)
         ]
 
     def last_release(self):
@@ -225,14 +212,8 @@ class ExportWork(slots.HeavyKind):
         return action(decision, now)
 
 
-def _log_append(line: str) -> Concat:
-    return _log_concat(ExportRun.log_line(line))
-
-
-def _log_concat(text: str) -> Concat:
-    from django.db import models
-
-    return Concat(F("log"), Value(text), output_field=models.TextField())
+_log_append = ExportRun.log_expression
+_log_concat = ExportRun.log_concat
 
 
 def _apply_interrupt(decision: reconcile.Decision, now) -> bool:
@@ -709,7 +690,7 @@ def cancel_run(run_id: int, user=None) -> str:
         cancel_requested=True, log=_log_append(f"Cancellation requested{who}.")
     ):
         return CancelOutcome.FINISHED
-    row = ExportRun.objects.filter(pk=run_id).values(*RUN_INFO_FIELDS).first()
+    row = ExportRun.objects.filter(pk=run_id).values(*reconcile.RUN_INFO_FIELDS).first()
     info = reconcile.RunInfo(**row, kind=EXPORT, ref=f"export run #{run_id}", restartable=False)
     gone = reconcile.worker_gone(info, now, settings.BACKUPSITE_STALE_RUN_SECONDS)
     if gone and end_abandoned(info, ExportRun.State.CANCELLED, now) is not None:
