@@ -22,7 +22,7 @@ from backupsite.validators import (
     validate_folder_slug,
     validate_no_control_chars,
 )
-from jobs.runstate import BytesProgress, RunRecord
+from jobs.runstate import BytesProgress, RunRecord, one_active_run
 from jobs.scheduled import ScheduleTracking
 
 #: The folder of a one-off run ("only execute backup" in the wizard): ``oneoff-<run id>``.
@@ -659,12 +659,7 @@ class Run(RunRecord, BytesProgress, models.Model):
             models.Index(fields=["state", "-created_at"], name="run_state_recent"),
         ]
         constraints = [
-            # The per-job lock, enforced by the database: at most one active run per job.
-            models.UniqueConstraint(
-                fields=["job"],
-                condition=Q(state__in=["queued", "waiting", "running"]),
-                name="one_active_run_per_job",
-            ),
+            one_active_run("job", name="one_active_run_per_job"),
         ]
 
     def __str__(self) -> str:

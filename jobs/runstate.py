@@ -16,6 +16,11 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 
+def _state_in(group: str, doc: str) -> property:
+    """A property: whether the row's state is one of its model's *group* of states."""
+    return property(lambda self: self.state in getattr(self, group), doc=doc)
+
+
 class RunRecord:
     """The state properties and the log of a run row.
 
@@ -28,23 +33,10 @@ class RunRecord:
     LIVE_STATES: tuple = ()
     ALERT_STATES: tuple = ()
 
-    @property
-    def is_active(self) -> bool:
-        """Queued, waiting or running: the job's (or export's) one active run."""
-        return self.state in self.ACTIVE_STATES
-
-    @property
-    def is_live(self) -> bool:
-        """Not finished (the page keeps polling)."""
-        return self.state in self.LIVE_STATES
-
-    @property
-    def can_cancel(self) -> bool:
-        return self.state in self.LIVE_STATES
-
-    @property
-    def is_alert(self) -> bool:
-        return self.state in self.ALERT_STATES
+    is_active = _state_in("ACTIVE_STATES", "Queued, waiting or running: the job's (or export's) one active run.")
+    is_live = _state_in("LIVE_STATES", "Not finished (the page keeps polling).")
+    can_cancel = _state_in("LIVE_STATES", "A *Cancel* is possible until the run is finished.")
+    is_alert = _state_in("ALERT_STATES", "Ended in a state that e-mails report-to.")
 
     @property
     def duration(self) -> timedelta | None:
@@ -114,17 +106,26 @@ class BytesProgress:
         return max(0, min(100, int(self.bytes_done * 100 / self.bytes_total)))
 
 
+def one_active_run(owner: str, name: str) -> models.UniqueConstraint:
+    """The per-job (or per-export) lock, enforced by the database: at most one active
+    (queued, waiting, running) row per *owner*, whoever asks (a double click, the tick)."""
+    return models.UniqueConstraint(
+        fields=[owner], condition=models.Q(state__in=["queued", "waiting", "running"]), name=name
+    )
+
+
 def requester(user):
     """The user a new row records as ``created_by``: None for no user or an anonymous one."""
     return user if user is not None and user.is_authenticated else None
 
 
-def create_active(model, **values):
-    """Create a queued row of *model*, or None when the database refuses it because the
+def create_active(model, trigger: str, user, **values):
+    """Create a queued row of *model* (*trigger* says who started it, *user* is recorded
+    as ``created_by`` when signed in), or None when the database refuses it because the
     job (or export) already has an active run (its partial unique index), whoever asks:
     a double click, two ticks, a retry."""
     try:
         with transaction.atomic():
-            return model.objects.create(**values)
+            return model.objects.create(trigger=trigger, created_by=requester(user), **values)
     except IntegrityError:
         return None

@@ -135,16 +135,9 @@ def create_run(job: Job, *, trigger: str = Run.Trigger.MANUAL, user=None, log_li
     """Create a queued run, or raise AlreadyRunning (the database refuses a second
     active run of the same job, whoever asks: double click, two beats, a retry)."""
     now = timezone.now()
+    log = "".join(Run.log_line(line) for line in log_lines)
     run = create_active(
-        Run,
-        job=job,
-        job_name=job.name,
-        config=snapshot(job),
-        trigger=trigger,
-        created_by=requester(user),
-        created_at=now,
-        enqueued_at=now,
-        log="".join(Run.log_line(line) for line in log_lines),
+        Run, trigger, user, job=job, job_name=job.name, config=snapshot(job), created_at=now, enqueued_at=now, log=log
     )
     if run is None:
         raise AlreadyRunning(f"“{job.name}” is already running.")

@@ -14,7 +14,6 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
 from django.urls import reverse
@@ -22,7 +21,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from backupsite.validators import split_addresses, validate_address_list, validate_no_control_chars
-from jobs.runstate import RunRecord
+from jobs.runstate import RunRecord, one_active_run
 from jobs.scheduled import ScheduleTracking
 
 #: Source kinds an export can read (``jobs.exports.drivers.REGISTRY`` has the drivers).
@@ -302,12 +301,7 @@ class ExportRun(RunRecord, models.Model):
         ordering = ["-created_at", "-pk"]
         verbose_name = _("export run")
         constraints = [
-            # At most one active run per export, whoever asks (double click, the tick).
-            models.UniqueConstraint(
-                fields=["export"],
-                condition=Q(state__in=["queued", "waiting", "running"]),
-                name="one_active_run_per_export",
-            ),
+            one_active_run("export", name="one_active_run_per_export"),
         ]
 
     def __str__(self) -> str:

@@ -68,7 +68,7 @@ from jobs.exports.models import ExportRun, ExportUpload, PlanningExport, site_zo
 from jobs.exports.query import QueryRefused
 from jobs.models import Source
 from jobs.progress import Heartbeat as BaseHeartbeat
-from jobs.runstate import create_active, requester
+from jobs.runstate import create_active
 from jobs.services import CancelOutcome
 
 log = logging.getLogger(__name__)
@@ -115,11 +115,11 @@ def create_run(export: PlanningExport, *, trigger: str = ExportRun.Trigger.MANUA
     start, end = export.window_for(moment)
     run = create_active(
         ExportRun,
+        trigger,
+        user,
         export=export,
         export_name=export.name,
         config=snapshot(export),
-        trigger=trigger,
-        created_by=requester(user),
         window_start=start,
         window_end=end,
         datasets_total=export.datasets.count(),
