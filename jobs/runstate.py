@@ -15,6 +15,8 @@ from datetime import timedelta
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
+from jobs import reconcile, slots
+
 
 def _state_in(group: str, doc: str) -> property:
     """A property: whether the row's state is one of its model's *group* of states."""
@@ -91,6 +93,103 @@ class RunRecord:
         """Append lines to a run's log without touching anything else on the row."""
         if lines:
             cls.objects.filter(pk=run_id).update(log=cls.log_expression(*lines))
+
+
+class RunRowsWork(slots.HeavyKind):
+    """A kind of heavy work whose rows are runs of *model* (a :class:`RunRecord`): a row
+    holds a slot while it is running. The kind says how its rows start, how a queued one
+    that was cancelled ends, how a holder reads on a waiting row's page, and how the
+    reconcile's decisions are applied."""
+
+    model: type[models.Model]
+    #: The columns :meth:`active` reads (``reconcile.RunInfo`` fields).
+    info_fields = reconcile.RUN_INFO_FIELDS
+    #: The columns :meth:`describe_holder` reads.
+    holder_fields: tuple[str, ...] = ("pk", "phase", "started_at")
+
+    def info(self, row: dict) -> reconcile.RunInfo:
+        """An active row (:attr:`info_fields`) as the reconcile sees it."""
+        raise NotImplementedError
+
+    def describe_holder(self, run, since: str) -> str:
+        """A running row in words; *since* is its start, "14:05" ("?" before it started)."""
+        raise NotImplementedError
+
+    def cancel_before_start(self, pk: int, now) -> None:
+        """End a queued or waiting row whose cancel was asked (nobody holds it)."""
+        raise NotImplementedError
+
+    def hand_over(self, run_ids: list[int]) -> None:
+        """Send rows to the workers once the transaction commits."""
+        raise NotImplementedError
+
+    def unclaimed_message(self) -> str:
+        """The error of a row no worker took, even after it was handed over again."""
+        raise NotImplementedError
+
+    def notify_failed(self, run) -> None:
+        """Tell report-to that *run* failed."""
+        raise NotImplementedError
+
+    def held_count(self) -> int:
+        return self.model.objects.filter(state=self.model.State.RUNNING).count()
+
+    def holders(self) -> list[str]:
+        texts = []
+        for run in self.model.objects.filter(state=self.model.State.RUNNING).only(*self.holder_fields):
+            since = timezone.localtime(run.started_at).strftime("%H:%M") if run.started_at else "?"
+            texts.append(self.describe_holder(run, since))
+        return texts
+
+    def active(self) -> list[reconcile.RunInfo]:
+        rows = self.model.objects.filter(state__in=self.model.ACTIVE_STATES).values(*self.info_fields)
+        return [self.info(row) for row in rows]
+
+    def prepare(self, pk: int, now) -> bool:
+        row = self.model.objects.filter(pk=pk).values("state", "cancel_requested").first()
+        if row is None or row["state"] not in reconcile.PENDING:
+            return False
+        if row["cancel_requested"]:
+            self.cancel_before_start(pk, now)
+            return False
+        return True
+
+    def park(self, pk: int) -> None:
+        self.model.objects.filter(pk=pk, state=self.model.State.QUEUED).update(state=self.model.State.WAITING)
+
+    # --- the reconcile's decisions about queued and waiting rows (conditional updates) ---
+    def wake(self, decision: reconcile.Decision, now) -> bool:
+        """A waiting row, and a slot is free: queued again and handed to the workers."""
+        states = self.model.State
+        woken = self.model.objects.filter(pk=decision.pk, state=states.WAITING).update(
+            state=states.QUEUED, enqueued_at=now
+        )
+        if woken:
+            self.hand_over([decision.pk])
+        return bool(woken)
+
+    def requeue(self, decision: reconcile.Decision, now) -> bool:
+        """A queued row nobody took within the grace time: handed to the workers once more."""
+        info = decision.run
+        requeued = self.model.objects.filter(pk=info.pk, state=self.model.State.QUEUED, requeues=info.requeues).update(
+            requeues=info.requeues + 1,
+            enqueued_at=now,
+            log=self.model.log_expression(f"Handed to the workers again: {decision.reason}."),
+        )
+        if requeued:
+            self.hand_over([info.pk])
+        return bool(requeued)
+
+    def fail_unclaimed(self, decision: reconcile.Decision, now) -> bool:
+        """A queued row nobody took even after it was handed over again: failed, report-to told."""
+        info = decision.run
+        states, message = self.model.State, self.unclaimed_message()
+        failed = self.model.objects.filter(
+            pk=info.pk, state=states.QUEUED, requeues=info.requeues, enqueued_at=info.enqueued_at
+        ).update(state=states.FAILED, finished_at=now, error=message, log=self.model.log_expression(message))
+        if failed:
+            self.notify_failed(self.model.objects.get(pk=info.pk))
+        return bool(failed)
 
 
 class BytesProgress:

@@ -50,7 +50,7 @@ from jobs.engine.atomic import remove_partials
 from jobs.models import Job, Run, Source, Upload
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, render
 from jobs.progress import LostRun, RunHeartbeat, RunProgress
-from jobs.runstate import create_active, requester
+from jobs.runstate import RunRowsWork, create_active, requester
 from jobs.sources import SourceError
 from jobs.sources import get_kind as get_source_kind
 from jobs.sources.base import cancel_check
@@ -204,42 +204,41 @@ def claim(run_id: int) -> str:
     return slots.claim(BACKUP, run_id)
 
 
-class BackupWork(slots.HeavyKind):
+class BackupWork(RunRowsWork):
     """Backups as heavy work: a run holds a slot while it archives (state running)."""
 
     name = BACKUP
+    model = Run
+    info_fields = RUN_INFO_FIELDS
+    holder_fields = ("pk", "job_name", "phase", "started_at")
 
-    def held_count(self) -> int:
-        return Run.objects.filter(state=Run.State.RUNNING).count()
+    def info(self, row: dict) -> reconcile.RunInfo:
+        return reconcile.RunInfo(**row, kind=BACKUP)
 
-    def holders(self) -> list[str]:
-        texts = []
-        for run in Run.objects.filter(state=Run.State.RUNNING).only("pk", "job_name", "phase", "started_at"):
-            since = timezone.localtime(run.started_at).strftime("%H:%M") if run.started_at else "?"
-            texts.append(
-                f"the backup of “{run.job_name}” (run #{run.pk}, {run.get_phase_display().lower()}, since {since})"
-            )
-        return texts
+    def describe_holder(self, run: Run, since: str) -> str:
+        return f"the backup of “{run.job_name}” (run #{run.pk}, {run.get_phase_display().lower()}, since {since})"
 
-    def active(self) -> list[reconcile.RunInfo]:
-        return [
-            reconcile.RunInfo(**row, kind=BACKUP)
-            for row in Run.objects.filter(state__in=Run.ACTIVE_STATES).values(*RUN_INFO_FIELDS)
-        ]
+    def cancel_before_start(self, pk: int, now) -> None:
+        Run.objects.filter(pk=pk, state__in=reconcile.PENDING).update(
+            state=Run.State.CANCELLED, finished_at=now, error="Cancelled before it started."
+        )
+
+    def hand_over(self, run_ids: list[int]) -> None:
+        hand_over(run_ids)
+
+    def unclaimed_message(self) -> str:
+        grace = settings.BACKUPSITE_QUEUE_GRACE_SECONDS
+        return (
+            f"No worker took this run: it waited more than {grace} s with a free slot, was handed to the workers "
+            f"once more and waited again. Check that a Celery worker is running (`make run` starts one; with "
+            f"Docker Compose, the worker service), then run the job again."
+        )
+
+    def notify_failed(self, run: Run) -> None:
+        notifications.notify_run_failed(run)
 
     def last_release(self):
         return Run.objects.aggregate(at=Max("released_at"))["at"]
-
-    def prepare(self, pk: int, now) -> bool:
-        row = Run.objects.filter(pk=pk).values("state", "cancel_requested").first()
-        if row is None or row["state"] not in (Run.State.QUEUED, Run.State.WAITING):
-            return False
-        if row["cancel_requested"]:
-            Run.objects.filter(pk=pk, state__in=reconcile.PENDING).update(
-                state=Run.State.CANCELLED, finished_at=now, error="Cancelled before it started."
-            )
-            return False
-        return True
 
     def start(self, pk: int, now) -> None:
         Run.objects.filter(pk=pk).update(
@@ -251,14 +250,11 @@ class BackupWork(slots.HeavyKind):
             host=enqueue.this_host(),
         )
 
-    def park(self, pk: int) -> None:
-        Run.objects.filter(pk=pk, state=Run.State.QUEUED).update(state=Run.State.WAITING)
-
     def apply(self, decision: reconcile.Decision, now) -> bool:
         return _APPLY[decision.action](decision, now)
 
 
-slots.register(BackupWork())
+BACKUP_WORK = slots.register(BackupWork())
 
 
 # --- executing ----------------------------------------------------------------------
@@ -680,41 +676,6 @@ def _apply_cancel(decision: reconcile.Decision, now) -> bool:
     return _cancel_pending(decision.pk, now)
 
 
-def _apply_wake(decision: reconcile.Decision, now) -> bool:
-    woken = Run.objects.filter(pk=decision.pk, state=Run.State.WAITING).update(state=Run.State.QUEUED, enqueued_at=now)
-    if woken:
-        hand_over([decision.pk])
-    return bool(woken)
-
-
-def _apply_requeue(decision: reconcile.Decision, now) -> bool:
-    run = decision.run
-    requeued = Run.objects.filter(pk=run.pk, state=Run.State.QUEUED, requeues=run.requeues).update(
-        requeues=run.requeues + 1,
-        enqueued_at=now,
-        log=_log_append(f"Handed to the workers again: {decision.reason}."),
-    )
-    if requeued:
-        hand_over([run.pk])
-    return bool(requeued)
-
-
-def _apply_fail(decision: reconcile.Decision, now) -> bool:
-    run = decision.run
-    grace = settings.BACKUPSITE_QUEUE_GRACE_SECONDS
-    message = (
-        f"No worker took this run: it waited more than {grace} s with a free slot, was handed to the workers "
-        f"once more and waited again. Check that a Celery worker is running (`make run` starts one; with "
-        f"Docker Compose, the worker service), then run the job again."
-    )
-    failed = Run.objects.filter(
-        pk=run.pk, state=Run.State.QUEUED, requeues=run.requeues, enqueued_at=run.enqueued_at
-    ).update(state=Run.State.FAILED, finished_at=now, error=message, log=_log_append(message))
-    if failed:
-        notifications.notify_run_failed(Run.objects.get(pk=run.pk))
-    return bool(failed)
-
-
 def _apply_restart(decision: reconcile.Decision, now) -> bool:
     """A run whose worker died while archiving (killed, OOM-killed, machine restarted)
     starts again from the beginning: back to queued, its temporary files removed,
@@ -755,9 +716,9 @@ def _apply_restart(decision: reconcile.Decision, now) -> bool:
 _APPLY = {
     reconcile.INTERRUPT: _apply_end_abandoned,
     reconcile.CANCEL: _apply_cancel,
-    reconcile.WAKE: _apply_wake,
-    reconcile.REQUEUE: _apply_requeue,
-    reconcile.FAIL: _apply_fail,
+    reconcile.WAKE: BACKUP_WORK.wake,
+    reconcile.REQUEUE: BACKUP_WORK.requeue,
+    reconcile.FAIL: BACKUP_WORK.fail_unclaimed,
     reconcile.RESTART: _apply_restart,
 }
 

@@ -68,7 +68,7 @@ from jobs.exports.models import ExportRun, ExportUpload, PlanningExport, site_zo
 from jobs.exports.query import QueryRefused
 from jobs.models import Source
 from jobs.progress import Heartbeat as BaseHeartbeat
-from jobs.runstate import create_active
+from jobs.runstate import RunRowsWork, create_active
 from jobs.services import CancelOutcome
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,13 @@ def hand_over(run_ids: list[int]) -> None:
 
 
 # --- the heavy slot ----------------------------------------------------------------------
-class ExportWork(slots.HeavyKind):
+def _info(row: dict) -> reconcile.RunInfo:
+    """An export run's row (``reconcile.RUN_INFO_FIELDS``) as the reconcile sees it: never
+    started again after its worker died."""
+    return reconcile.RunInfo(**row, kind=EXPORT, ref=f"export run #{row['pk']}", restartable=False)
+
+
+class ExportWork(RunRowsWork):
     """Planning exports as heavy work (``jobs.slots``): a run holds a slot while it runs,
     queries and uploads alike, so an export and a backup never run at once beyond
     ``BACKUPSITE_MAX_CONCURRENT_RUNS``.
@@ -158,39 +164,36 @@ class ExportWork(slots.HeavyKind):
     (the same rules as a backup's, ``jobs.reconcile``)."""
 
     name = EXPORT
+    model = ExportRun
+    holder_fields = ("pk", "export_name", "phase", "started_at")
 
-    def held_count(self) -> int:
-        return ExportRun.objects.filter(state=ExportRun.State.RUNNING).count()
+    def info(self, row: dict) -> reconcile.RunInfo:
+        return _info(row)
 
-    def holders(self) -> list[str]:
-        texts = []
-        for run in ExportRun.objects.filter(state=ExportRun.State.RUNNING).only(
-            "pk", "export_name", "phase", "started_at"
-        ):
-            since = timezone.localtime(run.started_at).strftime("%H:%M") if run.started_at else "?"
-            texts.append(
-                f"the planning export “{run.export_name}” (export run #{run.pk}, "
-                f"{run.get_phase_display().lower()}, since {since})"
-            )
-        return texts
+    def describe_holder(self, run: ExportRun, since: str) -> str:
+        return (
+            f"the planning export “{run.export_name}” (export run #{run.pk}, "
+            f"{run.get_phase_display().lower()}, since {since})"
+        )
 
-    def active(self) -> list[reconcile.RunInfo]:
-        return [
-            reconcile.RunInfo(**row, kind=EXPORT, ref=f"export run #{row['pk']}", restartable=False)
-            for row in ExportRun.objects.filter(state__in=ExportRun.ACTIVE_STATES).values(*reconcile.RUN_INFO_FIELDS)
-        ]
+    def cancel_before_start(self, pk: int, now) -> None:
+        _cancel_pending(pk, now)
+
+    def hand_over(self, run_ids: list[int]) -> None:
+        hand_over(run_ids)
+
+    def unclaimed_message(self) -> str:
+        return (
+            f"No worker took this export run: it waited more than {settings.BACKUPSITE_QUEUE_GRACE_SECONDS} s with "
+            "a free slot, was handed to the workers once more and waited again. Check that a Celery worker consumes "
+            "the exports queue (make run starts one; with Docker Compose, the worker service)."
+        )
+
+    def notify_failed(self, run: ExportRun) -> None:
+        notify_failed(run)
 
     def last_release(self):
         return ExportRun.objects.filter(started_at__isnull=False).aggregate(at=Max("finished_at"))["at"]
-
-    def prepare(self, pk: int, now) -> bool:
-        row = ExportRun.objects.filter(pk=pk).values("state", "cancel_requested").first()
-        if row is None or row["state"] not in reconcile.PENDING:
-            return False
-        if row["cancel_requested"]:
-            _cancel_pending(pk, now)
-            return False
-        return True
 
     def start(self, pk: int, now) -> None:
         ExportRun.objects.filter(pk=pk).update(
@@ -200,9 +203,6 @@ class ExportWork(slots.HeavyKind):
             heartbeat_at=now,
             host=this_host(),
         )
-
-    def park(self, pk: int) -> None:
-        ExportRun.objects.filter(pk=pk, state=ExportRun.State.QUEUED).update(state=ExportRun.State.WAITING)
 
     def apply(self, decision: reconcile.Decision, now) -> bool:
         action = _APPLY.get(decision.action)
@@ -289,49 +289,15 @@ def clean_staging(run_id: int) -> bool:
     return existed
 
 
-def _apply_wake(decision: reconcile.Decision, now) -> bool:
-    woken = ExportRun.objects.filter(pk=decision.pk, state=ExportRun.State.WAITING).update(
-        state=ExportRun.State.QUEUED, enqueued_at=now
-    )
-    if woken:
-        hand_over([decision.pk])
-    return bool(woken)
-
-
-def _apply_requeue(decision: reconcile.Decision, now) -> bool:
-    info = decision.run
-    requeued = ExportRun.objects.filter(pk=info.pk, state=ExportRun.State.QUEUED, requeues=info.requeues).update(
-        requeues=info.requeues + 1, enqueued_at=now, log=_log_append(f"Handed to the workers again: {decision.reason}.")
-    )
-    if requeued:
-        hand_over([info.pk])
-    return bool(requeued)
-
-
-def _apply_fail(decision: reconcile.Decision, now) -> bool:
-    info = decision.run
-    message = (
-        f"No worker took this export run: it waited more than {settings.BACKUPSITE_QUEUE_GRACE_SECONDS} s with a "
-        "free slot, was handed to the workers once more and waited again. Check that a Celery worker consumes "
-        "the exports queue (make run starts one; with Docker Compose, the worker service)."
-    )
-    failed = ExportRun.objects.filter(
-        pk=info.pk, state=ExportRun.State.QUEUED, requeues=info.requeues, enqueued_at=info.enqueued_at
-    ).update(state=ExportRun.State.FAILED, finished_at=now, error=message, log=_log_append(message))
-    if failed:
-        notify_failed(ExportRun.objects.get(pk=info.pk))
-    return bool(failed)
-
+EXPORT_WORK = slots.register(ExportWork())
 
 _APPLY = {
     reconcile.INTERRUPT: _apply_interrupt,
     reconcile.CANCEL: _apply_cancel,
-    reconcile.WAKE: _apply_wake,
-    reconcile.REQUEUE: _apply_requeue,
-    reconcile.FAIL: _apply_fail,
+    reconcile.WAKE: EXPORT_WORK.wake,
+    reconcile.REQUEUE: EXPORT_WORK.requeue,
+    reconcile.FAIL: EXPORT_WORK.fail_unclaimed,
 }
-
-slots.register(ExportWork())
 
 
 def _release_slot() -> None:
@@ -690,8 +656,7 @@ def cancel_run(run_id: int, user=None) -> str:
         cancel_requested=True, log=_log_append(f"Cancellation requested{who}.")
     ):
         return CancelOutcome.FINISHED
-    row = ExportRun.objects.filter(pk=run_id).values(*reconcile.RUN_INFO_FIELDS).first()
-    info = reconcile.RunInfo(**row, kind=EXPORT, ref=f"export run #{run_id}", restartable=False)
+    info = _info(ExportRun.objects.filter(pk=run_id).values(*reconcile.RUN_INFO_FIELDS).first())
     gone = reconcile.worker_gone(info, now, settings.BACKUPSITE_STALE_RUN_SECONDS)
     if gone and end_abandoned(info, ExportRun.State.CANCELLED, now) is not None:
         _release_slot()
