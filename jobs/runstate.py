@@ -10,12 +10,16 @@ choices, and says which of its states are active, live and alerting.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import timedelta
 
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, close_old_connections, models, transaction
 from django.utils import timezone
 
 from jobs import reconcile, slots
+
+log = logging.getLogger(__name__)
 
 
 def _state_in(group: str, doc: str) -> property:
@@ -95,6 +99,16 @@ class RunRecord:
             cls.objects.filter(pk=run_id).update(log=cls.log_expression(*lines))
 
 
+def hand_slot_on() -> None:
+    """A run gave its heavy slot back: the reconcile hands it to the next waiting row of
+    any kind (a backup, a planning export). Never raises, so a failure here never changes
+    the outcome already stored: the reaper and the dispatcher tick reconcile again."""
+    try:
+        slots.reconcile()
+    except Exception:
+        log.exception("Could not hand the free slot to waiting work; the reaper will")
+
+
 class RunRowsWork(slots.HeavyKind):
     """A kind of heavy work whose rows are runs of *model* (a :class:`RunRecord`): a row
     holds a slot while it is running. The kind says how its rows start, how a queued one
@@ -130,6 +144,21 @@ class RunRowsWork(slots.HeavyKind):
     def notify_failed(self, run) -> None:
         """Tell report-to that *run* failed."""
         raise NotImplementedError
+
+    def claim_and_work(self, run_id: int, work_on: Callable[[models.Model], bool]):
+        """Claim a heavy slot for the row (``jobs.slots.claim``: a duplicate delivery never
+        runs twice) and, when claimed, *work_on(run)*, which says whether the run ended
+        here; the slot is handed on afterwards, whatever happened. Returns the row and
+        what *work_on* said (None when the row was not claimed: every slot busy, or gone)."""
+        close_old_connections()
+        outcome = slots.claim(self.name, run_id)
+        run = self.model.objects.get(pk=run_id)
+        if outcome != slots.CLAIMED:
+            return run, None
+        try:
+            return run, work_on(run)
+        finally:
+            hand_slot_on()
 
     def held_count(self) -> int:
         return self.model.objects.filter(state=self.model.State.RUNNING).count()

@@ -50,7 +50,7 @@ from jobs.engine.atomic import remove_partials
 from jobs.models import Job, Run, Source, Upload
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, render
 from jobs.progress import LostRun, RunHeartbeat, RunProgress
-from jobs.runstate import RunRowsWork, create_active, requester
+from jobs.runstate import RunRowsWork, create_active, hand_slot_on, requester
 from jobs.sources import SourceError
 from jobs.sources import get_kind as get_source_kind
 from jobs.sources.base import cancel_check
@@ -271,17 +271,9 @@ def archive_stage(run_id: int, *, listener: Callable[[Run], None] | None = None,
 
     With *hand_on* the run's uploads go to this host's queue once the archive is
     written (a run without destinations is closed here). When the stage ends, its slot is
-    handed to the next waiting run through :func:`reconcile_runs`, so nothing has to poll
+    handed to the next waiting run (:func:`jobs.runstate.hand_slot_on`), so nothing has to poll
     the broker while a run waits."""
-    close_old_connections()
-    outcome = claim(run_id)
-    run = Run.objects.get(pk=run_id)
-    if outcome != slots.CLAIMED:
-        return run
-    try:
-        ended_here = _work_on(run, listener)
-    finally:
-        _release_slot()
+    run, ended_here = BACKUP_WORK.claim_and_work(run_id, lambda run: _work_on(run, listener))
     if not ended_here:
         return run
     if run.is_alert:
@@ -345,16 +337,6 @@ def _work_on(run: Run, listener: Callable[[Run], None] | None) -> bool:
             log.warning("Run %s was ended elsewhere while this worker worked on it; its result is discarded", run.pk)
             run.refresh_from_db()
     return bool(ended)
-
-
-def _release_slot() -> None:
-    """This run gave its slot back: let the reconcile hand it to the next waiting row of
-    any kind (a backup, a planning export). A failure here never changes the outcome
-    already stored (the reaper retries)."""
-    try:
-        reconcile_runs()
-    except Exception:
-        log.exception("Could not hand the free slot to a waiting run; the reaper will")
 
 
 def _timed_out_message() -> str:
@@ -881,6 +863,6 @@ def cancel_run(run_id: int, user=None) -> str:
     info = _info(run)
     gone = reconcile.worker_gone(info, now, settings.BACKUPSITE_STALE_RUN_SECONDS)
     if gone and end_abandoned(info, Run.State.CANCELLED, now=now) is not None:
-        _release_slot()
+        hand_slot_on()
         return CancelOutcome.ABANDONED
     return CancelOutcome.REQUESTED

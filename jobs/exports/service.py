@@ -68,7 +68,7 @@ from jobs.exports.models import ExportRun, ExportUpload, PlanningExport, site_zo
 from jobs.exports.query import QueryRefused
 from jobs.models import Source
 from jobs.progress import Heartbeat as BaseHeartbeat
-from jobs.runstate import RunRowsWork, create_active
+from jobs.runstate import RunRowsWork, create_active, hand_slot_on
 from jobs.services import CancelOutcome
 
 log = logging.getLogger(__name__)
@@ -300,16 +300,6 @@ _APPLY = {
 }
 
 
-def _release_slot() -> None:
-    """This run gave its slot back: the reconcile hands it to the next waiting row of any
-    kind (what a finishing backup calls). Never raises: the reaper and the dispatcher
-    tick reconcile again."""
-    try:
-        slots.reconcile()
-    except Exception:
-        log.exception("Could not hand the free slot to waiting work; the reaper will")
-
-
 # --- progress and heartbeat ------------------------------------------------------------------
 class Progress:
     """Writes the run's progress to its row at most once per *interval*, with a
@@ -369,15 +359,7 @@ def staging_dir(run_id: int) -> Path:
 
 def execute(run_id: int, *, listener: Callable[[ExportRun], None] | None = None) -> ExportRun:
     """Claim and execute a run; returns it in its final (or waiting) state."""
-    close_old_connections()
-    outcome = slots.claim(EXPORT, run_id)
-    run = ExportRun.objects.get(pk=run_id)
-    if outcome != slots.CLAIMED:
-        return run
-    try:
-        ended_here = _work_on(run, listener)
-    finally:
-        _release_slot()
+    run, ended_here = EXPORT_WORK.claim_and_work(run_id, lambda run: _work_on(run, listener))
     if ended_here and run.state in ExportRun.ALERT_STATES:
         notify_failed(run)
     return run
@@ -659,7 +641,7 @@ def cancel_run(run_id: int, user=None) -> str:
     info = _info(ExportRun.objects.filter(pk=run_id).values(*reconcile.RUN_INFO_FIELDS).first())
     gone = reconcile.worker_gone(info, now, settings.BACKUPSITE_STALE_RUN_SECONDS)
     if gone and end_abandoned(info, ExportRun.State.CANCELLED, now) is not None:
-        _release_slot()
+        hand_slot_on()
         return CancelOutcome.ABANDONED
     return CancelOutcome.REQUESTED
 
