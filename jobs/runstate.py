@@ -183,6 +183,20 @@ class RunRowsWork(slots.HeavyKind):
             return False
         return True
 
+    def cancel_pending(self, run_id: int, now, who: str = "") -> bool:
+        """Cancel a queued/waiting row (*who*: " by alice", or empty): nobody holds it, so
+        it ends here. Conditional on the state, like the claim: whichever comes first wins,
+        and a later delivery of its task finds the row gone."""
+        return bool(
+            self.model.objects.filter(pk=run_id, state__in=reconcile.PENDING).update(
+                state=self.model.State.CANCELLED,
+                cancel_requested=True,
+                finished_at=now,
+                error="Cancelled before it started.",
+                log=self.model.log_expression(f"Cancelled{who} before it started."),
+            )
+        )
+
     def park(self, pk: int) -> None:
         self.model.objects.filter(pk=pk, state=self.model.State.QUEUED).update(state=self.model.State.WAITING)
 
@@ -245,6 +259,11 @@ def one_active_run(owner: str, name: str) -> models.UniqueConstraint:
 def requester(user):
     """The user a new row records as ``created_by``: None for no user or an anonymous one."""
     return user if user is not None and user.is_authenticated else None
+
+
+def by_whom(user) -> str:
+    """ " by alice" for the run log, or empty when no one is signed in."""
+    return f" by {user.get_username()}" if user is not None and user.is_authenticated else ""
 
 
 def create_active(model, trigger: str, user, **values):

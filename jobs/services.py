@@ -50,7 +50,7 @@ from jobs.engine.atomic import remove_partials
 from jobs.models import Job, Run, Source, Upload
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, render
 from jobs.progress import LostRun, RunHeartbeat, RunProgress
-from jobs.runstate import RunRowsWork, create_active, hand_slot_on, requester
+from jobs.runstate import RunRowsWork, by_whom, create_active, hand_slot_on, requester
 from jobs.sources import SourceError
 from jobs.sources import get_kind as get_source_kind
 from jobs.sources.base import cancel_check
@@ -637,25 +637,10 @@ def _apply_end_abandoned(decision: reconcile.Decision, now) -> bool:
     return end_abandoned(decision.run, state, now=now, reason=decision.reason) is not None
 
 
-def _cancel_pending(run_id: int, now, who: str = "") -> bool:
-    """Cancel a queued/waiting run: nobody holds it, so it ends here. Conditional on
-    the state, like claim(): whichever comes first wins, and a later delivery of its
-    task finds the run gone."""
-    return bool(
-        Run.objects.filter(pk=run_id, state__in=reconcile.PENDING).update(
-            state=Run.State.CANCELLED,
-            cancel_requested=True,
-            finished_at=now,
-            error="Cancelled before it started.",
-            log=_log_append(f"Cancelled{who} before it started."),
-        )
-    )
-
-
 def _apply_cancel(decision: reconcile.Decision, now) -> bool:
     if decision.run.state in Run.HELD_STATES:
         return _apply_end_abandoned(decision, now)
-    return _cancel_pending(decision.pk, now)
+    return BACKUP_WORK.cancel_pending(decision.pk, now)
 
 
 def _apply_restart(decision: reconcile.Decision, now) -> bool:
@@ -847,9 +832,9 @@ def cancel_run(run_id: int, user=None) -> str:
     heartbeat), is cancelled here and now: state cancelled, temporary files removed,
     slot handed on. A run with a live worker gets the flag that worker polls. A run
     whose archive is made has its open uploads stopped (the archive stays)."""
-    who = f" by {user.get_username()}" if user is not None and user.is_authenticated else ""
+    who = by_whom(user)
     now = timezone.now()
-    if _cancel_pending(run_id, now, who):
+    if BACKUP_WORK.cancel_pending(run_id, now, who):
         return CancelOutcome.NOT_STARTED
     if Run.objects.filter(pk=run_id, state=Run.State.UPLOADING).exists():
         uploads.cancel_uploads(run_id, who)

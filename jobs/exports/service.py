@@ -68,7 +68,7 @@ from jobs.exports.models import ExportRun, ExportUpload, PlanningExport, site_zo
 from jobs.exports.query import QueryRefused
 from jobs.models import Source
 from jobs.progress import Heartbeat as BaseHeartbeat
-from jobs.runstate import RunRowsWork, create_active, hand_slot_on
+from jobs.runstate import RunRowsWork, by_whom, create_active, hand_slot_on
 from jobs.services import CancelOutcome
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class ExportWork(RunRowsWork):
         )
 
     def cancel_before_start(self, pk: int, now) -> None:
-        _cancel_pending(pk, now)
+        self.cancel_pending(pk, now)
 
     def hand_over(self, run_ids: list[int]) -> None:
         hand_over(run_ids)
@@ -227,7 +227,7 @@ def _apply_cancel(decision: reconcile.Decision, now) -> bool:
     asked for it)."""
     if decision.run.state in reconcile.HELD:
         return end_abandoned(decision.run, ExportRun.State.CANCELLED, now) is not None
-    return _cancel_pending(decision.pk, now)
+    return EXPORT_WORK.cancel_pending(decision.pk, now)
 
 
 def end_abandoned(info: reconcile.RunInfo, state: str, now=None) -> ExportRun | None:
@@ -610,29 +610,15 @@ def _upload(
 
 
 # --- cancel ----------------------------------------------------------------------------------
-def _cancel_pending(run_id: int, now, who: str = "") -> bool:
-    """Cancel a queued/waiting run: nobody holds it, so it ends here, conditional on the
-    state (like the claim: whichever comes first wins, a later delivery finds it gone)."""
-    return bool(
-        ExportRun.objects.filter(pk=run_id, state__in=reconcile.PENDING).update(
-            state=ExportRun.State.CANCELLED,
-            cancel_requested=True,
-            finished_at=now,
-            error="Cancelled before it started.",
-            log=_log_append(f"Cancelled{who} before it started."),
-        )
-    )
-
-
 def cancel_run(run_id: int, user=None) -> str:
     """Cancel an export run, as :func:`jobs.services.cancel_run` does a backup run (the
     same :class:`~jobs.services.CancelOutcome`): one that has not started is cancelled
     here and now; one whose worker is gone (stale heartbeat) too, its staging removed
     on its host and the slot handed on; a live worker gets the flag it polls and stops
     at its next progress point."""
-    who = f" by {user.get_username()}" if user is not None and user.is_authenticated else ""
+    who = by_whom(user)
     now = timezone.now()
-    if _cancel_pending(run_id, now, who):
+    if EXPORT_WORK.cancel_pending(run_id, now, who):
         return CancelOutcome.NOT_STARTED
     if not ExportRun.objects.filter(pk=run_id, state=ExportRun.State.RUNNING).update(
         cancel_requested=True, log=_log_append(f"Cancellation requested{who}.")

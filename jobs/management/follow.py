@@ -1,13 +1,29 @@
-"""Following a run in the foreground (``runbackup``, ``runexport``): one progress line,
-rewritten in place on a terminal, while this process executes the run or waits for it
-(every heavy slot taken, or a worker took it and this command follows it)."""
+"""Running work in the foreground (``runbackup``, ``runexport``): finding the job or
+export the command names, then following its run with one progress line, rewritten in
+place on a terminal, while this process executes the run or waits for it (every heavy
+slot taken, or a worker took it and this command follows it)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
+from django.core.management.base import CommandError
+
 WIDTH = 78  # the progress line, padded so a shorter line overwrites a longer one
+
+
+def find(model, key: str, what: str, fields: tuple[str, ...] = ("name",)):
+    """The row of *model* whose *fields* (tried in turn), else whose id, is *key*; a
+    one-line CommandError ("No job named 'x'.") when there is none."""
+    for name in fields:
+        found = model.objects.filter(**{name: key}).first()
+        if found is not None:
+            return found
+    found = model.objects.filter(pk=int(key)).first() if key.isdigit() else None
+    if found is None:
+        raise CommandError(f"No {what} named {key!r}.")
+    return found
 
 
 class ProgressLine:

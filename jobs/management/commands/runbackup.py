@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.template.defaultfilters import filesizeformat
 
 from jobs import notifications, services
-from jobs.management.follow import ProgressLine, follow
+from jobs.management.follow import ProgressLine, find, follow
 from jobs.models import Job, Run, Upload
 
 POLL_SECONDS = 2  # while the run waits for a slot, or a worker runs it
@@ -48,11 +48,7 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="No progress bar.")
 
     def handle(self, *args, job: str, quiet: bool, **options):
-        found = Job.objects.filter(name=job).first() or Job.objects.filter(slug=job).first()
-        if found is None and job.isdigit():
-            found = Job.objects.filter(pk=int(job)).first()
-        if found is None:
-            raise CommandError(f"No job named {job!r}.")
+        found = find(Job, job, "job", fields=("name", "slug"))
         try:
             run = services.create_run(found, trigger=Run.Trigger.CLI)
         except services.AlreadyRunning as exc:

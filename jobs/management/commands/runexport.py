@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.template.defaultfilters import filesizeformat
 
 from jobs.exports import service
-from jobs.management.follow import ProgressLine, follow
+from jobs.management.follow import ProgressLine, find, follow
 from jobs.models import ExportRun, PlanningExport
 
 POLL_SECONDS = 2
@@ -49,11 +49,7 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="No progress line.")
 
     def handle(self, *args, export: str, quiet: bool, **options):
-        found = PlanningExport.objects.filter(name=export).first()
-        if found is None and export.isdigit():
-            found = PlanningExport.objects.filter(pk=int(export)).first()
-        if found is None:
-            raise CommandError(f"No planning export named {export!r}.")
+        found = find(PlanningExport, export, "planning export")
         try:
             run = service.create_run(found, trigger=ExportRun.Trigger.CLI)
         except service.AlreadyRunning as exc:
