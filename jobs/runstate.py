@@ -17,7 +17,7 @@ from datetime import timedelta
 from django.db import IntegrityError, close_old_connections, models, transaction
 from django.utils import timezone
 
-from jobs import reconcile, slots
+from jobs import enqueue, reconcile, slots
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ class RunRowsWork(slots.HeavyKind):
     model: type[models.Model]
     #: The columns :meth:`active` reads (``reconcile.RunInfo`` fields).
     info_fields = reconcile.RUN_INFO_FIELDS
+    #: The phase a row is in when it starts running.
+    first_phase: str = ""
     #: The columns :meth:`describe_holder` reads.
     holder_fields: tuple[str, ...] = ("pk", "phase", "started_at")
 
@@ -196,6 +198,19 @@ class RunRowsWork(slots.HeavyKind):
                 log=self.model.log_expression(f"Cancelled{who} before it started."),
             )
         )
+
+    def start(self, pk: int, now) -> None:
+        """Under the slot lock, with a slot free: the row runs from now on, on this host."""
+        self.model.objects.filter(pk=pk).update(**self.start_values(now))
+
+    def start_values(self, now) -> dict:
+        return {
+            "state": self.model.State.RUNNING,
+            "phase": self.first_phase,
+            "started_at": now,
+            "heartbeat_at": now,
+            "host": enqueue.this_host(),
+        }
 
     def park(self, pk: int) -> None:
         self.model.objects.filter(pk=pk, state=self.model.State.QUEUED).update(state=self.model.State.WAITING)

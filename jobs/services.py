@@ -209,6 +209,7 @@ class BackupWork(RunRowsWork):
 
     name = BACKUP
     model = Run
+    first_phase = Run.Phase.COLLECT
     info_fields = RUN_INFO_FIELDS
     holder_fields = ("pk", "job_name", "phase", "started_at")
 
@@ -240,15 +241,8 @@ class BackupWork(RunRowsWork):
     def last_release(self):
         return Run.objects.aggregate(at=Max("released_at"))["at"]
 
-    def start(self, pk: int, now) -> None:
-        Run.objects.filter(pk=pk).update(
-            state=Run.State.RUNNING,
-            phase=Run.Phase.COLLECT,
-            phase_started_at=now,
-            started_at=now,
-            heartbeat_at=now,
-            host=enqueue.this_host(),
-        )
+    def start_values(self, now) -> dict:
+        return {**super().start_values(now), "phase_started_at": now}  # rate and time left count from here
 
     def apply(self, decision: reconcile.Decision, now) -> bool:
         return _APPLY[decision.action](decision, now)

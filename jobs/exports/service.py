@@ -165,6 +165,7 @@ class ExportWork(RunRowsWork):
 
     name = EXPORT
     model = ExportRun
+    first_phase = ExportRun.Phase.QUERY
     holder_fields = ("pk", "export_name", "phase", "started_at")
 
     def info(self, row: dict) -> reconcile.RunInfo:
@@ -194,15 +195,6 @@ class ExportWork(RunRowsWork):
 
     def last_release(self):
         return ExportRun.objects.filter(started_at__isnull=False).aggregate(at=Max("finished_at"))["at"]
-
-    def start(self, pk: int, now) -> None:
-        ExportRun.objects.filter(pk=pk).update(
-            state=ExportRun.State.RUNNING,
-            phase=ExportRun.Phase.QUERY,
-            started_at=now,
-            heartbeat_at=now,
-            host=this_host(),
-        )
 
     def apply(self, decision: reconcile.Decision, now) -> bool:
         action = _APPLY.get(decision.action)
