@@ -4,8 +4,13 @@ running, then a final state), the same time-stamped log and the same way of bein
 created (the database allows one active row per job or export); a run, a restore and an
 upload show their progress the same way.
 
-Plain mixins (no fields, so no migration): each model keeps its own fields, states and
-choices, and says which of its states are active, live and alerting.
+* :class:`RunRecord`, :class:`BytesProgress`: plain model mixins (no fields, so no
+  migration): each model keeps its own fields, states and choices, and says which of its
+  states are active, live and alerting;
+* :class:`RunRowsWork`: such runs as a kind of heavy work (``jobs.slots``): claiming a
+  slot, holding it, waiting for it, and the reconcile's decisions about queued rows;
+* :func:`create_active`, :func:`one_active_run`, :func:`hand_slot_on`: making a run,
+  the lock that allows one active run, giving the slot back.
 """
 
 from __future__ import annotations
