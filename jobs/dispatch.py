@@ -141,6 +141,7 @@ DUE_HOOKS: list[Callable[[datetime], int]] = []
 BATCH = 500  # jobs per transaction
 
 
+#: The columns a due job's :class:`JobInfo` takes besides its pk and name.
 DUE_FIELDS = ("enabled", "next_run_at", "interval", "first_run_at", "timezone", "cron")
 
 
@@ -208,15 +209,7 @@ def _infos(jobs: list[dict], now: datetime) -> list[JobInfo]:
             active[row["job_id"]] = (row["pk"], row["state"], row["started_at"] or row["created_at"])
     return [
         JobInfo(
-            pk=job["pk"],
-            name=job["name"],
-            enabled=job["enabled"],
-            next_run_at=job["next_run_at"],
-            interval=job["interval"],
-            first_run_at=job["first_run_at"],
-            timezone=job["timezone"],
-            cron=job["cron"],
-            active=active.get(job["pk"]),
+            pk=job["pk"], name=job["name"], **{name: job[name] for name in DUE_FIELDS}, active=active.get(job["pk"])
         )
         for job in jobs
     ]

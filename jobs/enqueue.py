@@ -67,15 +67,20 @@ def _after_commit(name: str, args: list, *, queue: str, countdown: float | None 
     transaction.on_commit(lambda: _send(name, args, queue=queue, countdown=countdown))
 
 
+def _each_after_commit(name: str, run_ids: Iterable[int], *, queue: str) -> None:
+    """One task per run, each sent after commit."""
+    for run_id in run_ids:
+        _after_commit(name, [run_id], queue=queue)
+
+
 def archive(run_ids: Iterable[int]) -> None:
     """The archive stage of each run."""
-    for run_id in run_ids:
-        _after_commit("archive_run", [run_id], queue=ARCHIVES)
+    _each_after_commit("archive_run", run_ids, queue=ARCHIVES)
 
 
-def export(run_id: int) -> None:
-    """A planning export run (``jobs.exports.service.execute``), on the exports queue."""
-    _after_commit("run_export", [run_id], queue=EXPORTS)
+def export(run_ids: Iterable[int]) -> None:
+    """Each planning export run (``jobs.exports.service.execute``), on the exports queue."""
+    _each_after_commit("run_export", run_ids, queue=EXPORTS)
 
 
 def upload(upload_id: int, host: str, *, countdown: float | None = None) -> None:

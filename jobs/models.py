@@ -22,6 +22,8 @@ from backupsite.validators import (
     validate_folder_slug,
     validate_no_control_chars,
 )
+from jobs.runstate import BytesProgress, RunRecord, one_active_run
+from jobs.scheduled import ScheduleTracking
 
 #: The folder of a one-off run ("only execute backup" in the wizard): ``oneoff-<run id>``.
 ONEOFF_PREFIX = "oneoff-"
@@ -159,7 +161,7 @@ class Source(models.Model):
         self.save(update_fields=["size_bytes", "file_count", "size_measured_at", "updated_at"])
 
 
-class Job(models.Model):
+class Job(ScheduleTracking, models.Model):
     class Interval(models.TextChoices):
         MANUAL = "manual", _("Manually only")
         HOURLY = "hourly", _("Hourly")
@@ -334,10 +336,6 @@ class Job(models.Model):
 
         return describe(self.interval, self.first_run_at, self.timezone, self.cron)
 
-    def schedule_changed(self) -> bool:
-        loaded = getattr(self, "_loaded_schedule", None)
-        return loaded is None or loaded != tuple(getattr(self, f) for f in self.SCHEDULE_FIELDS)
-
     def refresh_next_run(self, now=None) -> None:
         """Recompute ``next_run_at`` from the schedule (not saved)."""
         from jobs.schedule import ScheduleError
@@ -346,13 +344,6 @@ class Job(models.Model):
             self.next_run_at = self.next_run_after(now or timezone.now())
         except ScheduleError:
             self.next_run_at = None
-
-    @classmethod
-    def from_db(cls, db, field_names, values):
-        instance = super().from_db(db, field_names, values)
-        if all(f in field_names for f in cls.SCHEDULE_FIELDS):
-            instance._loaded_schedule = tuple(getattr(instance, f) for f in cls.SCHEDULE_FIELDS)
-        return instance
 
     @property
     def report_to_list(self) -> list[str]:
@@ -559,10 +550,10 @@ def _keep_next_run_current(sender, instance: Job, raw: bool = False, **kwargs) -
     this, as it bypasses every signal: call ``job.refresh_next_run()`` after one."""
     if instance.schedule_changed() or (instance.next_run_at is None and instance.interval != Job.Interval.MANUAL):
         instance.refresh_next_run()
-        instance._loaded_schedule = tuple(getattr(instance, f) for f in Job.SCHEDULE_FIELDS)
+        instance.remember_schedule()
 
 
-class Run(models.Model):
+class Run(RunRecord, BytesProgress, models.Model):
     class State(models.TextChoices):
         QUEUED = "queued", _("Queued")
         WAITING = "waiting", _("Waiting for a free slot")
@@ -690,12 +681,7 @@ class Run(models.Model):
             models.Index(fields=["state", "-created_at"], name="run_state_recent"),
         ]
         constraints = [
-            # The per-job lock, enforced by the database: at most one active run per job.
-            models.UniqueConstraint(
-                fields=["job"],
-                condition=Q(state__in=["queued", "waiting", "running"]),
-                name="one_active_run_per_job",
-            ),
+            one_active_run("job", name="one_active_run_per_job"),
         ]
 
     def __str__(self) -> str:
@@ -705,24 +691,6 @@ class Run(models.Model):
         return reverse("jobs:run_detail", args=[self.pk])
 
     @property
-    def is_active(self) -> bool:
-        """Archiving (or about to): the job's one active run."""
-        return self.state in self.ACTIVE_STATES
-
-    @property
-    def is_live(self) -> bool:
-        """Not finished: archiving or uploading (the page keeps polling)."""
-        return self.state in self.LIVE_STATES
-
-    @property
-    def can_cancel(self) -> bool:
-        return self.state in self.LIVE_STATES
-
-    @property
-    def is_alert(self) -> bool:
-        return self.state in self.ALERT_STATES
-
-    @property
     def outcome(self) -> str:
         """What happened, in words, for the final states that need explaining (run page,
         alert e-mail); empty for the others."""
@@ -730,14 +698,6 @@ class Run(models.Model):
         if self.state == self.State.TIMED_OUT:
             text = text % {"limit": time_limit_text()}
         return str(text)
-
-    @property
-    def progress_percent(self) -> int | None:
-        if self.state == self.State.SUCCEEDED:
-            return 100
-        if not self.bytes_total:
-            return None
-        return max(0, min(100, int(self.bytes_done * 100 / self.bytes_total)))
 
     @property
     def speed(self):
@@ -752,27 +712,6 @@ class Run(models.Model):
         from jobs import slots
 
         return slots.waiting_for() if self.state == self.State.WAITING else ""
-
-    @property
-    def duration(self) -> timedelta | None:
-        if self.started_at is None:
-            return None
-        return (self.finished_at or timezone.now()) - self.started_at
-
-    @property
-    def duration_display(self) -> str:
-        """'0.2 s', '3 min 12 s', '2 h 05 min'."""
-        duration = self.duration
-        if duration is None:
-            return ""
-        seconds = duration.total_seconds()
-        if seconds < 60:
-            return f"{seconds:.1f} s"
-        minutes, secs = divmod(int(seconds), 60)
-        if minutes < 60:
-            return f"{minutes} min {secs:02d} s"
-        hours, minutes = divmod(minutes, 60)
-        return f"{hours} h {minutes:02d} min"
 
     @property
     def local_file(self):
@@ -879,30 +818,6 @@ class Run(models.Model):
         (download, manifest, verify, restore); each view checks its own permission too."""
         return not self.is_sensitive or user.has_perm(self.SENSITIVE_PERMISSION)
 
-    @staticmethod
-    def log_line(line: str) -> str:
-        """One line of the run log, time-stamped."""
-        return f"{timezone.now().strftime('%Y-%m-%d %H:%M:%S')} {line}\n"
-
-    def append_log(self, line: str) -> None:
-        self.log = f"{self.log}{self.log_line(line)}"
-
-    @staticmethod
-    def log_expression(*lines: str):
-        """An update expression appending time-stamped lines to the run log (other
-        workers write to the same row: never a read-modify-write of the whole log)."""
-        from django.db.models import F, Value
-        from django.db.models.functions import Concat
-
-        text = "".join(Run.log_line(line) for line in lines)
-        return Concat(F("log"), Value(text), output_field=models.TextField())
-
-    @classmethod
-    def add_log(cls, run_id: int, *lines: str) -> None:
-        """Append lines to a run's log without touching anything else on the row."""
-        if lines:
-            cls.objects.filter(pk=run_id).update(log=cls.log_expression(*lines))
-
 
 def time_limit_text() -> str:
     """The soft time limit in words ("6 hours")."""
@@ -949,7 +864,7 @@ class VerifyTicket(models.Model):
         return f"Verification of run #{self.run_id}"
 
 
-class Restore(models.Model):
+class Restore(BytesProgress, models.Model):
     """A restore asked for on the Restore page, done by a worker (extracting a multi-GB
     archive must not run inside a web request). The row is the truth about it: state,
     progress (stored bytes read), the outcome. The key it needs travels separately, in a
@@ -999,14 +914,6 @@ class Restore(models.Model):
     def is_active(self) -> bool:
         return self.state in self.ACTIVE_STATES
 
-    @property
-    def progress_percent(self) -> int | None:
-        if self.state == self.State.SUCCEEDED:
-            return 100
-        if not self.bytes_total:
-            return None
-        return max(0, min(100, int(self.bytes_done * 100 / self.bytes_total)))
-
 
 class RestoreTicket(models.Model):
     """The key of a queued :class:`Restore` (the job's age identity, unwrapped from the
@@ -1033,7 +940,7 @@ class SlotLock(models.Model):
         return self.name
 
 
-class Upload(models.Model):
+class Upload(BytesProgress, models.Model):
     """One archive going to one destination: the upload stage of a run (jobs/uploads.py)."""
 
     class State(models.TextChoices):
@@ -1092,14 +999,6 @@ class Upload(models.Model):
     def is_invalid(self) -> bool:
         """Read back from the destination and found missing or damaged."""
         return self.verify_ok is False
-
-    @property
-    def progress_percent(self) -> int | None:
-        if self.state == self.State.SUCCEEDED:
-            return 100
-        if not self.bytes_total:
-            return None
-        return max(0, min(100, int(self.bytes_done * 100 / self.bytes_total)))
 
     @property
     def speed(self):

@@ -55,6 +55,20 @@ KEEP, INTERRUPT, CANCEL, WAKE, REQUEUE, FAIL = "keep", "interrupt", "cancel", "w
 RESTART = "restart"
 
 
+#: The columns a :class:`RunInfo` is read from (``.values(*RUN_INFO_FIELDS)``), the same
+#: for every kind of heavy work; a kind whose rows are started again adds ``"restarts"``.
+RUN_INFO_FIELDS = (
+    "pk",
+    "state",
+    "created_at",
+    "heartbeat_at",
+    "started_at",
+    "enqueued_at",
+    "requeues",
+    "cancel_requested",
+)
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """What the plan needs to know about one active row of heavy work (a run, an export)."""

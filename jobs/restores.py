@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
@@ -43,7 +42,8 @@ from jobs.engine.members import Selection, SelectionError, manifest_table
 from jobs.engine.restore import WORK_PREFIX, RestoreError, RestoreResult, safe_extract
 from jobs.engine.stored import SourceReadError
 from jobs.models import Activity, Restore, RestoreTicket, Run
-from jobs.progress import RowProgress
+from jobs.progress import Heartbeat, RowProgress
+from jobs.runstate import requester
 from jobs.verification import (
     Unreadable,
     VerificationError,
@@ -412,7 +412,7 @@ def request_restore(
             target=str(path),
             only=list(selection.paths) if selection is not None else [],
             bytes_total=int(archive.get("size") or run.archive_size or 0),
-            requested_by=user if user is not None and user.is_authenticated else None,
+            requested_by=requester(user),
             message=_("Waiting for a worker to pick the restore up."),
         )
         RestoreTicket.objects.create(restore=restore, secrets={"identities": list(identities or [])})
@@ -439,32 +439,22 @@ class RestoreProgress:
         Restore.objects.filter(pk=self.restore_id, state=Restore.State.RUNNING).update(**values)
 
 
-class _Heartbeat(threading.Thread):
+class RestoreHeartbeat(Heartbeat):
     """Keeps ``heartbeat_at`` fresh through stretches without progress (a large member
-    read past), so the reaper only fails restores whose worker is really gone."""
+    read past), so the reaper only fails restores whose worker is really gone. A restore
+    cannot be cancelled: there is no flag to look at."""
 
-    def __init__(self, restore_id: int) -> None:
-        super().__init__(name=f"heartbeat-restore-{restore_id}", daemon=True)
+    def __init__(self, restore_id: int, interval: float | None = None) -> None:
+        super().__init__(f"heartbeat-restore-{restore_id}", interval)
         self.restore_id = restore_id
-        self.interval = float(settings.BACKUPSITE_HEARTBEAT_SECONDS)
-        self._stopped = threading.Event()
 
-    def run(self) -> None:
-        try:
-            while not self._stopped.wait(self.interval):
-                try:
-                    Restore.objects.filter(pk=self.restore_id, state=Restore.State.RUNNING).update(
-                        heartbeat_at=timezone.now()
-                    )
-                except Exception:  # a database blip must not kill the thread
-                    log.warning("Heartbeat of restore %s failed; retrying", self.restore_id, exc_info=True)
-                    close_old_connections()
-        finally:
-            connection.close()
+    def beat(self) -> bool:
+        return bool(
+            Restore.objects.filter(pk=self.restore_id, state=Restore.State.RUNNING).update(heartbeat_at=timezone.now())
+        )
 
-    def stop(self) -> None:
-        self._stopped.set()
-        self.join(timeout=10)
+    def cancel_asked(self) -> bool:
+        return False
 
 
 def _finish(restore_id: int, state: str, message: str, details: dict | None = None) -> None:
@@ -491,7 +481,7 @@ def run_restore_ticket(restore_id: int) -> Restore | None:
     if not claimed:
         return None
     restore = Restore.objects.select_related("run", "destination").get(pk=restore_id)
-    beat = _Heartbeat(restore_id)
+    beat = RestoreHeartbeat(restore_id)
     beat.start()
     try:
         report = restore_run(

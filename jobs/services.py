@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import close_old_connections, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -50,6 +50,7 @@ from jobs.engine.atomic import remove_partials
 from jobs.models import Job, Run, Source, Upload
 from jobs.naming import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, render
 from jobs.progress import LostRun, RunHeartbeat, RunProgress
+from jobs.runstate import RunRowsWork, by_whom, create_active, hand_slot_on, requester
 from jobs.sources import SourceError
 from jobs.sources import get_kind as get_source_kind
 from jobs.sources.base import cancel_check
@@ -57,6 +58,8 @@ from jobs.sources.base import cancel_check
 log = logging.getLogger(__name__)
 HEAVY_SLOT = slots.LOCK_NAME
 BACKUP = "backup"  # this module's kind of heavy work in jobs.slots
+#: A backup run's row as the reconcile sees it (backups count their restarts).
+RUN_INFO_FIELDS = (*reconcile.RUN_INFO_FIELDS, "restarts")
 
 # The names the rest of the code (and the tests) know these by.
 Progress = RunProgress
@@ -132,20 +135,13 @@ def create_run(job: Job, *, trigger: str = Run.Trigger.MANUAL, user=None, log_li
     """Create a queued run, or raise AlreadyRunning (the database refuses a second
     active run of the same job, whoever asks: double click, two beats, a retry)."""
     now = timezone.now()
-    try:
-        with transaction.atomic():
-            return Run.objects.create(
-                job=job,
-                job_name=job.name,
-                config=snapshot(job),
-                trigger=trigger,
-                created_by=user if user is not None and user.is_authenticated else None,
-                created_at=now,
-                enqueued_at=now,
-                log="".join(Run.log_line(line) for line in log_lines),
-            )
-    except IntegrityError:
-        raise AlreadyRunning(f"“{job.name}” is already running.") from None
+    log = "".join(Run.log_line(line) for line in log_lines)
+    run = create_active(
+        Run, trigger, user, job=job, job_name=job.name, config=snapshot(job), created_at=now, enqueued_at=now, log=log
+    )
+    if run is None:
+        raise AlreadyRunning(f"“{job.name}” is already running.")
+    return run
 
 
 def enqueue_run(job: Job, *, trigger: str = Run.Trigger.MANUAL, user=None, log_lines=()) -> Run:
@@ -177,7 +173,7 @@ def enqueue_oneoff(settings_of: Job, *, sources, destinations, password: str = "
             job=None,
             job_name=settings_of.name,
             trigger=Run.Trigger.WIZARD,
-            created_by=user if user is not None and user.is_authenticated else None,
+            created_by=requester(user),
             enqueued_at=timezone.now(),
             age_identity_wrapped=settings_of.age_identity_wrapped if password else "",
         )
@@ -208,72 +204,51 @@ def claim(run_id: int) -> str:
     return slots.claim(BACKUP, run_id)
 
 
-class BackupWork(slots.HeavyKind):
+class BackupWork(RunRowsWork):
     """Backups as heavy work: a run holds a slot while it archives (state running)."""
 
     name = BACKUP
+    model = Run
+    first_phase = Run.Phase.COLLECT
+    info_fields = RUN_INFO_FIELDS
+    holder_fields = ("pk", "job_name", "phase", "started_at")
 
-    def held_count(self) -> int:
-        return Run.objects.filter(state=Run.State.RUNNING).count()
+    def info(self, row: dict) -> reconcile.RunInfo:
+        return reconcile.RunInfo(**row, kind=BACKUP)
 
-    def holders(self) -> list[str]:
-        texts = []
-        for run in Run.objects.filter(state=Run.State.RUNNING).only("pk", "job_name", "phase", "started_at"):
-            since = timezone.localtime(run.started_at).strftime("%H:%M") if run.started_at else "?"
-            texts.append(
-                f"the backup of “{run.job_name}” (run #{run.pk}, {run.get_phase_display().lower()}, since {since})"
-            )
-        return texts
+    def describe_holder(self, run: Run, since: str) -> str:
+        return f"the backup of “{run.job_name}” (run #{run.pk}, {run.get_phase_display().lower()}, since {since})"
 
-    def active(self) -> list[reconcile.RunInfo]:
-        fields = (
-            "pk",
-            "state",
-            "created_at",
-            "heartbeat_at",
-            "started_at",
-            "enqueued_at",
-            "requeues",
-            "cancel_requested",
-            "restarts",
+    def cancel_before_start(self, pk: int, now) -> None:
+        Run.objects.filter(pk=pk, state__in=reconcile.PENDING).update(
+            state=Run.State.CANCELLED, finished_at=now, error="Cancelled before it started."
         )
-        return [
-            reconcile.RunInfo(**row, kind=BACKUP)
-            for row in Run.objects.filter(state__in=Run.ACTIVE_STATES).values(*fields)
-        ]
+
+    def hand_over(self, run_ids: list[int]) -> None:
+        hand_over(run_ids)
+
+    def unclaimed_message(self) -> str:
+        grace = settings.BACKUPSITE_QUEUE_GRACE_SECONDS
+        return (
+            f"No worker took this run: it waited more than {grace} s with a free slot, was handed to the workers "
+            f"once more and waited again. Check that a Celery worker is running (`make run` starts one; with "
+            f"Docker Compose, the worker service), then run the job again."
+        )
+
+    def notify_failed(self, run: Run) -> None:
+        notifications.notify_run_failed(run)
 
     def last_release(self):
         return Run.objects.aggregate(at=Max("released_at"))["at"]
 
-    def prepare(self, pk: int, now) -> bool:
-        row = Run.objects.filter(pk=pk).values("state", "cancel_requested").first()
-        if row is None or row["state"] not in (Run.State.QUEUED, Run.State.WAITING):
-            return False
-        if row["cancel_requested"]:
-            Run.objects.filter(pk=pk, state__in=reconcile.PENDING).update(
-                state=Run.State.CANCELLED, finished_at=now, error="Cancelled before it started."
-            )
-            return False
-        return True
-
-    def start(self, pk: int, now) -> None:
-        Run.objects.filter(pk=pk).update(
-            state=Run.State.RUNNING,
-            phase=Run.Phase.COLLECT,
-            phase_started_at=now,
-            started_at=now,
-            heartbeat_at=now,
-            host=enqueue.this_host(),
-        )
-
-    def park(self, pk: int) -> None:
-        Run.objects.filter(pk=pk, state=Run.State.QUEUED).update(state=Run.State.WAITING)
+    def start_values(self, now) -> dict:
+        return {**super().start_values(now), "phase_started_at": now}  # rate and time left count from here
 
     def apply(self, decision: reconcile.Decision, now) -> bool:
         return _APPLY[decision.action](decision, now)
 
 
-slots.register(BackupWork())
+BACKUP_WORK = slots.register(BackupWork())
 
 
 # --- executing ----------------------------------------------------------------------
@@ -290,17 +265,9 @@ def archive_stage(run_id: int, *, listener: Callable[[Run], None] | None = None,
 
     With *hand_on* the run's uploads go to this host's queue once the archive is
     written (a run without destinations is closed here). When the stage ends, its slot is
-    handed to the next waiting run through :func:`reconcile_runs`, so nothing has to poll
+    handed to the next waiting run (:func:`jobs.runstate.hand_slot_on`), so nothing has to poll
     the broker while a run waits."""
-    close_old_connections()
-    outcome = claim(run_id)
-    run = Run.objects.get(pk=run_id)
-    if outcome != slots.CLAIMED:
-        return run
-    try:
-        ended_here = _work_on(run, listener)
-    finally:
-        _release_slot()
+    run, ended_here = BACKUP_WORK.claim_and_work(run_id, lambda run: _work_on(run, listener))
     if not ended_here:
         return run
     if run.is_alert:
@@ -364,16 +331,6 @@ def _work_on(run: Run, listener: Callable[[Run], None] | None) -> bool:
             log.warning("Run %s was ended elsewhere while this worker worked on it; its result is discarded", run.pk)
             run.refresh_from_db()
     return bool(ended)
-
-
-def _release_slot() -> None:
-    """This run gave its slot back: let the reconcile hand it to the next waiting row of
-    any kind (a backup, a planning export). A failure here never changes the outcome
-    already stored (the reaper retries)."""
-    try:
-        reconcile_runs()
-    except Exception:
-        log.exception("Could not hand the free slot to a waiting run; the reaper will")
 
 
 def _timed_out_message() -> str:
@@ -646,18 +603,7 @@ def reap_stale_runs() -> int:
 
 
 def _info(run: Run) -> reconcile.RunInfo:
-    return reconcile.RunInfo(
-        pk=run.pk,
-        state=run.state,
-        created_at=run.created_at,
-        heartbeat_at=run.heartbeat_at,
-        started_at=run.started_at,
-        enqueued_at=run.enqueued_at,
-        requeues=run.requeues,
-        cancel_requested=run.cancel_requested,
-        restarts=run.restarts,
-        kind=BACKUP,
-    )
+    return reconcile.RunInfo(**{field: getattr(run, field) for field in RUN_INFO_FIELDS}, kind=BACKUP)
 
 
 def reconcile_runs(now=None) -> list[reconcile.Decision]:
@@ -685,60 +631,10 @@ def _apply_end_abandoned(decision: reconcile.Decision, now) -> bool:
     return end_abandoned(decision.run, state, now=now, reason=decision.reason) is not None
 
 
-def _cancel_pending(run_id: int, now, who: str = "") -> bool:
-    """Cancel a queued/waiting run: nobody holds it, so it ends here. Conditional on
-    the state, like claim(): whichever comes first wins, and a later delivery of its
-    task finds the run gone."""
-    return bool(
-        Run.objects.filter(pk=run_id, state__in=reconcile.PENDING).update(
-            state=Run.State.CANCELLED,
-            cancel_requested=True,
-            finished_at=now,
-            error="Cancelled before it started.",
-            log=_log_append(f"Cancelled{who} before it started."),
-        )
-    )
-
-
 def _apply_cancel(decision: reconcile.Decision, now) -> bool:
     if decision.run.state in Run.HELD_STATES:
         return _apply_end_abandoned(decision, now)
-    return _cancel_pending(decision.pk, now)
-
-
-def _apply_wake(decision: reconcile.Decision, now) -> bool:
-    woken = Run.objects.filter(pk=decision.pk, state=Run.State.WAITING).update(state=Run.State.QUEUED, enqueued_at=now)
-    if woken:
-        hand_over([decision.pk])
-    return bool(woken)
-
-
-def _apply_requeue(decision: reconcile.Decision, now) -> bool:
-    run = decision.run
-    requeued = Run.objects.filter(pk=run.pk, state=Run.State.QUEUED, requeues=run.requeues).update(
-        requeues=run.requeues + 1,
-        enqueued_at=now,
-        log=_log_append(f"Handed to the workers again: {decision.reason}."),
-    )
-    if requeued:
-        hand_over([run.pk])
-    return bool(requeued)
-
-
-def _apply_fail(decision: reconcile.Decision, now) -> bool:
-    run = decision.run
-    grace = settings.BACKUPSITE_QUEUE_GRACE_SECONDS
-    message = (
-        f"No worker took this run: it waited more than {grace} s with a free slot, was handed to the workers "
-        f"once more and waited again. Check that a Celery worker is running (`make run` starts one; with "
-        f"Docker Compose, the worker service), then run the job again."
-    )
-    failed = Run.objects.filter(
-        pk=run.pk, state=Run.State.QUEUED, requeues=run.requeues, enqueued_at=run.enqueued_at
-    ).update(state=Run.State.FAILED, finished_at=now, error=message, log=_log_append(message))
-    if failed:
-        notifications.notify_run_failed(Run.objects.get(pk=run.pk))
-    return bool(failed)
+    return BACKUP_WORK.cancel_pending(decision.pk, now)
 
 
 def _apply_restart(decision: reconcile.Decision, now) -> bool:
@@ -781,9 +677,9 @@ def _apply_restart(decision: reconcile.Decision, now) -> bool:
 _APPLY = {
     reconcile.INTERRUPT: _apply_end_abandoned,
     reconcile.CANCEL: _apply_cancel,
-    reconcile.WAKE: _apply_wake,
-    reconcile.REQUEUE: _apply_requeue,
-    reconcile.FAIL: _apply_fail,
+    reconcile.WAKE: BACKUP_WORK.wake,
+    reconcile.REQUEUE: BACKUP_WORK.requeue,
+    reconcile.FAIL: BACKUP_WORK.fail_unclaimed,
     reconcile.RESTART: _apply_restart,
 }
 
@@ -930,9 +826,9 @@ def cancel_run(run_id: int, user=None) -> str:
     heartbeat), is cancelled here and now: state cancelled, temporary files removed,
     slot handed on. A run with a live worker gets the flag that worker polls. A run
     whose archive is made has its open uploads stopped (the archive stays)."""
-    who = f" by {user.get_username()}" if user is not None and user.is_authenticated else ""
+    who = by_whom(user)
     now = timezone.now()
-    if _cancel_pending(run_id, now, who):
+    if BACKUP_WORK.cancel_pending(run_id, now, who):
         return CancelOutcome.NOT_STARTED
     if Run.objects.filter(pk=run_id, state=Run.State.UPLOADING).exists():
         uploads.cancel_uploads(run_id, who)
@@ -946,6 +842,6 @@ def cancel_run(run_id: int, user=None) -> str:
     info = _info(run)
     gone = reconcile.worker_gone(info, now, settings.BACKUPSITE_STALE_RUN_SECONDS)
     if gone and end_abandoned(info, Run.State.CANCELLED, now=now) is not None:
-        _release_slot()
+        hand_slot_on()
         return CancelOutcome.ABANDONED
     return CancelOutcome.REQUESTED

@@ -46,6 +46,21 @@ class UploadInfo:
     since: datetime | None = None  # when it became pending (the run's archive was written)
 
 
+#: Where each field of an :class:`UploadInfo` comes from in an Upload row (``since`` is
+#: annotated by :func:`sweep`).
+UPLOAD_INFO_COLUMNS = {
+    "pk": "pk",
+    "run_id": "run_id",
+    "state": "state",
+    "attempts": "attempts",
+    "destination": "destination_name",
+    "host": "run__host",
+    "heartbeat_at": "heartbeat_at",
+    "next_attempt_at": "next_attempt_at",
+    "since": "since",
+}
+
+
 @dataclass(frozen=True)
 class Limits:
     stale_seconds: float
@@ -183,32 +198,9 @@ def sweep(now: datetime | None = None) -> list[Decision]:
     rows = (
         Upload.objects.filter(state__in=Upload.OPEN_STATES)
         .annotate(since=Coalesce("run__released_at", "run__started_at", "run__created_at"))
-        .values(
-            "pk",
-            "run_id",
-            "state",
-            "attempts",
-            "destination_name",
-            "run__host",
-            "heartbeat_at",
-            "next_attempt_at",
-            "since",
-        )
+        .values(*UPLOAD_INFO_COLUMNS.values())
     )
-    infos = [
-        UploadInfo(
-            pk=row["pk"],
-            run_id=row["run_id"],
-            state=row["state"],
-            attempts=row["attempts"],
-            destination=row["destination_name"],
-            host=row["run__host"],
-            heartbeat_at=row["heartbeat_at"],
-            next_attempt_at=row["next_attempt_at"],
-            since=row["since"],
-        )
-        for row in rows
-    ]
+    infos = [UploadInfo(**{name: row[column] for name, column in UPLOAD_INFO_COLUMNS.items()}) for row in rows]
     unclosed = (
         Run.objects.filter(state=Run.State.UPLOADING)
         .filter(~Q(pk__in=Upload.objects.filter(state__in=Upload.OPEN_STATES).values("run_id")))

@@ -209,9 +209,9 @@ def test_an_export_waits_while_a_backup_runs_and_starts_when_it_ends(planning, j
         state=Run.State.SUCCEEDED, finished_at=timezone.now(), released_at=timezone.now()
     )
     with django_capture_on_commit_callbacks(execute=True):
-        from jobs.services import _release_slot
+        from jobs.runstate import hand_slot_on
 
-        _release_slot()  # what a finishing backup does
+        hand_slot_on()  # what a finishing backup does
     run.refresh_from_db()
     assert run.state == ExportRun.State.SUCCEEDED  # woken and run (eager Celery in the tests)
     assert services.reconcile_runs() == []  # nothing left over
@@ -230,7 +230,7 @@ def test_a_backup_waits_while_an_export_runs_and_starts_when_it_ends(planning, j
     # The export's worker carries on and ends: its release wakes the backup.
     ExportRun.objects.filter(pk=export_run.pk).update(state=ExportRun.State.SUCCEEDED, finished_at=timezone.now())
     with django_capture_on_commit_callbacks(execute=True):
-        service._release_slot()
+        service.hand_slot_on()
     assert Run.objects.get(pk=backup.pk).state == Run.State.SUCCEEDED
 
 

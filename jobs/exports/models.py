@@ -14,7 +14,6 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
 from django.urls import reverse
@@ -22,6 +21,8 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from backupsite.validators import split_addresses, validate_address_list, validate_no_control_chars
+from jobs.runstate import RunRecord, one_active_run
+from jobs.scheduled import ScheduleTracking
 
 #: Source kinds an export can read (``jobs.exports.drivers.REGISTRY`` has the drivers).
 EXPORT_SOURCE_KINDS = ("postgresql", "mysql", "sqlite")
@@ -79,7 +80,7 @@ def validate_sql(value: str) -> None:
         raise ValidationError(str(exc), code="sql") from None
 
 
-class PlanningExport(models.Model):
+class PlanningExport(ScheduleTracking, models.Model):
     """A nightly export: each dataset's query over the window, one ``.xlsx`` file per
     dataset, written with fixed names into *folder* at every destination (replacing the
     previous night's files)."""
@@ -161,17 +162,6 @@ class PlanningExport(models.Model):
         """Recompute ``next_run_at`` (not saved)."""
         self.next_run_at = self.next_run_after(now or timezone.now())
 
-    def schedule_changed(self) -> bool:
-        loaded = getattr(self, "_loaded_schedule", None)
-        return loaded is None or loaded != tuple(getattr(self, f) for f in self.SCHEDULE_FIELDS)
-
-    @classmethod
-    def from_db(cls, db, field_names, values):
-        instance = super().from_db(db, field_names, values)
-        if all(f in field_names for f in cls.SCHEDULE_FIELDS):
-            instance._loaded_schedule = tuple(getattr(instance, f) for f in cls.SCHEDULE_FIELDS)
-        return instance
-
     @property
     def last_run(self):
         return self.runs.order_by("-created_at", "-pk").first()
@@ -189,7 +179,7 @@ def _keep_next_run_current(sender, instance: PlanningExport, raw: bool = False, 
     is saved (pages, shell, fixtures); ``QuerySet.update()`` bypasses this."""
     if instance.schedule_changed() or (instance.enabled and instance.next_run_at is None):
         instance.refresh_next_run()
-        instance._loaded_schedule = tuple(getattr(instance, f) for f in PlanningExport.SCHEDULE_FIELDS)
+        instance.remember_schedule()
 
 
 def site_zone():
@@ -233,7 +223,7 @@ class ExportDataset(models.Model):
         return reverse("jobs:export_detail", args=[self.export_id])
 
 
-class ExportRun(models.Model):
+class ExportRun(RunRecord, models.Model):
     class State(models.TextChoices):
         QUEUED = "queued", _("Queued")
         WAITING = "waiting", _("Waiting for a free slot")
@@ -266,6 +256,9 @@ class ExportRun(models.Model):
         State.CANCELLED,
     )
     ALERT_STATES = (State.FAILED, State.PARTIAL, State.INTERRUPTED, State.TIMED_OUT)
+    #: No upload stage outlives the run: live is active (a *Cancel* is possible while active).
+    LIVE_STATES = ACTIVE_STATES
+    DURATION_IN_HOURS = False
 
     export = models.ForeignKey(PlanningExport, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
     export_name = models.CharField(max_length=100)
@@ -308,12 +301,7 @@ class ExportRun(models.Model):
         ordering = ["-created_at", "-pk"]
         verbose_name = _("export run")
         constraints = [
-            # At most one active run per export, whoever asks (double click, the tick).
-            models.UniqueConstraint(
-                fields=["export"],
-                condition=Q(state__in=["queued", "waiting", "running"]),
-                name="one_active_run_per_export",
-            ),
+            one_active_run("export", name="one_active_run_per_export"),
         ]
 
     def __str__(self) -> str:
@@ -321,14 +309,6 @@ class ExportRun(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("jobs:export_run_detail", args=[self.pk])
-
-    @property
-    def is_active(self) -> bool:
-        return self.state in self.ACTIVE_STATES
-
-    @property
-    def can_cancel(self) -> bool:
-        return self.state in self.ACTIVE_STATES
 
     @property
     def total_rows(self) -> int:
@@ -347,23 +327,6 @@ class ExportRun(models.Model):
         if self.datasets_total:
             return max(0, min(50, int(self.datasets_done * 50 / self.datasets_total)))
         return None
-
-    @property
-    def duration_display(self) -> str:
-        if self.started_at is None:
-            return ""
-        seconds = ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
-        if seconds < 60:
-            return f"{seconds:.1f} s"
-        minutes, secs = divmod(int(seconds), 60)
-        return f"{minutes} min {secs:02d} s"
-
-    @staticmethod
-    def log_line(line: str) -> str:
-        return f"{timezone.now().strftime('%Y-%m-%d %H:%M:%S')} {line}\n"
-
-    def append_log(self, line: str) -> None:
-        self.log = f"{self.log}{self.log_line(line)}"
 
 
 class ExportUpload(models.Model):

@@ -50,9 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
-from django.db.models import F, Max, Value
-from django.db.models.functions import Concat
+from django.db import DatabaseError, close_old_connections, transaction
+from django.db.models import Max
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -69,6 +68,7 @@ from jobs.exports.models import ExportRun, ExportUpload, PlanningExport, site_zo
 from jobs.exports.query import QueryRefused
 from jobs.models import Source
 from jobs.progress import Heartbeat as BaseHeartbeat
+from jobs.runstate import RunRowsWork, by_whom, create_active, hand_slot_on
 from jobs.services import CancelOutcome
 
 log = logging.getLogger(__name__)
@@ -113,21 +113,21 @@ def create_run(export: PlanningExport, *, trigger: str = ExportRun.Trigger.MANUA
     :class:`AlreadyRunning` (the database allows one active run per export)."""
     moment = moment or timezone.now()
     start, end = export.window_for(moment)
-    try:
-        with transaction.atomic():
-            return ExportRun.objects.create(
-                export=export,
-                export_name=export.name,
-                config=snapshot(export),
-                trigger=trigger,
-                created_by=user if user is not None and user.is_authenticated else None,
-                window_start=start,
-                window_end=end,
-                datasets_total=export.datasets.count(),
-                enqueued_at=timezone.now(),
-            )
-    except IntegrityError:
-        raise AlreadyRunning(_("“%(name)s” is already running.") % {"name": export.name}) from None
+    run = create_active(
+        ExportRun,
+        trigger,
+        user,
+        export=export,
+        export_name=export.name,
+        config=snapshot(export),
+        window_start=start,
+        window_end=end,
+        datasets_total=export.datasets.count(),
+        enqueued_at=timezone.now(),
+    )
+    if run is None:
+        raise AlreadyRunning(_("“%(name)s” is already running.") % {"name": export.name})
+    return run
 
 
 def enqueue(export: PlanningExport, *, trigger: str = ExportRun.Trigger.MANUAL, user=None, moment=None) -> ExportRun:
@@ -140,24 +140,17 @@ def hand_over(run_ids: list[int]) -> None:
     """Send runs to the ``exports`` queue once the transaction commits (through
     ``jobs.enqueue``, the one module that sends tasks). A broker that cannot be reached
     is logged there: the slot's reconcile hands a run nobody took over again."""
-    for run_id in run_ids:
-        send_export(run_id)
-
-
-RUN_INFO_FIELDS = (
-    "pk",
-    "state",
-    "created_at",
-    "heartbeat_at",
-    "started_at",
-    "enqueued_at",
-    "requeues",
-    "cancel_requested",
-)
+    send_export(run_ids)
 
 
 # --- the heavy slot ----------------------------------------------------------------------
-class ExportWork(slots.HeavyKind):
+def _info(row: dict) -> reconcile.RunInfo:
+    """An export run's row (``reconcile.RUN_INFO_FIELDS``) as the reconcile sees it: never
+    started again after its worker died."""
+    return reconcile.RunInfo(**row, kind=EXPORT, ref=f"export run #{row['pk']}", restartable=False)
+
+
+class ExportWork(RunRowsWork):
     """Planning exports as heavy work (``jobs.slots``): a run holds a slot while it runs,
     queries and uploads alike, so an export and a backup never run at once beyond
     ``BACKUPSITE_MAX_CONCURRENT_RUNS``.
@@ -171,51 +164,37 @@ class ExportWork(slots.HeavyKind):
     (the same rules as a backup's, ``jobs.reconcile``)."""
 
     name = EXPORT
+    model = ExportRun
+    first_phase = ExportRun.Phase.QUERY
+    holder_fields = ("pk", "export_name", "phase", "started_at")
 
-    def held_count(self) -> int:
-        return ExportRun.objects.filter(state=ExportRun.State.RUNNING).count()
+    def info(self, row: dict) -> reconcile.RunInfo:
+        return _info(row)
 
-    def holders(self) -> list[str]:
-        texts = []
-        for run in ExportRun.objects.filter(state=ExportRun.State.RUNNING).only(
-            "pk", "export_name", "phase", "started_at"
-        ):
-            since = timezone.localtime(run.started_at).strftime("%H:%M") if run.started_at else "?"
-            texts.append(
-                f"the planning export “{run.export_name}” (export run #{run.pk}, "
-                f"{run.get_phase_display().lower()}, since {since})"
-            )
-        return texts
+    def describe_holder(self, run: ExportRun, since: str) -> str:
+        return (
+            f"the planning export “{run.export_name}” (export run #{run.pk}, "
+            f"{run.get_phase_display().lower()}, since {since})"
+        )
 
-    def active(self) -> list[reconcile.RunInfo]:
-        return [
-            reconcile.RunInfo(**row, kind=EXPORT, ref=f"export run #{row['pk']}", restartable=False)
-            for row in ExportRun.objects.filter(state__in=ExportRun.ACTIVE_STATES).values(*RUN_INFO_FIELDS)
-        ]
+    def cancel_before_start(self, pk: int, now) -> None:
+        self.cancel_pending(pk, now)
+
+    def hand_over(self, run_ids: list[int]) -> None:
+        hand_over(run_ids)
+
+    def unclaimed_message(self) -> str:
+        return (
+            f"No worker took this export run: it waited more than {settings.BACKUPSITE_QUEUE_GRACE_SECONDS} s with "
+            "a free slot, was handed to the workers once more and waited again. Check that a Celery worker consumes "
+            "the exports queue (make run starts one; with Docker Compose, the worker service)."
+        )
+
+    def notify_failed(self, run: ExportRun) -> None:
+        notify_failed(run)
 
     def last_release(self):
         return ExportRun.objects.filter(started_at__isnull=False).aggregate(at=Max("finished_at"))["at"]
-
-    def prepare(self, pk: int, now) -> bool:
-        row = ExportRun.objects.filter(pk=pk).values("state", "cancel_requested").first()
-        if row is None or row["state"] not in reconcile.PENDING:
-            return False
-        if row["cancel_requested"]:
-            _cancel_pending(pk, now)
-            return False
-        return True
-
-    def start(self, pk: int, now) -> None:
-        ExportRun.objects.filter(pk=pk).update(
-            state=ExportRun.State.RUNNING,
-            phase=ExportRun.Phase.QUERY,
-            started_at=now,
-            heartbeat_at=now,
-            host=this_host(),
-        )
-
-    def park(self, pk: int) -> None:
-        ExportRun.objects.filter(pk=pk, state=ExportRun.State.QUEUED).update(state=ExportRun.State.WAITING)
 
     def apply(self, decision: reconcile.Decision, now) -> bool:
         action = _APPLY.get(decision.action)
@@ -225,14 +204,8 @@ class ExportWork(slots.HeavyKind):
         return action(decision, now)
 
 
-def _log_append(line: str) -> Concat:
-    return _log_concat(ExportRun.log_line(line))
-
-
-def _log_concat(text: str) -> Concat:
-    from django.db import models
-
-    return Concat(F("log"), Value(text), output_field=models.TextField())
+_log_append = ExportRun.log_expression
+_log_concat = ExportRun.log_concat
 
 
 def _apply_interrupt(decision: reconcile.Decision, now) -> bool:
@@ -246,7 +219,7 @@ def _apply_cancel(decision: reconcile.Decision, now) -> bool:
     asked for it)."""
     if decision.run.state in reconcile.HELD:
         return end_abandoned(decision.run, ExportRun.State.CANCELLED, now) is not None
-    return _cancel_pending(decision.pk, now)
+    return EXPORT_WORK.cancel_pending(decision.pk, now)
 
 
 def end_abandoned(info: reconcile.RunInfo, state: str, now=None) -> ExportRun | None:
@@ -308,59 +281,15 @@ def clean_staging(run_id: int) -> bool:
     return existed
 
 
-def _apply_wake(decision: reconcile.Decision, now) -> bool:
-    woken = ExportRun.objects.filter(pk=decision.pk, state=ExportRun.State.WAITING).update(
-        state=ExportRun.State.QUEUED, enqueued_at=now
-    )
-    if woken:
-        hand_over([decision.pk])
-    return bool(woken)
-
-
-def _apply_requeue(decision: reconcile.Decision, now) -> bool:
-    info = decision.run
-    requeued = ExportRun.objects.filter(pk=info.pk, state=ExportRun.State.QUEUED, requeues=info.requeues).update(
-        requeues=info.requeues + 1, enqueued_at=now, log=_log_append(f"Handed to the workers again: {decision.reason}.")
-    )
-    if requeued:
-        hand_over([info.pk])
-    return bool(requeued)
-
-
-def _apply_fail(decision: reconcile.Decision, now) -> bool:
-    info = decision.run
-    message = (
-        f"No worker took this export run: it waited more than {settings.BACKUPSITE_QUEUE_GRACE_SECONDS} s with a "
-        "free slot, was handed to the workers once more and waited again. Check that a Celery worker consumes "
-        "the exports queue (make run starts one; with Docker Compose, the worker service)."
-    )
-    failed = ExportRun.objects.filter(
-        pk=info.pk, state=ExportRun.State.QUEUED, requeues=info.requeues, enqueued_at=info.enqueued_at
-    ).update(state=ExportRun.State.FAILED, finished_at=now, error=message, log=_log_append(message))
-    if failed:
-        notify_failed(ExportRun.objects.get(pk=info.pk))
-    return bool(failed)
-
+EXPORT_WORK = slots.register(ExportWork())
 
 _APPLY = {
     reconcile.INTERRUPT: _apply_interrupt,
     reconcile.CANCEL: _apply_cancel,
-    reconcile.WAKE: _apply_wake,
-    reconcile.REQUEUE: _apply_requeue,
-    reconcile.FAIL: _apply_fail,
+    reconcile.WAKE: EXPORT_WORK.wake,
+    reconcile.REQUEUE: EXPORT_WORK.requeue,
+    reconcile.FAIL: EXPORT_WORK.fail_unclaimed,
 }
-
-slots.register(ExportWork())
-
-
-def _release_slot() -> None:
-    """This run gave its slot back: the reconcile hands it to the next waiting row of any
-    kind (what a finishing backup calls). Never raises: the reaper and the dispatcher
-    tick reconcile again."""
-    try:
-        slots.reconcile()
-    except Exception:
-        log.exception("Could not hand the free slot to waiting work; the reaper will")
 
 
 # --- progress and heartbeat ------------------------------------------------------------------
@@ -422,15 +351,7 @@ def staging_dir(run_id: int) -> Path:
 
 def execute(run_id: int, *, listener: Callable[[ExportRun], None] | None = None) -> ExportRun:
     """Claim and execute a run; returns it in its final (or waiting) state."""
-    close_old_connections()
-    outcome = slots.claim(EXPORT, run_id)
-    run = ExportRun.objects.get(pk=run_id)
-    if outcome != slots.CLAIMED:
-        return run
-    try:
-        ended_here = _work_on(run, listener)
-    finally:
-        _release_slot()
+    run, ended_here = EXPORT_WORK.claim_and_work(run_id, lambda run: _work_on(run, listener))
     if ended_here and run.state in ExportRun.ALERT_STATES:
         notify_failed(run)
     return run
@@ -681,39 +602,24 @@ def _upload(
 
 
 # --- cancel ----------------------------------------------------------------------------------
-def _cancel_pending(run_id: int, now, who: str = "") -> bool:
-    """Cancel a queued/waiting run: nobody holds it, so it ends here, conditional on the
-    state (like the claim: whichever comes first wins, a later delivery finds it gone)."""
-    return bool(
-        ExportRun.objects.filter(pk=run_id, state__in=reconcile.PENDING).update(
-            state=ExportRun.State.CANCELLED,
-            cancel_requested=True,
-            finished_at=now,
-            error="Cancelled before it started.",
-            log=_log_append(f"Cancelled{who} before it started."),
-        )
-    )
-
-
 def cancel_run(run_id: int, user=None) -> str:
     """Cancel an export run, as :func:`jobs.services.cancel_run` does a backup run (the
     same :class:`~jobs.services.CancelOutcome`): one that has not started is cancelled
     here and now; one whose worker is gone (stale heartbeat) too, its staging removed
     on its host and the slot handed on; a live worker gets the flag it polls and stops
     at its next progress point."""
-    who = f" by {user.get_username()}" if user is not None and user.is_authenticated else ""
+    who = by_whom(user)
     now = timezone.now()
-    if _cancel_pending(run_id, now, who):
+    if EXPORT_WORK.cancel_pending(run_id, now, who):
         return CancelOutcome.NOT_STARTED
     if not ExportRun.objects.filter(pk=run_id, state=ExportRun.State.RUNNING).update(
         cancel_requested=True, log=_log_append(f"Cancellation requested{who}.")
     ):
         return CancelOutcome.FINISHED
-    row = ExportRun.objects.filter(pk=run_id).values(*RUN_INFO_FIELDS).first()
-    info = reconcile.RunInfo(**row, kind=EXPORT, ref=f"export run #{run_id}", restartable=False)
+    info = _info(ExportRun.objects.filter(pk=run_id).values(*reconcile.RUN_INFO_FIELDS).first())
     gone = reconcile.worker_gone(info, now, settings.BACKUPSITE_STALE_RUN_SECONDS)
     if gone and end_abandoned(info, ExportRun.State.CANCELLED, now) is not None:
-        _release_slot()
+        hand_slot_on()
         return CancelOutcome.ABANDONED
     return CancelOutcome.REQUESTED
 

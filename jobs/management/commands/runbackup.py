@@ -12,12 +12,12 @@ then this command follows it to the end. Ctrl-C while waiting cancels the run.
 from __future__ import annotations
 
 import sys
-import time
 
 from django.core.management.base import BaseCommand, CommandError
 from django.template.defaultfilters import filesizeformat
 
 from jobs import notifications, services
+from jobs.management.follow import ProgressLine, find, follow
 from jobs.models import Job, Run, Upload
 
 POLL_SECONDS = 2  # while the run waits for a slot, or a worker runs it
@@ -34,6 +34,12 @@ def _bar(run: Run, width: int = 30) -> str:
     )
 
 
+def _waiting(run: Run) -> str:
+    if run.state in Run.HELD_STATES:
+        return f"Run #{run.pk} is being run by a worker; following it…"
+    return "Waiting for another backup to finish…"
+
+
 class Command(BaseCommand):
     help = "Run a backup job now, in the foreground, with a progress bar on a terminal."
 
@@ -42,45 +48,31 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="No progress bar.")
 
     def handle(self, *args, job: str, quiet: bool, **options):
-        found = Job.objects.filter(name=job).first() or Job.objects.filter(slug=job).first()
-        if found is None and job.isdigit():
-            found = Job.objects.filter(pk=int(job)).first()
-        if found is None:
-            raise CommandError(f"No job named {job!r}.")
+        found = find(Job, job, "job", fields=("name", "slug"))
         try:
             run = services.create_run(found, trigger=Run.Trigger.CLI)
         except services.AlreadyRunning as exc:
             raise CommandError(str(exc)) from None
 
-        tty = not quiet and sys.stdout.isatty()
+        progress = ProgressLine(self.stdout, _bar, enabled=not quiet and sys.stdout.isatty())
         # No worker may be running: this process sends the run's e-mails and pings itself.
         delivered_here, notifications.DELIVER_HERE = notifications.DELIVER_HERE, True
-
-        def show(current: Run) -> None:
-            if tty:
-                self.stdout.write("\r" + _bar(current).ljust(78), ending="")
-                self.stdout.flush()
-
         try:
-            while True:
-                run = services.execute_run(run.pk, listener=show)
-                if run.state in Run.FINAL_STATES or run.state == Run.State.UPLOADING:
-                    break
-                if run.state in Run.HELD_STATES:
-                    message = f"Run #{run.pk} is being run by a worker; following it…"
-                    show(run)
-                else:
-                    message = "Waiting for another backup to finish…"
-                if tty:
-                    self.stdout.write("\r" + message.ljust(78), ending="")
-                time.sleep(POLL_SECONDS)
+            run = follow(
+                run,
+                services.execute_run,
+                progress,
+                finished=lambda r: r.state in Run.FINAL_STATES or r.state == Run.State.UPLOADING,
+                waiting=_waiting,
+                shown_states=Run.HELD_STATES,
+                poll_seconds=POLL_SECONDS,
+            )
         except KeyboardInterrupt:
             services.cancel_run(run.pk)
             raise CommandError(f"Run #{run.pk} cancelled (Ctrl-C).") from None
         finally:
             notifications.DELIVER_HERE = delivered_here
-        if tty:
-            self.stdout.write("")
+        progress.end()
 
         if run.state == Run.State.SUCCEEDED:
             self.stdout.write(

@@ -9,12 +9,12 @@ run waits and this command polls it.
 from __future__ import annotations
 
 import sys
-import time
 
 from django.core.management.base import BaseCommand, CommandError
 from django.template.defaultfilters import filesizeformat
 
 from jobs.exports import service
+from jobs.management.follow import ProgressLine, find, follow
 from jobs.models import ExportRun, PlanningExport
 
 POLL_SECONDS = 2
@@ -35,6 +35,12 @@ def one_line(text: str) -> str:
     return " ".join((text or "").split())
 
 
+def _waiting(run: ExportRun) -> str:
+    if run.state == ExportRun.State.WAITING:
+        return "Waiting for a slot (a backup or export holds it)…"
+    return "Following the worker…"
+
+
 class Command(BaseCommand):
     help = "Run a planning export now, in the foreground, with a progress line on a terminal."
 
@@ -43,33 +49,21 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="No progress line.")
 
     def handle(self, *args, export: str, quiet: bool, **options):
-        found = PlanningExport.objects.filter(name=export).first()
-        if found is None and export.isdigit():
-            found = PlanningExport.objects.filter(pk=int(export)).first()
-        if found is None:
-            raise CommandError(f"No planning export named {export!r}.")
+        found = find(PlanningExport, export, "planning export")
         try:
             run = service.create_run(found, trigger=ExportRun.Trigger.CLI)
         except service.AlreadyRunning as exc:
             raise CommandError(str(exc)) from None
-        tty = not quiet and sys.stdout.isatty()
-
-        def show(current: ExportRun) -> None:
-            if tty:
-                self.stdout.write("\r" + progress_line(current).ljust(78), ending="")
-                self.stdout.flush()
-
-        while True:
-            run = service.execute(run.pk, listener=show)
-            if run.state in ExportRun.FINAL_STATES:
-                break
-            if tty:
-                waiting = run.state == ExportRun.State.WAITING
-                message = "Waiting for a slot (a backup or export holds it)…" if waiting else "Following the worker…"
-                self.stdout.write("\r" + message.ljust(78), ending="")
-            time.sleep(POLL_SECONDS)
-        if tty:
-            self.stdout.write("")
+        progress = ProgressLine(self.stdout, progress_line, enabled=not quiet and sys.stdout.isatty())
+        run = follow(
+            run,
+            service.execute,
+            progress,
+            finished=lambda r: r.state in ExportRun.FINAL_STATES,
+            waiting=_waiting,
+            poll_seconds=POLL_SECONDS,
+        )
+        progress.end()
         for item in run.files:
             self.stdout.write(f"  {item['file_name']}: {item['rows']} rows, {filesizeformat(item['size'])}")
         for upload in run.uploads.all():
