@@ -56,13 +56,9 @@ class RunRecord:
             return None
         return (self.finished_at or timezone.now()) - self.started_at
 
-    #: Whether an hour or more reads "2 h 05 min" (backup runs) or in minutes,
-    #: "125 min 00 s" (export runs: their pages have always shown it so).
-    DURATION_IN_HOURS = True
-
     @property
     def duration_display(self) -> str:
-        """'0.2 s', '3 min 12 s', '2 h 05 min' (see :attr:`DURATION_IN_HOURS`)."""
+        """'0.2 s', '3 min 12 s', '2 h 05 min'."""
         duration = self.duration
         if duration is None:
             return ""
@@ -70,7 +66,7 @@ class RunRecord:
         if seconds < 60:
             return f"{seconds:.1f} s"
         minutes, secs = divmod(int(seconds), 60)
-        if minutes < 60 or not self.DURATION_IN_HOURS:
+        if minutes < 60:
             return f"{minutes} min {secs:02d} s"
         hours, minutes = divmod(minutes, 60)
         return f"{hours} h {minutes:02d} min"

@@ -250,6 +250,15 @@ def test_duration_is_human_readable(job):
     assert run.duration_display == "2 h 05 min"
 
 
+def test_an_export_runs_duration_reads_like_a_backups():
+    """Export runs said "125 min 00 s" where backups said "2 h 05 min"."""
+    from jobs.exports.models import ExportRun
+
+    now = timezone.now()
+    export_run = ExportRun(started_at=now - timezone.timedelta(hours=2, minutes=5, seconds=3), finished_at=now)
+    assert export_run.duration_display == "2 h 05 min"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_heartbeat_keeps_a_long_quiet_run_alive(job):
     import time

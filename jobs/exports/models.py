@@ -258,7 +258,6 @@ class ExportRun(RunRecord, models.Model):
     ALERT_STATES = (State.FAILED, State.PARTIAL, State.INTERRUPTED, State.TIMED_OUT)
     #: No upload stage outlives the run: live is active (a *Cancel* is possible while active).
     LIVE_STATES = ACTIVE_STATES
-    DURATION_IN_HOURS = False
 
     export = models.ForeignKey(PlanningExport, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
     export_name = models.CharField(max_length=100)
