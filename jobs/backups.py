@@ -16,9 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db import models
-from django.db.models import F, Value
-from django.db.models.functions import Concat
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -27,6 +24,7 @@ from destinations.backends.base import DELETE, job_folder
 from jobs.engine.agekeys import KEY_FILE_NAME
 from jobs.models import Run, Upload
 from jobs.naming import MANIFEST_SUFFIX
+from jobs.runstate import by_whom
 
 
 class BackupProtected(Exception):
@@ -59,20 +57,10 @@ def places(run: Run) -> list[Place]:
     return found
 
 
-def _append(*lines: str) -> Concat:
-    """Append time-stamped lines to the run log in the update itself (a verification
-    may write to the same row meanwhile)."""
-    return Concat(F("log"), Value("".join(Run.log_line(line) for line in lines)), output_field=models.TextField())
-
-
-def _who(user) -> str:
-    return f" by {user.get_username()}" if user is not None and user.is_authenticated else ""
-
-
 def set_keep_forever(run: Run, keep: bool, *, user=None) -> None:
-    line = f"Marked “keep forever”{_who(user)}." if keep else f"“Keep forever” removed{_who(user)}."
+    line = f"Marked “keep forever”{by_whom(user)}." if keep else f"“Keep forever” removed{by_whom(user)}."
     run.keep_forever = keep
-    Run.objects.filter(pk=run.pk).update(keep_forever=keep, log=_append(line))
+    Run.objects.filter(pk=run.pk).update(keep_forever=keep, log=Run.log_expression(line))
 
 
 def _names(run: Run, remote_name: str) -> list[str]:
@@ -120,6 +108,8 @@ def delete_backup(run: Run, *, user=None) -> list[str]:
     now = timezone.now()
     run.local_path, run.deleted_at = "", now
     Run.objects.filter(pk=run.pk).update(
-        local_path="", deleted_at=now, log=_append(f"Backup deleted{_who(user)}:", *(f"  {line}" for line in lines))
+        local_path="",
+        deleted_at=now,
+        log=Run.log_expression(f"Backup deleted{by_whom(user)}:", *(f"  {line}" for line in lines)),
     )
     return lines
