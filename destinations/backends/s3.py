@@ -69,7 +69,6 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from django import forms
@@ -94,8 +93,11 @@ from destinations.backends.base import (
     Session,
     TestResult,
     TransientError,
+    already_exists,
     check_folder,
+    check_local_size,
     check_name,
+    check_read,
     is_partial,
     mapped_errors,
 )
@@ -491,30 +493,12 @@ class S3Session(Session):
             return None
 
     # --- writing --------------------------------------------------------------------
-    def upload(
-        self,
-        local_path,
-        folder,
-        name,
-        *,
-        expected_size,
-        expected_sha256=None,
-        progress=None,
-        cancel=None,
-        replace=False,
-    ):
-        check_folder(folder)
-        check_name(name)
+    def _upload(self, item, folder, *, progress, cancel, replace):
+        name, expected_size, expected_sha256, path = item.name, item.size, item.sha256, item.local_path
         key = self.key(folder, name)
-        path = Path(local_path)
-        try:
-            actual = path.stat().st_size
-        except OSError as exc:
-            raise PermanentError(f"The local copy of {name} cannot be read ({exc.strerror}).") from None
-        if actual != expected_size:
-            raise PermanentError(f"The local copy of {name} has {actual} bytes instead of {expected_size}.")
+        check_local_size(item)
         if not replace and self._head(key, f"checking whether {name} exists") is not None:
-            raise PermanentError(f"{name} already exists at the destination; it was not overwritten.")
+            raise already_exists(name)
         metadata = {"backupsite-sha256": expected_sha256} if expected_sha256 else {}
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -528,18 +512,12 @@ class S3Session(Session):
         if progress:
             progress(expected_size)
 
-    def _check_local(self, reader: HashingReader, name: str, expected_size: int, expected_sha256: str | None):
-        if reader.size != expected_size:
-            raise PermanentError(f"The local copy of {name} has {reader.size} bytes instead of {expected_size}.")
-        if expected_sha256 and reader.sha256 != expected_sha256:
-            raise PermanentError(f"The local copy of {name} does not match its checksum.")
-
     def _put(self, fd, path, key, name, size, expected_sha256, metadata, cancel) -> str:
         md5 = hashlib.md5(usedforsecurity=False)
         with HashingReader(path, cancel=cancel) as reader:
             while chunk := reader.read(COPY_CHUNK):
                 md5.update(chunk)
-        self._check_local(reader, name, size, expected_sha256)
+        check_read(reader, name, size, expected_sha256)
         what = f"uploading {name}"
         with mapped_errors(what, self._map(what)):
             self.client.put_object(
@@ -597,7 +575,7 @@ class S3Session(Session):
                         raise Cancelled()
                 reader.finish()
             # Commit only what matches: the whole local file was read and hashed by now.
-            self._check_local(reader, name, size, expected_sha256)
+            check_read(reader, name, size, expected_sha256)
             with mapped_errors(what, self._map(what)):
                 self.client.complete_multipart_upload(
                     Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
