@@ -5,6 +5,7 @@ here, its name to ``pytest_plugins`` and its fixture name to ``KIND_FIXTURES`` t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,3 +70,23 @@ def file_access(base: Path, raw_write: Callable[[str, str, bytes], None] | None 
         (folder_path(base, folder) / name).write_bytes(data)
 
     return {"raw_names": raw_names, "raw_read": raw_read, "raw_write": raw_write or plain_write}
+
+
+def upload_in_thread(
+    backend, path: Path, folder: str, name: str, size: int, sha256: str
+) -> tuple[threading.Thread, list]:
+    """Start uploading *path* as ``<folder>/<name>`` through *backend* (a session of its
+    own) in a thread, for a test that cuts the connection meanwhile. Returns the started
+    thread and the list that collects what the upload raised."""
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            with backend.session() as session:
+                session.upload(path, folder, name, expected_size=size, expected_sha256=sha256)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
