@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import logging
 import os
 import re
@@ -918,6 +919,43 @@ def mapped_errors(what: str, mapper: Callable[[BaseException], DestinationError 
         raise mapped from None
 
 
+class MappedStream(io.RawIOBase):
+    """A download's body from a client library (``read(n)``, ``close()``) as a readable
+    file object whose errors are typed destination errors (*map_error*, as for
+    :func:`mapped_errors`). Kinds whose body needs more override :meth:`_read` or
+    :meth:`_close_body`."""
+
+    what = "reading"  # for the error messages
+
+    def __init__(self, body, map_error) -> None:
+        super().__init__()
+        self._body = body
+        self._map = map_error
+
+    def readable(self) -> bool:
+        return True
+
+    def _read(self, n: int | None) -> bytes:
+        return self._body.read(n)
+
+    def _close_body(self) -> None:
+        self._body.close()
+
+    def read(self, n: int = -1) -> bytes:
+        with mapped_errors(self.what, self._map):
+            return self._read(None if n is None or n < 0 else n)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._close_body()
+        super().close()
+
+
 __all__ = [
     "ALL_CAPABILITIES",
     "DELETE",
@@ -935,6 +973,7 @@ __all__ = [
     "Fingerprint",
     "FingerprintError",
     "HashingReader",
+    "MappedStream",
     "NotFoundError",
     "PermanentError",
     "RemoteFile",
@@ -944,8 +983,11 @@ __all__ = [
     "TransientError",
     "UnsupportedError",
     "UploadItem",
+    "already_exists",
     "check_folder",
+    "check_local_size",
     "check_name",
+    "check_read",
     "check_slug",
     "copy_stream",
     "job_folder",

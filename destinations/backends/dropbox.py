@@ -58,6 +58,7 @@ from destinations.backends.base import (
     ConfError,
     DestinationError,
     HashingReader,
+    MappedStream,
     NotFoundError,
     PermanentError,
     RemoteFile,
@@ -289,36 +290,25 @@ def _mapper(timeout: float, what: str):
     return map_error
 
 
-class _ResponseStream(io.RawIOBase):
+class _ResponseStream(MappedStream):
     """A download's body (``requests`` response, streamed) with typed errors."""
 
+    what = "downloading"
+
     def __init__(self, response, map_error) -> None:
-        super().__init__()
+        super().__init__(response.raw, map_error)
         self._response = response
-        self._raw = response.raw
-        self._map = map_error
 
-    def readable(self) -> bool:
-        return True
+    def _read(self, n: int | None) -> bytes:
+        try:
+            return self._body.read(n)
+        except Exception as exc:
+            import requests
 
-    def read(self, n: int = -1) -> bytes:
-        with mapped_errors("downloading", self._map):
-            try:
-                return self._raw.read(None if n is None or n < 0 else n)
-            except Exception as exc:
-                import requests
+            raise requests.exceptions.ConnectionError() from exc
 
-                raise requests.exceptions.ConnectionError() from exc
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._response.close()
-        super().close()
+    def _close_body(self) -> None:
+        self._response.close()
 
 
 # --- the session ---------------------------------------------------------------------------

@@ -87,6 +87,7 @@ from destinations.backends.base import (
     ConfError,
     DestinationError,
     HashingReader,
+    MappedStream,
     NotFoundError,
     PermanentError,
     RemoteFile,
@@ -392,33 +393,6 @@ class _FileSlice(io.RawIOBase):
         return len(data)
 
 
-class _ObjectStream(io.RawIOBase):
-    """An object's body (botocore's StreamingBody) as a file object whose errors are
-    typed destination errors."""
-
-    def __init__(self, body, map_error) -> None:
-        super().__init__()
-        self._body = body
-        self._map = map_error
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        with mapped_errors("reading", self._map):
-            return self._body.read(None if n is None or n < 0 else n)
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._body.close()
-        super().close()
-
-
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
@@ -687,7 +661,7 @@ class S3Session(Session):
             if offset and "InvalidRange" in exc.message and self.stat(folder, name).size == offset:
                 return io.BytesIO(b"")
             raise
-        return _ObjectStream(response["Body"], self._map(what))
+        return MappedStream(response["Body"], self._map(what))  # botocore's StreamingBody
 
 
 def _etag_comparable(head: dict) -> bool:
