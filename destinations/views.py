@@ -14,6 +14,8 @@ token, the partials ``destinations/_kind_chooser.html``, ``_kind_fieldsets.html`
 
 from __future__ import annotations
 
+import functools
+
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
@@ -257,27 +259,33 @@ def _throttled_page(request, destination: Destination, exc: services.TestThrottl
     return response
 
 
-@require_POST
-@permission_required("destinations.change_destination", raise_exception=True)
-def destination_test(request, pk: int):
-    destination = get_object_or_404(Destination, pk=pk)
-    try:
-        services.throttle_test(request)
-    except services.TestThrottled as exc:
-        return _throttled_page(request, destination, exc)
+def _connection_test(view):
+    """A POST that tests the connection of one destination (administrators): counted by
+    the tests' rate limit, the detail page with 429 over it; *view* gets the destination."""
+
+    @require_POST
+    @permission_required("destinations.change_destination", raise_exception=True)
+    @functools.wraps(view)
+    def wrapped(request, pk: int):
+        destination = get_object_or_404(Destination, pk=pk)
+        try:
+            services.throttle_test(request)
+        except services.TestThrottled as exc:
+            return _throttled_page(request, destination, exc)
+        return view(request, destination)
+
+    return wrapped
+
+
+@_connection_test
+def destination_test(request, destination: Destination):
     result = services.test_destination(destination)
     (messages.success if result.ok else messages.error)(request, f"{destination.name}: {result.message}")
     return redirect(destination)
 
 
-@require_POST
-@permission_required("destinations.change_destination", raise_exception=True)
-def destination_trust(request, pk: int):
-    destination = get_object_or_404(Destination, pk=pk)
-    try:
-        services.throttle_test(request)
-    except services.TestThrottled as exc:
-        return _throttled_page(request, destination, exc)
+@_connection_test
+def destination_trust(request, destination: Destination):
     try:
         result = services.trust_and_retest(destination, request.POST.get("trust", ""), request=request)
     except services.TokenError as exc:
