@@ -13,9 +13,9 @@ form and the backend validate alike, and puts a ``ConfError`` next to its field.
 from __future__ import annotations
 
 from django import forms
-from django.forms.utils import ErrorDict
 from django.utils.translation import gettext_lazy as _
 
+from backupsite.kindpages import unvalidated
 from destinations.kindforms import KindForm
 from destinations.models import Destination
 
@@ -53,14 +53,6 @@ def kind_form(kind: str, data=None, *, destination: Destination | None = None, *
     settings = destination.settings if destination is not None and destination.kind == kind else None
     secrets = destination.secrets if destination is not None and destination.kind == kind else None
     return cls(data, settings=settings, secrets=secrets, **kwargs)
-
-
-def unvalidated(form):
-    """Keep what was typed in *form* without validating it (another kind's fieldset; a
-    name while only testing; a wizard step shown again as it was entered)."""
-    form._errors = ErrorDict()
-    form.cleaned_data = {}
-    return form
 
 
 DEFAULT_FIELDS_TEMPLATE = "destinations/_kind_fields.html"

@@ -14,30 +14,28 @@ token, the partials ``destinations/_kind_chooser.html``, ``_kind_fieldsets.html`
 
 from __future__ import annotations
 
+import functools
+
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
-from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
-from django.views.decorators.debug import sensitive_post_parameters
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 
 from backupsite import sudo
+from backupsite.kindpages import KindFormPage, chosen_kind, form_view, unvalidated
 from backupsite.sudo import sudo_required
 from destinations import services
 from destinations.backends import REGISTRY
 from destinations.backends.base import CAPABILITY_LABELS, READ
-from destinations.forms import DestinationForm, KindChoiceForm, KindForms, kind_form, unvalidated
+from destinations.forms import DestinationForm, KindChoiceForm, KindForms, kind_form
 from destinations.models import Destination
 
 FORM_TEMPLATE = "destinations/destination_form.html"
 DESTINATIONS_PER_PAGE = 25
 REGION_TEMPLATE = "destinations/_test_region.html"
-
-
-def _is_fetch(request) -> bool:
-    return request.headers.get("X-Requested-With") == "fetch"
 
 
 def _kind_info(kind: str) -> dict:
@@ -102,24 +100,24 @@ def _action(post) -> str | None:
     return "save"
 
 
-@sensitive_post_parameters()
-@require_http_methods(["GET", "POST"])
-@permission_required("destinations.add_destination", raise_exception=True)
+@form_view("destinations.add_destination")
 def destination_create(request):
     return _form_page(request, None)
 
 
-@sensitive_post_parameters()
-@require_http_methods(["GET", "POST"])
-@permission_required("destinations.change_destination", raise_exception=True)
+@form_view("destinations.change_destination")
 def destination_edit(request, pk: int):
     return _form_page(request, get_object_or_404(Destination, pk=pk))
 
 
-class _FormPage:
+class _FormPage(KindFormPage):
     """The create / edit page: the common form, the kind chooser (create only), the
     kinds' forms (:class:`~destinations.forms.KindForms`: only the chosen one validated),
     and the tokens carried between a test and the save (see :mod:`destinations.services`)."""
+
+    created_text = gettext_lazy("Destination “%(name)s” created.")
+    saved_text = gettext_lazy("Destination “%(name)s” saved.")
+    test_actions = ("test", "trust")
 
     def __init__(self, request, destination: Destination | None) -> None:
         self.request = request
@@ -136,7 +134,7 @@ class _FormPage:
         }
         self.sudo_needed = False
         kinds = list(REGISTRY) if self.creating else [destination.kind]
-        self.chosen = self._chosen(kinds)
+        self.chosen = chosen_kind(request, self.post, kinds) if self.creating else destination.kind
         self.chooser = KindChoiceForm(self.post, initial={"kind": self.chosen}) if self.creating else None
         pinned, pending = self._carried()
         self.kind_forms = KindForms(
@@ -150,15 +148,6 @@ class _FormPage:
         )
         self.chosen_form = self.kind_forms.chosen_form
         self.common = DestinationForm(self.post, instance=destination)
-
-    def _chosen(self, kinds: list[str]) -> str | None:
-        if not self.creating:
-            return self.destination.kind
-        source = self.post if self.post is not None else self.request.GET
-        kind = source.get("kind")
-        if kind in kinds:
-            return kind
-        return None if self.post is not None else kinds[0]
 
     def _carried(self) -> tuple[dict, dict]:
         """Settings pinned by confirmed fingerprints, and secrets typed before a reload."""
@@ -239,29 +228,21 @@ class _FormPage:
             **self.region_context(),
         }
 
+    def fragment(self, status: int):
+        return _retry_after(render(self.request, REGION_TEMPLATE, self.region_context(), status=status), self.region)
+
+    def full_page(self, status: int):
+        if self.sudo_needed:
+            status = 403
+        response = render(self.request, FORM_TEMPLATE, self.context(), status=status if status in (403, 429) else 200)
+        return _retry_after(response, self.region)
+
 
 def _form_page(request, destination: Destination | None):
     if destination is not None and destination.kind not in REGISTRY:
         messages.error(request, _("This destination's kind is not installed; it cannot be edited."))
         return redirect(destination)
-    page = _FormPage(request, destination)
-    status = 200
-    if page.action == "save":
-        saved = page.save()
-        if saved is not None:
-            text = _("Destination “%(name)s” created.") if page.creating else _("Destination “%(name)s” saved.")
-            messages.success(request, text % {"name": saved.name})
-            return redirect(saved)
-    elif page.action in ("test", "trust"):
-        status = page.test()
-        if _is_fetch(request):
-            if status == 422:  # the script then sends the form normally: errors by their fields
-                return HttpResponse(status=422)
-            return _retry_after(render(request, REGION_TEMPLATE, page.region_context(), status=status), page.region)
-    if page.sudo_needed:
-        status = 403
-    response = render(request, FORM_TEMPLATE, page.context(), status=status if status in (403, 429) else 200)
-    return _retry_after(response, page.region)
+    return _FormPage(request, destination).respond()
 
 
 def _retry_after(response, region: dict):
@@ -278,27 +259,33 @@ def _throttled_page(request, destination: Destination, exc: services.TestThrottl
     return response
 
 
-@require_POST
-@permission_required("destinations.change_destination", raise_exception=True)
-def destination_test(request, pk: int):
-    destination = get_object_or_404(Destination, pk=pk)
-    try:
-        services.throttle_test(request)
-    except services.TestThrottled as exc:
-        return _throttled_page(request, destination, exc)
+def _connection_test(view):
+    """A POST that tests the connection of one destination (administrators): counted by
+    the tests' rate limit, the detail page with 429 over it; *view* gets the destination."""
+
+    @require_POST
+    @permission_required("destinations.change_destination", raise_exception=True)
+    @functools.wraps(view)
+    def wrapped(request, pk: int):
+        destination = get_object_or_404(Destination, pk=pk)
+        try:
+            services.throttle_test(request)
+        except services.TestThrottled as exc:
+            return _throttled_page(request, destination, exc)
+        return view(request, destination)
+
+    return wrapped
+
+
+@_connection_test
+def destination_test(request, destination: Destination):
     result = services.test_destination(destination)
     (messages.success if result.ok else messages.error)(request, f"{destination.name}: {result.message}")
     return redirect(destination)
 
 
-@require_POST
-@permission_required("destinations.change_destination", raise_exception=True)
-def destination_trust(request, pk: int):
-    destination = get_object_or_404(Destination, pk=pk)
-    try:
-        services.throttle_test(request)
-    except services.TestThrottled as exc:
-        return _throttled_page(request, destination, exc)
+@_connection_test
+def destination_trust(request, destination: Destination):
     try:
         result = services.trust_and_retest(destination, request.POST.get("trust", ""), request=request)
     except services.TokenError as exc:

@@ -147,6 +147,32 @@ def launch_chromium():
             browser.close()
 
 
+@contextlib.contextmanager
+def live_server_chromium() -> Iterator:
+    """Headless Chromium for the tests of pytest-django's ``live_server`` in this process
+    (skipped without Playwright; ``require_binary`` for chromium). Playwright's sync API
+    runs an event loop in this thread; the ORM calls of the test itself are still
+    synchronous and safe, so Django is told to allow them meanwhile."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = require_binary("chromium")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_api.sync_playwright() as playwright:
+            instance = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            yield instance
+            instance.close()
+    finally:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+def logged_in(browser, live_server, client, user, **options):
+    """A new page of *browser* logged in as *user* (the test client's session cookie)."""
+    client.force_login(user)
+    context = browser.new_context(**options)
+    context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}])
+    return context.new_page()
+
+
 class User:
     """A page plus what a person does on it, counted: clicks (and key presses that
     press a button) and fields typed into. Script errors and failed responses are

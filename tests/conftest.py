@@ -156,6 +156,22 @@ def _notifications_at_once(monkeypatch):
 
 
 @pytest.fixture
+def config_changes():
+    """Every change ``backupsite.configwrite`` announces during the test
+    (``config_changed``), in order."""
+    from backupsite import configwrite
+
+    seen = []
+
+    def receiver(sender, change, **kwargs):
+        seen.append(change)
+
+    configwrite.config_changed.connect(receiver)
+    yield seen
+    configwrite.config_changed.disconnect(receiver)
+
+
+@pytest.fixture
 def alice(db) -> User:
     """Administrator."""
     user = User.objects.create_user("alice", "alice@example.com", "alice-password")

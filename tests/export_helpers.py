@@ -12,6 +12,30 @@ import openpyxl
 from jobs.exports.xlsx import parse_iso
 
 
+def demo_planning(folders: dict, tmp_path: Path, today: dt.date) -> dict:
+    """The demo planning database made for *today* (a SQLite source) and an export of its
+    datasets into ``planning/`` of a local destination (written through configwrite)."""
+    from backupsite import configwrite
+    from destinations.models import Destination
+    from jobs.exports import demo
+    from jobs.models import ExportDataset, PlanningExport, Source
+
+    path = demo.make_planning_database(tmp_path / "planning.sqlite3", today)
+    source = Source.objects.create(name="Planning", kind="sqlite", settings={"path": str(path)})
+    destination = Destination.objects.create(name="Local", kind="local", settings={"path": str(folders["backups"])})
+    export = PlanningExport(name="Newsroom", source=source, folder="planning", report_to="desk@example.com")
+    configwrite.save(export, m2m={"destinations": [destination]})
+    for position, dataset in enumerate(demo.DATASETS):
+        ExportDataset.objects.create(export=export, position=position, **dataset)
+    return {
+        "export": export,
+        "path": path,
+        "today": today,
+        "out": folders["backups"] / "planning",
+        "destination": destination,
+    }
+
+
 def read_sheet(path: Path):
     """(sheet, header, rows) of the only sheet of the workbook at *path*, values as
     openpyxl reads them (a real reader, not the writer's own objects)."""

@@ -18,6 +18,7 @@ Use them with ``pytest_plugins = ["tests.servers"]`` in a test module.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
@@ -138,6 +139,31 @@ def _run(args: list[str], user: ServiceUser, log: Path, what: str) -> None:
         raise RuntimeError(f"{what} failed ({proc.returncode}):\n{_tail(log)}")
 
 
+def _spawn(args: list[str], user: ServiceUser, log: Path) -> subprocess.Popen:
+    """Start a server as *user* in the folder of *log*, its output appended to *log*."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=log.parent,
+            **user.popen_kwargs(),
+        )
+
+
+@contextlib.contextmanager
+def _removed_on_failure(proc: subprocess.Popen, directory: Path, sig: int):
+    """Stop the server (with *sig*) and remove its folder if the block fails (it did not
+    start or could not be set up)."""
+    try:
+        yield
+    except BaseException:
+        _stop(proc, sig)
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -251,35 +277,31 @@ def _start_postgres():
     )
     pwfile.unlink()
     port = free_port()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [
-                postgres,
-                "-D",
-                str(directory / "data"),
-                "-p",
-                str(port),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                f"unix_socket_directories={directory}",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=30",
-                "-c",
-                "shared_buffers=32MB",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=directory,
-            **user.popen_kwargs(),
-        )
+    proc = _spawn(
+        [
+            postgres,
+            "-D",
+            str(directory / "data"),
+            "-p",
+            str(port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={directory}",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=30",
+            "-c",
+            "shared_buffers=32MB",
+        ],
+        user,
+        log,
+    )
     server = PostgresServer(
         bin_dir=bin_dir,
         directory=directory,
@@ -297,7 +319,7 @@ def _start_postgres():
             return False
         return True
 
-    try:
+    with _removed_on_failure(proc, directory, signal.SIGINT):
         _wait_until(ready, proc, log, "postgres")
         from psycopg import sql
 
@@ -307,10 +329,6 @@ def _start_postgres():
                     sql.Identifier(server.user), sql.Literal(server.password)
                 )
             )
-    except BaseException:
-        _stop(proc, signal.SIGINT)
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
     return server, proc
 
 
@@ -421,26 +439,22 @@ def _start_mariadb():
     )
     port = free_port()
     sock = directory / "mysqld.sock"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [
-                server_binary,
-                "--no-defaults",
-                f"--datadir={datadir}",
-                f"--socket={sock}",
-                f"--port={port}",
-                "--bind-address=127.0.0.1",
-                f"--pid-file={directory / 'mysqld.pid'}",
-                f"--tmpdir={directory}",
-                "--skip-log-bin",
-                *tuning,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=directory,
-            **user.popen_kwargs(),
-        )
+    proc = _spawn(
+        [
+            server_binary,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            f"--socket={sock}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={directory / 'mysqld.pid'}",
+            f"--tmpdir={directory}",
+            "--skip-log-bin",
+            *tuning,
+        ],
+        user,
+        log,
+    )
     server = MariaDBServer(
         directory=directory,
         port=port,
@@ -460,7 +474,7 @@ def _start_mariadb():
             return False
         return True
 
-    try:
+    with _removed_on_failure(proc, directory, signal.SIGTERM):
         _wait_until(ready, proc, log, "mariadbd")
         server.sql(f"CREATE USER 'bk'@'%' IDENTIFIED BY {_sql_string(server.password)}")
         server.sql(
@@ -469,10 +483,6 @@ def _start_mariadb():
             "DELETE FROM mysql.global_priv WHERE User = '';"
             "FLUSH PRIVILEGES;"
         )
-    except BaseException:
-        _stop(proc, signal.SIGTERM)
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
     return server, proc
 
 
@@ -536,31 +546,23 @@ def _start_redis(*, port: int | None = None, directory: Path | None = None, dura
     log = directory / "server.log"
     port = port or free_port()
     persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port", str(port),
-                "--bind", "127.0.0.1",
-                "--protected-mode", "yes",
-                "--save", "",
-                *persistence,
-                "--databases", str(REDIS_DATABASES),
-                "--dir", str(directory),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=directory,
-            **user.popen_kwargs(),
-        )  # fmt: skip
+    proc = _spawn(
+        [
+            binary,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--protected-mode", "yes",
+            "--save", "",
+            *persistence,
+            "--databases", str(REDIS_DATABASES),
+            "--dir", str(directory),
+        ],
+        user,
+        log,
+    )  # fmt: skip
     server = RedisServer(port=port, directory=directory)
-    try:
+    with _removed_on_failure(proc, directory, signal.SIGTERM):
         _wait_until(server.ping, proc, log, "redis-server")
-    except BaseException:
-        _stop(proc, signal.SIGTERM)
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
     return server, proc
 
 

@@ -8,19 +8,7 @@ from backupsite import configwrite
 from destinations.models import Destination
 
 
-@pytest.fixture
-def received():
-    changes = []
-
-    def receiver(sender, change, **kwargs):
-        changes.append(change)
-
-    configwrite.config_changed.connect(receiver)
-    yield changes
-    configwrite.config_changed.disconnect(receiver)
-
-
-def test_create_change_delete_with_secrets_masked(db, alice, received, folders):
+def test_create_change_delete_with_secrets_masked(db, alice, config_changes, folders):
     d = Destination(name="NAS", kind="local", settings={"path": "/srv/a"}, secrets={"password": "hunter2-secret"})
     change = configwrite.save(d, actor=alice)
     assert change.action == "created" and change.actor == alice and change.object_repr == "NAS"
@@ -36,16 +24,16 @@ def test_create_change_delete_with_secrets_masked(db, alice, received, folders):
     assert "new-secret-value" not in repr(change)
 
     # Saving without a change sends nothing.
-    before = len(received)
+    before = len(config_changes)
     configwrite.save(Destination.objects.get(pk=d.pk), actor=alice)
-    assert len(received) == before
+    assert len(config_changes) == before
 
     change = configwrite.delete(Destination.objects.get(pk=d.pk), actor=alice)
     assert change.action == "deleted" and not Destination.objects.filter(pk=d.pk).exists()
-    assert [c.action for c in received] == ["created", "changed", "deleted"]
+    assert [c.action for c in config_changes] == ["created", "changed", "deleted"]
 
 
-def test_many_to_many_and_choices_are_shown_by_name(job, alice, received):
+def test_many_to_many_and_choices_are_shown_by_name(job, alice, config_changes):
     from jobs.models import Job
 
     other = Destination.objects.create(name="Second disk", kind="local", settings={"path": "/srv/x"})

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from dropbox.content_hash import DropboxContentHasher
 from destinations.backends.base import NotFoundError, PermanentError, TransientError
 from destinations.backends.dropbox import ContentHasher, DropboxBackend, DropboxForm, DropboxSession, PkceAuthorization
 from destinations.models import Destination
+from tests.kinds import upload_in_thread
 from tests.tcpproxy import TcpProxy
 
 pytest_plugins = ["tests.kinds.dropbox"]
@@ -175,22 +175,11 @@ def test_a_cut_connection_is_transient_and_leaves_nothing(dropbox_hosts, monkeyp
     settings.BACKUPSITE_DESTINATION_TIMEOUT = 5
     path = tmp_path / "a.bin"
     sha = make_file(path, 40 * MiB)
-    errors = []
     with TcpProxy(("127.0.0.1", standin.port)) as proxy:
         hosts = {"api": f"localhost:{proxy.port}", "content": f"127.0.0.1:{proxy.port}", "www": "localhost"}
         monkeypatch.setattr(DropboxBackend, "hosts", hosts)
         monkeypatch.setattr(standin, "hosts", hosts)  # the stand-in checks the Host header
-        b = backend(standin)
-
-        def run():
-            try:
-                with b.session() as session:
-                    session.upload(path, folder, "cut.tar.zst", expected_size=40 * MiB, expected_sha256=sha)
-            except BaseException as exc:  # noqa: BLE001 - inspected below
-                errors.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
+        thread, errors = upload_in_thread(backend(standin), path, folder, "cut.tar.zst", 40 * MiB, sha)
         proxy.wait_for_upload(10 * MiB)
         proxy.cut()
         thread.join(30)

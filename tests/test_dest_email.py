@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import secrets
-import threading
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from destinations.models import Destination
 from jobs import services
 from jobs.engine.agekeys import KEY_FILE_NAME
 from jobs.models import Job, Run
+from tests.kinds import upload_in_thread
 from tests.tcpproxy import TcpProxy
 
 pytest_plugins = ["tests.mailserver", "tests.kinds.mail"]
@@ -204,22 +204,12 @@ def test_a_silent_mail_server_times_out_within_the_timeout(settings, mailbox):
 
 def test_a_connection_cut_mid_message_is_transient_and_delivers_nothing(smtp_server, settings, mailbox, tmp_path):
     path, sha = make_file(tmp_path / "a.tar.zst", 12 * MiB)
-    errors = []
     with TcpProxy(("127.0.0.1", smtp_server.port)) as proxy:
         settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
         settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", proxy.port, 5
         settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
         backend = destination(mailbox, attachment_limit_mb=20).backend()
-
-        def send():
-            try:
-                with backend.session() as session:
-                    session.upload(path, "backupsite/office", "a.tar.zst", expected_size=12 * MiB, expected_sha256=sha)
-            except BaseException as exc:  # noqa: BLE001 - inspected below
-                errors.append(exc)
-
-        thread = threading.Thread(target=send)
-        thread.start()
+        thread, errors = upload_in_thread(backend, path, "backupsite/office", "a.tar.zst", 12 * MiB, sha)
         proxy.wait_for_upload(4 * MiB)
         proxy.cut()
         thread.join(30)

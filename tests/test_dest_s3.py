@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from destinations.backends.base import (
 )
 from destinations.backends.s3 import S3Backend, S3Conf, S3Form, S3Session
 from destinations.models import Destination
+from tests.kinds import upload_in_thread
 from tests.tcpproxy import TcpProxy
 
 pytest_plugins = ["tests.kinds.s3"]
@@ -254,19 +254,9 @@ def test_a_cut_connection_mid_multipart_aborts_and_is_transient(moto_server, set
     settings.BACKUPSITE_DESTINATION_TIMEOUT = 5
     path = tmp_path / "big.bin"
     sha = make_file(path, 30 * MiB)
-    errors = []
     with TcpProxy(("127.0.0.1", moto_server.port)) as proxy:
         b = backend(moto_server, endpoint_url=f"http://127.0.0.1:{proxy.port}")
-
-        def run():
-            try:
-                with b.session() as session:
-                    session.upload(path, folder, "cut.tar.zst", expected_size=30 * MiB, expected_sha256=sha)
-            except BaseException as exc:  # noqa: BLE001 - inspected below
-                errors.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
+        thread, errors = upload_in_thread(b, path, folder, "cut.tar.zst", 30 * MiB, sha)
         proxy.wait_for_upload(8 * MiB)  # into the second part
         proxy.cut()
         # botocore retries a request once: cut the retry too, then let the abort through.

@@ -15,7 +15,6 @@ import pytest
 from django.core.cache import cache
 from django.urls import reverse
 
-from backupsite import configwrite
 from destinations import services
 from destinations.models import Destination
 from tests.conftest import grant_sudo
@@ -36,18 +35,6 @@ def clean_cache():
 def pinned_kind(monkeypatch):
     yield pinned.register(monkeypatch)
     pinned.LOGINS.clear()
-
-
-@pytest.fixture
-def changes():
-    seen = []
-
-    def receiver(sender, change, **kwargs):
-        seen.append(change)
-
-    configwrite.config_changed.connect(receiver)
-    yield seen
-    configwrite.config_changed.disconnect(receiver)
 
 
 def local_post(folders, **extra) -> dict:
@@ -164,13 +151,13 @@ def test_create_page_has_every_kind_fieldset_a_chooser_and_no_inline_script(clie
     assert re.search(r"\son[a-z]+=", page) is None and " style=" not in page
 
 
-def test_create_a_local_destination_through_configwrite(client, alice, folders, changes):
+def test_create_a_local_destination_through_configwrite(client, alice, folders, config_changes):
     client.force_login(alice)
     response = client.post(reverse("destinations:create"), local_post(folders, **{"usb-path": "not checked"}))
     destination = Destination.objects.get(name="Second disk")
     assert response.status_code == 302 and response["Location"] == destination.get_absolute_url()
     assert destination.kind == "local" and destination.settings == {"path": str(folders["backups"]), "create": False}
-    assert [c.action for c in changes] == ["created"] and changes[0].actor == alice
+    assert [c.action for c in config_changes] == ["created"] and config_changes[0].actor == alice
     assert destination.last_test_at is None
 
 
@@ -323,7 +310,9 @@ def test_a_forged_trust_token_is_refused(client, alice, folders, pinned_kind):
         services.read_trust_token(services.trust_token("pinned", pinned.pinned_fingerprint("nope")), "pinned")
 
 
-def test_fingerprint_confirmation_on_the_detail_page_and_a_changed_key(client, alice, folders, pinned_kind, changes):
+def test_fingerprint_confirmation_on_the_detail_page_and_a_changed_key(
+    client, alice, folders, pinned_kind, config_changes
+):
     destination = Destination.objects.create(
         name="Server",
         kind="pinned",
@@ -341,8 +330,8 @@ def test_fingerprint_confirmation_on_the_detail_page_and_a_changed_key(client, a
     assert response.status_code == 302
     destination.refresh_from_db()
     assert destination.settings["host_key"] == pinned.SERVER_KEY and destination.last_test_ok
-    assert [c.action for c in changes] == ["changed"]
-    assert [f.field for f in changes[0].changes] == ["settings.host_key"]
+    assert [c.action for c in config_changes] == ["changed"]
+    assert [f.field for f in config_changes[0].changes] == ["settings.host_key"]
 
     # The server shows another key: refused, naming both; the old token cannot pin it.
     pinned.SHOWN["key"] = pinned.OTHER_KEY
@@ -511,7 +500,7 @@ def test_delete_is_refused_while_jobs_use_it_naming_them(client, alice, job):
     assert Destination.objects.filter(pk=destination.pk).exists()
 
 
-def test_delete_after_confirmation_through_configwrite(client, alice, folders, changes):
+def test_delete_after_confirmation_through_configwrite(client, alice, folders, config_changes):
     destination = Destination.objects.create(name="Old disk", kind="local", settings={"path": str(folders["backups"])})
     client.force_login(alice)
     grant_sudo(client)
@@ -521,7 +510,7 @@ def test_delete_after_confirmation_through_configwrite(client, alice, folders, c
     assert response.redirect_chain[-1][0] == reverse("destinations:list")
     assert "Old disk" in response.content.decode() and "deleted" in response.content.decode()
     assert not Destination.objects.exists()
-    assert [c.action for c in changes] == ["deleted"]
+    assert [c.action for c in config_changes] == ["deleted"]
 
 
 # --- details ----------------------------------------------------------------------------------------

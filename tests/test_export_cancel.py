@@ -25,13 +25,12 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
-from backupsite import configwrite
 from backupsite.models import AuditEvent
-from destinations.models import Destination
 from jobs import reconcile, services, slots
-from jobs.exports import demo, service
-from jobs.models import ExportDataset, ExportRun, ExportUpload, PlanningExport, Run, Source
+from jobs.exports import service
+from jobs.models import ExportDataset, ExportRun, ExportUpload, Run
 from jobs.services import CancelOutcome
+from tests.export_helpers import demo_planning
 
 #: A query that yields many rows slowly enough to be cancelled while it is written.
 MANY_ROWS_SQL = (
@@ -42,15 +41,7 @@ MANY_ROWS_SQL = (
 
 @pytest.fixture
 def planning(db, folders, tmp_path):
-    today = timezone.localdate()
-    path = demo.make_planning_database(tmp_path / "planning.sqlite3", today)
-    source = Source.objects.create(name="Planning", kind="sqlite", settings={"path": str(path)})
-    destination = Destination.objects.create(name="Local", kind="local", settings={"path": str(folders["backups"])})
-    export = PlanningExport(name="Newsroom", source=source, folder="planning", report_to="desk@example.com")
-    configwrite.save(export, m2m={"destinations": [destination]})
-    for position, dataset in enumerate(demo.DATASETS):
-        ExportDataset.objects.create(export=export, position=position, **dataset)
-    return {"export": export, "out": folders["backups"] / "planning", "destination": destination}
+    return demo_planning(folders, tmp_path, timezone.localdate())
 
 
 @pytest.fixture

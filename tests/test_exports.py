@@ -20,7 +20,7 @@ from destinations.models import Destination
 from jobs import dispatch, reconcile, services, slots
 from jobs.exports import demo, service
 from jobs.models import ExportDataset, ExportRun, ExportUpload, Notification, PlanningExport, Run, Source
-from tests.export_helpers import assert_same_cells, read_sheet
+from tests.export_helpers import assert_same_cells, demo_planning, read_sheet
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -35,21 +35,7 @@ def berlin(settings):
 def planning(db, folders, berlin, tmp_path):
     """The demo planning database made for today (Berlin), an export of its two
     datasets into ``planning/`` of a local destination."""
-    today = timezone.localtime(timezone.now(), berlin).date()
-    path = demo.make_planning_database(tmp_path / "planning.sqlite3", today)
-    source = Source.objects.create(name="Planning", kind="sqlite", settings={"path": str(path)})
-    destination = Destination.objects.create(name="Local", kind="local", settings={"path": str(folders["backups"])})
-    export = PlanningExport(name="Newsroom", source=source, folder="planning", report_to="desk@example.com")
-    configwrite.save(export, m2m={"destinations": [destination]})
-    for position, dataset in enumerate(demo.DATASETS):
-        ExportDataset.objects.create(export=export, position=position, **dataset)
-    return {
-        "export": export,
-        "path": path,
-        "today": today,
-        "out": folders["backups"] / "planning",
-        "destination": destination,
-    }
+    return demo_planning(folders, tmp_path, timezone.localtime(timezone.now(), berlin).date())
 
 
 def db_rows(path, sql: str, start: str, end: str):

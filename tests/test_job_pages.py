@@ -12,7 +12,6 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from backupsite import configwrite
 from destinations.backends import REGISTRY
 from destinations.backends.base import DELETE
 from destinations.backends.local import LocalBackend
@@ -26,18 +25,6 @@ pytestmark = pytest.mark.django_db
 
 def run_job(job) -> Run:
     return services.execute_run(services.create_run(job).pk)
-
-
-@pytest.fixture
-def changes():
-    seen = []
-
-    def receiver(sender, change, **kwargs):
-        seen.append(change)
-
-    configwrite.config_changed.connect(receiver)
-    yield seen
-    configwrite.config_changed.disconnect(receiver)
 
 
 @pytest.fixture
@@ -83,12 +70,12 @@ def test_the_list_is_paginated_with_a_constant_number_of_queries(admin, job, dja
     assert "Page 2 of 2" in admin.get(reverse("jobs:job_list") + "?page=2").content.decode()
 
 
-def test_the_switch_disables_and_enables_through_configwrite(admin, job, changes):
+def test_the_switch_disables_and_enables_through_configwrite(admin, job, config_changes):
     url = reverse("jobs:job_set_enabled", args=[job.pk])
     assert admin.post(url, {"enabled": "0", "next": reverse("jobs:job_list")})["Location"] == reverse("jobs:job_list")
     job.refresh_from_db()
     assert job.enabled is False
-    assert [(c.action, [f.field for f in c.changes]) for c in changes] == [("changed", ["enabled"])]
+    assert [(c.action, [f.field for f in c.changes]) for c in config_changes] == [("changed", ["enabled"])]
     admin.post(url, {"enabled": "1"})
     job.refresh_from_db()
     assert job.enabled is True
@@ -120,7 +107,7 @@ def test_the_job_page_shows_settings_upcoming_runs_and_each_destinations_last_up
     assert reverse("jobs:job_edit", args=[job.pk]) in html and reverse("jobs:job_duplicate", args=[job.pk]) in html
 
 
-def test_destinations_are_added_and_removed_through_configwrite(admin, job, folders, changes):
+def test_destinations_are_added_and_removed_through_configwrite(admin, job, folders, config_changes):
     other = Destination.objects.create(name="Second disk", kind="local", settings={"path": str(folders["backups"])})
     url = reverse("jobs:job_destinations", args=[job.pk])
     assert f'value="{other.pk}">Second disk' in admin.get(job.get_absolute_url()).content.decode()
@@ -129,17 +116,17 @@ def test_destinations_are_added_and_removed_through_configwrite(admin, job, fold
     response = admin.post(url, {"remove": job.destinations.get(name="Local disk").pk}, follow=True)
     assert [d.name for d in job.destinations.all()] == ["Second disk"]
     assert "The backups already there were left in place" in response.content.decode()
-    assert [c.changes[0].field for c in changes] == ["destinations", "destinations"]
+    assert [c.changes[0].field for c in config_changes] == ["destinations", "destinations"]
     assert admin.post(url, {}).status_code == 400
 
 
-def test_delete_says_the_backups_are_kept_and_keeps_them(admin, job, folders, changes):
+def test_delete_says_the_backups_are_kept_and_keeps_them(admin, job, folders, config_changes):
     run = run_job(job)
     page = admin.get(reverse("jobs:job_delete", args=[job.pk])).content.decode()
     assert "Its backups are kept" in page and "backupsite/office-backup/" in page
     response = admin.post(reverse("jobs:job_delete", args=[job.pk]), follow=True)
     assert "Its backups at the destinations and its runs in the history were kept" in response.content.decode()
-    assert not Job.objects.filter(pk=job.pk).exists() and changes[-1].action == "deleted"
+    assert not Job.objects.filter(pk=job.pk).exists() and config_changes[-1].action == "deleted"
     run.refresh_from_db()
     assert run.job is None and run.local_file.is_file()
     assert (folders["backups"] / "backupsite" / "office-backup" / run.archive_name).is_file()
@@ -240,13 +227,13 @@ def test_one_off_runs_need_unsaved_settings(job):
 
 
 # --- management commands ---------------------------------------------------------------------
-def test_loaddemo_writes_its_job_through_configwrite(folders, settings, tmp_path, changes, monkeypatch):
+def test_loaddemo_writes_its_job_through_configwrite(folders, settings, tmp_path, config_changes, monkeypatch):
     monkeypatch.setattr(Source, "measure", lambda self: None)  # the test database is in memory
     settings.DATA_DIR = tmp_path / "data"
     settings.BACKUPSITE_LOCAL_BACKUP_DIR = folders["backups"]
     call_command("loaddemo", stdout=open(os.devnull, "w"))  # noqa: SIM115
-    created = [c for c in changes if c.model == "jobs.job"]
+    created = [c for c in config_changes if c.model == "jobs.job"]
     assert [(c.action, c.object_repr) for c in created] == [("created", "Demo backup")]
     assert {"sources", "destinations"} <= {f.field for f in created[0].changes}
     call_command("loaddemo", stdout=open(os.devnull, "w"))  # noqa: SIM115 - idempotent
-    assert len([c for c in changes if c.model == "jobs.job"]) == 1
+    assert len([c for c in config_changes if c.model == "jobs.job"]) == 1

@@ -5,46 +5,19 @@ without JavaScript every kind's fieldset is shown."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 
 import pytest
 
-from tests.conftest import require_binary
+from tests.browser import live_server_chromium, logged_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = require_binary("chromium")
-    # Playwright's sync API runs an event loop in this thread; the ORM calls of the test
-    # itself are still synchronous and safe.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_api.sync_playwright() as playwright:
-            instance = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            yield instance
-            instance.close()
-    finally:
-        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-
-
-def logged_in(browser, live_server, client, user, **options):
-    client.force_login(user)
-    context = browser.new_context(**options)
-    context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}])
-    return context.new_page()
+    with live_server_chromium() as instance:
+        yield instance
 
 
 def test_kinds_swap_and_the_test_runs_in_place(browser, live_server, client, alice, tmp_path):

@@ -16,7 +16,6 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
-from backupsite import configwrite
 from backupsite.ratelimit import LIMITS
 from jobs import services
 from jobs.models import Job, Run, Source, SourceUndeletable
@@ -24,18 +23,6 @@ from jobs.models import Job, Run, Source, SourceUndeletable
 pytest_plugins = ["tests.servers"]
 
 SECRET = "Hunter2-secret-value"
-
-
-@pytest.fixture
-def received():
-    changes = []
-
-    def receiver(sender, change, **kwargs):
-        changes.append(change)
-
-    configwrite.config_changed.connect(receiver)
-    yield changes
-    configwrite.config_changed.disconnect(receiver)
 
 
 @pytest.fixture
@@ -97,7 +84,7 @@ def test_loaddemo_does_not_duplicate_it(db, settings, tmp_path, monkeypatch):
     assert Source.objects.filter(name__startswith="Panel database").count() == 1
 
 
-def test_the_panel_database_cannot_be_deleted(admin, received):
+def test_the_panel_database_cannot_be_deleted(admin, config_changes):
     panel = Source.objects.get(kind="panel_database")
     url = reverse("jobs:source_delete", args=[panel.pk])
     page = admin.get(url).content.decode()
@@ -106,7 +93,7 @@ def test_the_panel_database_cannot_be_deleted(admin, received):
     assert response.status_code == 409 and "cannot be deleted" in response.content.decode()
     with pytest.raises(SourceUndeletable):
         panel.delete()
-    assert Source.objects.filter(pk=panel.pk).exists() and received == []
+    assert Source.objects.filter(pk=panel.pk).exists() and config_changes == []
     assert "Delete" not in admin.get(panel.get_absolute_url()).content.decode().split("<dl")[0].split("<h1>")[1]
 
 
@@ -156,12 +143,12 @@ def test_the_new_source_page_has_every_creatable_kind(admin):
     assert "js/kind-form.js" in page
 
 
-def test_create_a_directory_source_through_configwrite(admin, alice, tmp_path, received):
+def test_create_a_directory_source_through_configwrite(admin, alice, tmp_path, config_changes):
     response = create(admin, "directory", "Office files", {"path": str(tmp_path), "exclude": "*.tmp\n*.bak"})
     source = Source.objects.get(name="Office files")
     assert response.status_code == 302 and response["Location"] == source.get_absolute_url()
     assert source.settings == {"path": str(tmp_path), "exclude": ["*.tmp", "*.bak"]}
-    assert [c.action for c in received] == ["created"] and received[0].actor == alice
+    assert [c.action for c in config_changes] == ["created"] and config_changes[0].actor == alice
     page = admin.get(source.get_absolute_url()).content.decode()
     assert f"Directory {tmp_path}" in page
 
@@ -190,7 +177,7 @@ def test_a_duplicate_name_is_an_error(admin, tmp_path):
     assert response.status_code == 200 and "already exists" in response.content.decode()
 
 
-def test_edit_never_shows_the_password_and_blank_keeps_it(admin, received):
+def test_edit_never_shows_the_password_and_blank_keeps_it(admin, config_changes):
     source = Source.objects.create(
         name="Shop",
         kind="mysql",
@@ -207,14 +194,14 @@ def test_edit_never_shows_the_password_and_blank_keeps_it(admin, received):
     assert admin.post(url, data).status_code == 302
     source.refresh_from_db()
     assert source.secrets == {"password": SECRET} and source.settings["host"] == "db2.example"
-    shown = {c.field: c.display for c in received[-1].changes}
+    shown = {c.field: c.display for c in config_changes[-1].changes}
     assert shown == {"settings.host": "db.example → db2.example"}
     assert admin.post(url, {**data, "mysql-password": "new-secret"}).status_code == 302
     source.refresh_from_db()
     assert source.secrets == {"password": "new-secret"}
-    shown = {c.field: c.display for c in received[-1].changes}
+    shown = {c.field: c.display for c in config_changes[-1].changes}
     assert shown == {"secrets.password": "changed"}
-    assert "new-secret" not in repr(received[-1])
+    assert "new-secret" not in repr(config_changes[-1])
     # Errors on an edit never echo the stored or the typed password.
     page = admin.post(url, {**data, "mysql-database": "--x", "mysql-password": "typed-now"}).content.decode()
     assert "new-secret" not in page and "typed-now" not in page and "must not start with" in page
@@ -243,7 +230,7 @@ def test_measure_from_the_page(admin, source_tree):
 
 
 # --- delete ------------------------------------------------------------------------------
-def test_delete_is_refused_while_a_job_uses_the_source_naming_the_jobs(admin, job, received):
+def test_delete_is_refused_while_a_job_uses_the_source_naming_the_jobs(admin, job, config_changes):
     source = job.sources.get()
     other = Job.objects.create(name="Second job")
     other.sources.set([source])
@@ -254,15 +241,15 @@ def test_delete_is_refused_while_a_job_uses_the_source_naming_the_jobs(admin, jo
     text = response.content.decode()
     assert response.status_code == 409
     assert "it is part of 2 job(s): “Office backup”, “Second job”" in text
-    assert Source.objects.filter(pk=source.pk).exists() and received == []
+    assert Source.objects.filter(pk=source.pk).exists() and config_changes == []
 
 
-def test_delete_an_unused_source(admin, tmp_path, received):
+def test_delete_an_unused_source(admin, tmp_path, config_changes):
     source = Source.objects.create(name="Old files", kind="directory", settings={"path": str(tmp_path)})
     response = admin.post(reverse("jobs:source_delete", args=[source.pk]), follow=True)
     assert "Source “Old files” deleted" in response.content.decode()
     assert not Source.objects.filter(pk=source.pk).exists()
-    assert [c.action for c in received] == ["deleted"]
+    assert [c.action for c in config_changes] == ["deleted"]
 
 
 # --- run time: the same rules ---------------------------------------------------------------

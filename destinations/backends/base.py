@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import logging
 import os
 import re
@@ -238,6 +239,31 @@ def check_slug(slug: str) -> str:
         raise PermanentError(str(exc)) from None
 
 
+def check_local_size(item: UploadItem) -> None:
+    """The local copy of *item* is there and has the size it should have (before a
+    kind that sends it by other means starts)."""
+    try:
+        actual = item.local_path.stat().st_size
+    except OSError as exc:
+        raise PermanentError(f"The local copy of {item.name} cannot be read ({exc.strerror}).") from None
+    if actual != item.size:
+        raise PermanentError(f"The local copy of {item.name} has {actual} bytes instead of {item.size}.")
+
+
+def check_read(reader: HashingReader, name: str, expected_size: int, expected_sha256: str | None) -> None:
+    """What *reader* read of the local copy of *name* has the expected size and (if
+    known) checksum: only then is the upload committed."""
+    if reader.size != expected_size:
+        raise PermanentError(f"The local copy of {name} has {reader.size} bytes instead of {expected_size}.")
+    if expected_sha256 and reader.sha256 != expected_sha256:
+        raise PermanentError(f"The local copy of {name} does not match its checksum.")
+
+
+def already_exists(name: str) -> PermanentError:
+    """The error of an upload without ``replace`` to a name that is taken."""
+    return PermanentError(f"{name} already exists at the destination; it was not overwritten.")
+
+
 def job_folder(job_slug: str) -> str:
     """Where a job's backups go at every destination: ``backupsite/<job slug>``."""
     return f"{ROOT_FOLDER}/{check_slug(job_slug)}"
@@ -330,7 +356,30 @@ class Session:
         offers a checksum) matched. Without *replace*, an existing file of that name is
         an error (:class:`PermanentError`); with it, the old file is replaced once the
         new one is complete. *progress* gets the bytes sent so far; *cancel* is polled
-        between chunks (raise :class:`~jobs.engine.archive.Cancelled`)."""
+        between chunks (raise :class:`~jobs.engine.archive.Cancelled`).
+
+        Checks *folder* and *name*, then hands over to :meth:`_upload`, which kinds
+        implement."""
+        check_folder(folder)
+        check_name(name)
+        self._upload(
+            UploadItem(Path(local_path), name, expected_size, expected_sha256),
+            folder,
+            progress=progress,
+            cancel=cancel,
+            replace=replace,
+        )
+
+    def _upload(
+        self,
+        item: UploadItem,
+        folder: str,
+        *,
+        progress: ProgressCallback | None,
+        cancel: CancelCheck | None,
+        replace: bool,
+    ) -> None:
+        """Store *item* in the (already checked) *folder*: what :meth:`upload` promises."""
         raise UnsupportedError(f"{self.backend.label} destinations cannot store files.")
 
     def upload_files(
@@ -698,35 +747,20 @@ class FileTreeSession(Session):
         raise NotImplementedError
 
     # --- the operations, built on the primitives ------------------------------------
-    def upload(
-        self,
-        local_path,
-        folder,
-        name,
-        *,
-        expected_size,
-        expected_sha256=None,
-        progress=None,
-        cancel=None,
-        replace=False,
-    ):
-        check_folder(folder)
-        check_name(name)
+    def _upload(self, item, folder, *, progress, cancel, replace):
+        name, expected_size = item.name, item.size
         final = self.path(folder, name)
         tmp = self.path(folder, partial_name(name))
         self._makedirs(self.path(folder))
         existing = self._size(final)
         if existing is not None and not replace:
-            raise PermanentError(f"{name} already exists at the destination; it was not overwritten.")
+            raise already_exists(name)
         self._remove(tmp)
         try:
-            with HashingReader(Path(local_path), progress=progress, cancel=cancel) as source:
+            with HashingReader(item.local_path, progress=progress, cancel=cancel) as source:
                 self._write(source, tmp)
                 source.finish()
-            if source.size != expected_size:
-                raise PermanentError(f"The local copy of {name} has {source.size} bytes instead of {expected_size}.")
-            if expected_sha256 and source.sha256 != expected_sha256:
-                raise PermanentError(f"The local copy of {name} does not match its checksum.")
+            check_read(source, name, expected_size, item.sha256)
             size = self._size(tmp)
             if size != expected_size:
                 raise TransientError(
@@ -885,6 +919,43 @@ def mapped_errors(what: str, mapper: Callable[[BaseException], DestinationError 
         raise mapped from None
 
 
+class MappedStream(io.RawIOBase):
+    """A download's body from a client library (``read(n)``, ``close()``) as a readable
+    file object whose errors are typed destination errors (*map_error*, as for
+    :func:`mapped_errors`). Kinds whose body needs more override :meth:`_read` or
+    :meth:`_close_body`."""
+
+    what = "reading"  # for the error messages
+
+    def __init__(self, body, map_error) -> None:
+        super().__init__()
+        self._body = body
+        self._map = map_error
+
+    def readable(self) -> bool:
+        return True
+
+    def _read(self, n: int | None) -> bytes:
+        return self._body.read(n)
+
+    def _close_body(self) -> None:
+        self._body.close()
+
+    def read(self, n: int = -1) -> bytes:
+        with mapped_errors(self.what, self._map):
+            return self._read(None if n is None or n < 0 else n)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._close_body()
+        super().close()
+
+
 __all__ = [
     "ALL_CAPABILITIES",
     "DELETE",
@@ -902,6 +973,7 @@ __all__ = [
     "Fingerprint",
     "FingerprintError",
     "HashingReader",
+    "MappedStream",
     "NotFoundError",
     "PermanentError",
     "RemoteFile",
@@ -911,8 +983,11 @@ __all__ = [
     "TransientError",
     "UnsupportedError",
     "UploadItem",
+    "already_exists",
     "check_folder",
+    "check_local_size",
     "check_name",
+    "check_read",
     "check_slug",
     "copy_stream",
     "job_folder",

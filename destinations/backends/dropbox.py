@@ -45,7 +45,6 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC
-from pathlib import Path
 from urllib.parse import urlencode
 
 from django import forms
@@ -59,14 +58,18 @@ from destinations.backends.base import (
     ConfError,
     DestinationError,
     HashingReader,
+    MappedStream,
     NotFoundError,
     PermanentError,
     RemoteFile,
     Session,
     TestResult,
     TransientError,
+    already_exists,
     check_folder,
+    check_local_size,
     check_name,
+    check_read,
     is_partial,
     mapped_errors,
 )
@@ -287,36 +290,25 @@ def _mapper(timeout: float, what: str):
     return map_error
 
 
-class _ResponseStream(io.RawIOBase):
+class _ResponseStream(MappedStream):
     """A download's body (``requests`` response, streamed) with typed errors."""
 
+    what = "downloading"
+
     def __init__(self, response, map_error) -> None:
-        super().__init__()
+        super().__init__(response.raw, map_error)
         self._response = response
-        self._raw = response.raw
-        self._map = map_error
 
-    def readable(self) -> bool:
-        return True
+    def _read(self, n: int | None) -> bytes:
+        try:
+            return self._body.read(n)
+        except Exception as exc:
+            import requests
 
-    def read(self, n: int = -1) -> bytes:
-        with mapped_errors("downloading", self._map):
-            try:
-                return self._raw.read(None if n is None or n < 0 else n)
-            except Exception as exc:
-                import requests
+            raise requests.exceptions.ConnectionError() from exc
 
-                raise requests.exceptions.ConnectionError() from exc
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._response.close()
-        super().close()
+    def _close_body(self) -> None:
+        self._response.close()
 
 
 # --- the session ---------------------------------------------------------------------------
@@ -384,31 +376,14 @@ class DropboxSession(Session):
         return metadata if isinstance(metadata, FileMetadata) else None
 
     # --- writing --------------------------------------------------------------------
-    def upload(
-        self,
-        local_path,
-        folder,
-        name,
-        *,
-        expected_size,
-        expected_sha256=None,
-        progress=None,
-        cancel=None,
-        replace=False,
-    ):
+    def _upload(self, item, folder, *, progress, cancel, replace):
         from dropbox.files import CommitInfo, UploadSessionCursor, WriteMode
 
-        check_name(name)
+        name, expected_size, expected_sha256, local = item.name, item.size, item.sha256, item.local_path
         path = self.path(folder, name)
-        local = Path(local_path)
-        try:
-            actual = local.stat().st_size
-        except OSError as exc:
-            raise PermanentError(f"The local copy of {name} cannot be read ({exc.strerror}).") from None
-        if actual != expected_size:
-            raise PermanentError(f"The local copy of {name} has {actual} bytes instead of {expected_size}.")
+        check_local_size(item)
         if not replace and self._file(path, f"checking whether {name} exists") is not None:
-            raise PermanentError(f"{name} already exists at the destination; it was not overwritten.")
+            raise already_exists(name)
         chunk_size = min(self.chunk_size, MAX_REQUEST)
         hasher = ContentHasher()
         what = f"uploading {name}"
@@ -432,10 +407,7 @@ class DropboxSession(Session):
             del chunk
             reader.finish()
             # The whole file was read and hashed: commit only what matches.
-            if reader.size != expected_size:
-                raise PermanentError(f"The local copy of {name} has {reader.size} bytes instead of {expected_size}.")
-            if expected_sha256 and reader.sha256 != expected_sha256:
-                raise PermanentError(f"The local copy of {name} does not match its checksum.")
+            check_read(reader, name, expected_size, expected_sha256)
             commit = CommitInfo(
                 path=path,
                 mode=WriteMode.overwrite if replace else WriteMode.add,

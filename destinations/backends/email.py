@@ -164,25 +164,8 @@ class EmailSession(Session):
         self.conf: EmailConf = backend.conf
         self.timeout = getattr(django_settings, "EMAIL_TIMEOUT", None) or backend.timeout
 
-    def upload(
-        self,
-        local_path,
-        folder,
-        name,
-        *,
-        expected_size,
-        expected_sha256=None,
-        progress=None,
-        cancel=None,
-        replace=False,
-    ):
-        self.upload_files(
-            folder,
-            [UploadItem(local_path, name, expected_size, expected_sha256)],
-            progress=progress,
-            cancel=cancel,
-            replace=replace,
-        )
+    def _upload(self, item, folder, *, progress, cancel, replace):
+        self.upload_files(folder, [item], progress=progress, cancel=cancel, replace=replace)
 
     def upload_files(self, folder, items, *, progress=None, cancel=None, replace=False):
         """One message for the whole backup. *replace* has no meaning for e-mail."""

@@ -69,7 +69,6 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from django import forms
@@ -88,14 +87,18 @@ from destinations.backends.base import (
     ConfError,
     DestinationError,
     HashingReader,
+    MappedStream,
     NotFoundError,
     PermanentError,
     RemoteFile,
     Session,
     TestResult,
     TransientError,
+    already_exists,
     check_folder,
+    check_local_size,
     check_name,
+    check_read,
     is_partial,
     mapped_errors,
 )
@@ -390,33 +393,6 @@ class _FileSlice(io.RawIOBase):
         return len(data)
 
 
-class _ObjectStream(io.RawIOBase):
-    """An object's body (botocore's StreamingBody) as a file object whose errors are
-    typed destination errors."""
-
-    def __init__(self, body, map_error) -> None:
-        super().__init__()
-        self._body = body
-        self._map = map_error
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        with mapped_errors("reading", self._map):
-            return self._body.read(None if n is None or n < 0 else n)
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._body.close()
-        super().close()
-
-
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
@@ -491,30 +467,12 @@ class S3Session(Session):
             return None
 
     # --- writing --------------------------------------------------------------------
-    def upload(
-        self,
-        local_path,
-        folder,
-        name,
-        *,
-        expected_size,
-        expected_sha256=None,
-        progress=None,
-        cancel=None,
-        replace=False,
-    ):
-        check_folder(folder)
-        check_name(name)
+    def _upload(self, item, folder, *, progress, cancel, replace):
+        name, expected_size, expected_sha256, path = item.name, item.size, item.sha256, item.local_path
         key = self.key(folder, name)
-        path = Path(local_path)
-        try:
-            actual = path.stat().st_size
-        except OSError as exc:
-            raise PermanentError(f"The local copy of {name} cannot be read ({exc.strerror}).") from None
-        if actual != expected_size:
-            raise PermanentError(f"The local copy of {name} has {actual} bytes instead of {expected_size}.")
+        check_local_size(item)
         if not replace and self._head(key, f"checking whether {name} exists") is not None:
-            raise PermanentError(f"{name} already exists at the destination; it was not overwritten.")
+            raise already_exists(name)
         metadata = {"backupsite-sha256": expected_sha256} if expected_sha256 else {}
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -528,18 +486,12 @@ class S3Session(Session):
         if progress:
             progress(expected_size)
 
-    def _check_local(self, reader: HashingReader, name: str, expected_size: int, expected_sha256: str | None):
-        if reader.size != expected_size:
-            raise PermanentError(f"The local copy of {name} has {reader.size} bytes instead of {expected_size}.")
-        if expected_sha256 and reader.sha256 != expected_sha256:
-            raise PermanentError(f"The local copy of {name} does not match its checksum.")
-
     def _put(self, fd, path, key, name, size, expected_sha256, metadata, cancel) -> str:
         md5 = hashlib.md5(usedforsecurity=False)
         with HashingReader(path, cancel=cancel) as reader:
             while chunk := reader.read(COPY_CHUNK):
                 md5.update(chunk)
-        self._check_local(reader, name, size, expected_sha256)
+        check_read(reader, name, size, expected_sha256)
         what = f"uploading {name}"
         with mapped_errors(what, self._map(what)):
             self.client.put_object(
@@ -597,7 +549,7 @@ class S3Session(Session):
                         raise Cancelled()
                 reader.finish()
             # Commit only what matches: the whole local file was read and hashed by now.
-            self._check_local(reader, name, size, expected_sha256)
+            check_read(reader, name, size, expected_sha256)
             with mapped_errors(what, self._map(what)):
                 self.client.complete_multipart_upload(
                     Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
@@ -709,7 +661,7 @@ class S3Session(Session):
             if offset and "InvalidRange" in exc.message and self.stat(folder, name).size == offset:
                 return io.BytesIO(b"")
             raise
-        return _ObjectStream(response["Body"], self._map(what))
+        return MappedStream(response["Body"], self._map(what))  # botocore's StreamingBody
 
 
 def _etag_comparable(head: dict) -> bool:

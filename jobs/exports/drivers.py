@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from django.utils.module_loading import import_string
+
 from jobs.exports.query import Prepared, prepare
 from jobs.sources.dbtools import CONNECT_TIMEOUT, is_panel_database, scrub
 
@@ -73,6 +75,7 @@ class Driver:
     style: ClassVar[str]  # the placeholder style (jobs.exports.query.STYLES)
     #: The driver returns dates as text (SQLite): ISO text becomes date cells.
     text_dates: ClassVar[bool] = False
+    conf_path: ClassVar[str]  # the source kind's Conf (imported when used)
 
     def __init__(self, settings: dict, secrets: dict | None, *, tz: dt.tzinfo, timeout: float, name: str = "") -> None:
         self.settings = settings or {}
@@ -83,6 +86,9 @@ class Driver:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+    def conf(self):
+        return import_string(self.conf_path).parse(self.settings)
 
     def prepare(self, sql: str) -> Prepared:
         return prepare(sql, self.style)
@@ -107,16 +113,32 @@ def local_wall(moment: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
     return moment.astimezone(tz).replace(tzinfo=None)
 
 
+def refuse_panel_database(target: dict) -> None:
+    """ExportError if *target* (Django's ``DATABASES`` keys) is the panel's own database."""
+    if is_panel_database(target):
+        raise ExportError("Refused: this source is the panel's own database (it holds every password hash).")
+
+
+class ServerDriver(Driver):
+    """A database on a server (PostgreSQL, MySQL/MariaDB): the source kind's settings,
+    parsed by its ``Conf``, and never the panel's own database."""
+
+    engine: ClassVar[str]  # Django's ENGINE of the kind, to compare with the panel's
+
+    def checked_conf(self):
+        """:meth:`conf`, after refusing the panel's own database."""
+        conf = self.conf()
+        refuse_panel_database({"ENGINE": self.engine, "NAME": conf.database, "HOST": conf.host, "PORT": conf.port})
+        return conf
+
+
 # --- PostgreSQL -------------------------------------------------------------------------
-class PostgresDriver(Driver):
+class PostgresDriver(ServerDriver):
     kind = "postgresql"
     label = "PostgreSQL"
     style = "pyformat"
-
-    def conf(self):
-        from jobs.sources.postgres import PostgresConf
-
-        return PostgresConf.parse(self.settings)
+    engine = "django.db.backends.postgresql"
+    conf_path = "jobs.sources.postgres.PostgresConf"
 
     def parameters(self, start, end):
         return {"start": start, "end": end}
@@ -124,11 +146,7 @@ class PostgresDriver(Driver):
     def _connect(self):
         import psycopg
 
-        conf = self.conf()
-        target = {"ENGINE": "django.db.backends.postgresql", "NAME": conf.database, "HOST": conf.host}
-        target["PORT"] = conf.port
-        if is_panel_database(target):
-            raise ExportError("Refused: this source is the panel's own database (it holds every password hash).")
+        conf = self.checked_conf()
         try:
             return psycopg.connect(conf.conninfo(), password=self._password or None, autocommit=False)
         except psycopg.Error as exc:
@@ -178,15 +196,12 @@ class PostgresDriver(Driver):
 _MYSQL_TIMEOUTS = {3024, 1969}
 
 
-class MysqlDriver(Driver):
+class MysqlDriver(ServerDriver):
     kind = "mysql"
     label = "MySQL/MariaDB"
     style = "pyformat"
-
-    def conf(self):
-        from jobs.sources.mysql import MysqlConf
-
-        return MysqlConf.parse(self.settings)
+    engine = "django.db.backends.mysql"
+    conf_path = "jobs.sources.mysql.MysqlConf"
 
     def parameters(self, start, end):
         return {"start": local_wall(start, self.tz), "end": local_wall(end, self.tz)}
@@ -194,10 +209,7 @@ class MysqlDriver(Driver):
     def _connect(self):
         import pymysql
 
-        conf = self.conf()
-        target = {"ENGINE": "django.db.backends.mysql", "NAME": conf.database, "HOST": conf.host, "PORT": conf.port}
-        if is_panel_database(target):
-            raise ExportError("Refused: this source is the panel's own database (it holds every password hash).")
+        conf = self.checked_conf()
         try:
             return pymysql.connect(
                 host=conf.host,
@@ -283,11 +295,7 @@ class SqliteDriver(Driver):
     label = "SQLite"
     style = "named"
     text_dates = True
-
-    def conf(self):
-        from jobs.sources.sqlite import SqliteConf
-
-        return SqliteConf.parse(self.settings)
+    conf_path = "jobs.sources.sqlite.SqliteConf"
 
     def parameters(self, start, end):
         fmt = "%Y-%m-%d %H:%M:%S"
@@ -296,8 +304,7 @@ class SqliteDriver(Driver):
     def _connect(self) -> sqlite3.Connection:
         conf = self.conf()
         path = Path(conf.path)
-        if is_panel_database({"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)}):
-            raise ExportError("Refused: this source is the panel's own database (it holds every password hash).")
+        refuse_panel_database({"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)})
         if not path.is_file():
             raise ExportError(f"The SQLite file {path} does not exist.")
         try:

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -346,3 +346,23 @@ class DumpSource(SourceKind):
     def entries(self, staging, on_error):
         with self.dump(staging, f"{self.slug}/{self.dump_name()}") as items:
             yield items
+
+
+class ServerDumpSource(DumpSource):
+    """A database on a server (PostgreSQL, MySQL/MariaDB): its password is the secret,
+    the dump is named after the database, and the kind's module measures it and asks
+    the server for its version (functions of the conf and the password)."""
+
+    secret_fields = ("password",)
+    dump_suffix: ClassVar[str]  # ".pgdump"
+    size_of: ClassVar[Callable[..., int]]  # staticmethod(database_size)
+    info_of: ClassVar[Callable[..., tuple[str, int]]]  # staticmethod(server_info)
+
+    def dump_name(self) -> str:
+        return f"{self.conf.database}{self.dump_suffix}"
+
+    def size(self) -> int:
+        return self.size_of(self.conf, self._password)
+
+    def server_info(self) -> tuple[str, int]:
+        return self.info_of(self.conf, self._password)

@@ -25,7 +25,7 @@ from jobs.sources.base import SourceError, on_field
 from jobs.sources.dbtools import (
     CONNECT_TIMEOUT,
     QUERY_TIMEOUT,
-    DumpSource,
+    ServerDumpSource,
     check_name,
     check_port,
     last_line,
@@ -168,24 +168,17 @@ def server_info(conf: MysqlConf, password: str | None) -> tuple[str, int]:
     return f"{family} {version}", size
 
 
-class MysqlSource(DumpSource):
+class MysqlSource(ServerDumpSource):
     kind = "mysql"
     label = _("MySQL/MariaDB database")
     help_text = _("One MySQL or MariaDB database, dumped as SQL with mysqldump (restored with the mysql client).")
     form_class_path = "jobs.sources.forms.MysqlForm"
-    secret_fields = ("password",)
     title = "MySQL"
     conf_class = MysqlConf
     temp_prefix = "mysqldump"
-
-    def dump_name(self) -> str:
-        return f"{self.conf.database}.sql"
-
-    def size(self) -> int:
-        return database_size(self.conf, self._password)
-
-    def server_info(self) -> tuple[str, int]:
-        return server_info(self.conf, self._password)
+    dump_suffix = ".sql"
+    size_of = staticmethod(database_size)
+    info_of = staticmethod(server_info)
 
     def write_dump(self, target: Path, staging: Path) -> None:
         mysqldump(self.conf, self._password, target, staging, what=self.what)

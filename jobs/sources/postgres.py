@@ -36,7 +36,7 @@ from jobs.sources.base import ConfError, SourceError, on_field
 from jobs.sources.dbtools import (
     CONNECT_TIMEOUT,
     QUERY_TIMEOUT,
-    DumpSource,
+    ServerDumpSource,
     check_name,
     check_port,
     check_table_names,
@@ -281,24 +281,17 @@ def server_info(conf: PostgresConf, password: str | None) -> tuple[str, int]:
     return f"PostgreSQL {row[0]}", int(row[1])
 
 
-class PostgresSource(DumpSource):
+class PostgresSource(ServerDumpSource):
     kind = "postgresql"
     label = _("PostgreSQL database")
     help_text = _("One PostgreSQL database, dumped with pg_dump (custom format, restored with pg_restore).")
     form_class_path = "jobs.sources.forms.PostgresForm"
-    secret_fields = ("password",)
     title = "PostgreSQL"
     conf_class = PostgresConf
     temp_prefix = "pgdump"
-
-    def dump_name(self) -> str:
-        return f"{self.conf.database}.pgdump"
-
-    def size(self) -> int:
-        return database_size(self.conf, self._password)
-
-    def server_info(self) -> tuple[str, int]:
-        return server_info(self.conf, self._password)
+    dump_suffix = ".pgdump"
+    size_of = staticmethod(database_size)
+    info_of = staticmethod(server_info)
 
     def write_dump(self, target: Path, staging: Path) -> None:
         pg_dump(self.conf, self._password, target, what=self.what)

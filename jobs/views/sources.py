@@ -15,13 +15,12 @@ from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch
-from django.forms.utils import ErrorDict
-from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
-from django.views.decorators.debug import sensitive_post_parameters
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 
+from backupsite.kindpages import KindFormPage, chosen_kind, form_view, is_fetch, unvalidated
 from jobs.models import Job, Source, SourceUndeletable
 from jobs.sources import REGISTRY
 from jobs.sources import services as source_services
@@ -32,18 +31,6 @@ FORM_TEMPLATE = "jobs/source_form.html"
 USED_BY_SHOWN = 3
 SOURCES_PER_PAGE = 25
 RESULT_TEMPLATE = "jobs/sources/_test_result.html"
-
-
-def _is_fetch(request) -> bool:
-    return request.headers.get("X-Requested-With") == "fetch"
-
-
-def _unvalidated(form):
-    """Keep what was typed in *form* without validating it (another kind's fieldset; the
-    name while only testing)."""
-    form._errors = ErrorDict()
-    form.cleaned_data = {}
-    return form
 
 
 def _editable(kind: str) -> bool:
@@ -97,23 +84,22 @@ def _stored_secret_labels(source: Source) -> list[str]:
 
 
 # --- create and edit ---------------------------------------------------------------------
-@sensitive_post_parameters()
-@require_http_methods(["GET", "POST"])
-@permission_required("jobs.add_source", raise_exception=True)
+@form_view("jobs.add_source")
 def source_create(request):
     return _form_page(request, None)
 
 
-@sensitive_post_parameters()
-@require_http_methods(["GET", "POST"])
-@permission_required("jobs.change_source", raise_exception=True)
+@form_view("jobs.change_source")
 def source_edit(request, pk: int):
     return _form_page(request, get_object_or_404(Source, pk=pk))
 
 
-class _FormPage:
+class _FormPage(KindFormPage):
     """The create / edit page: the name, the kind chooser (create only), one form per
     kind (only the chosen one bound for validation)."""
+
+    created_text = gettext_lazy("Source “%(name)s” created.")
+    saved_text = gettext_lazy("Source “%(name)s” saved.")
 
     def __init__(self, request, source: Source | None) -> None:
         self.request = request
@@ -121,7 +107,7 @@ class _FormPage:
         self.creating = source is None
         self.post = request.POST if request.method == "POST" else None
         self.kinds = list(creatable_kinds()) if self.creating else [source.kind]
-        self.chosen = self._chosen()
+        self.chosen = chosen_kind(request, self.post, self.kinds) if self.creating else source.kind
         self.chooser = KindChoiceForm(self.post, initial={"kind": self.chosen}) if self.creating else None
         self.forms = {kind: self._kind_form(kind) for kind in self.kinds}
         self.chosen_form = self.forms.get(self.chosen)
@@ -129,21 +115,12 @@ class _FormPage:
         self.result: TestResult | None = None
         self.test_error = ""
 
-    def _chosen(self) -> str | None:
-        if not self.creating:
-            return self.source.kind
-        data = self.post if self.post is not None else self.request.GET
-        kind = data.get("kind")
-        if kind in self.kinds:
-            return kind
-        return None if self.post is not None else (self.kinds[0] if self.kinds else None)
-
     def _kind_form(self, kind: str):
         options = {"use_required_attribute": not self.creating}
         if self.post is None:
             return kind_form(kind, source=self.source, **options)
         if kind != self.chosen:
-            return _unvalidated(kind_form(kind, self.post, **options))
+            return unvalidated(kind_form(kind, self.post, **options))
         return kind_form(kind, self.post, source=self.source, **options)
 
     @property
@@ -163,7 +140,7 @@ class _FormPage:
     def test(self) -> int:
         """Test the unsaved settings; the HTTP status of the answer (422: the settings
         have errors, shown next to their fields on a full page)."""
-        _unvalidated(self.common)
+        unvalidated(self.common)
         form = self.chosen_form
         if form is None:
             self.test_error = _("Choose a kind first.")
@@ -204,26 +181,18 @@ class _FormPage:
             **self.result_context(),
         }
 
+    def fragment(self, status: int):
+        return render(self.request, RESULT_TEMPLATE, self.result_context(), status=status)
+
+    def full_page(self, status: int):
+        return render(self.request, FORM_TEMPLATE, self.context(), status=429 if status == 429 else 200)
+
 
 def _form_page(request, source: Source | None):
     if source is not None and not _editable(source.kind):
         messages.error(request, _("This source's kind is not installed; it cannot be edited."))
         return redirect(source)
-    page = _FormPage(request, source)
-    status = 200
-    if page.action == "save":
-        saved = page.save()
-        if saved is not None:
-            text = _("Source “%(name)s” created.") if page.creating else _("Source “%(name)s” saved.")
-            messages.success(request, text % {"name": saved.name})
-            return redirect(saved)
-    elif page.action == "test":
-        status = page.test()
-        if _is_fetch(request):
-            if status == 422:  # the script then sends the form normally: errors by their fields
-                return HttpResponse(status=422)
-            return render(request, RESULT_TEMPLATE, page.result_context(), status=status)
-    return render(request, FORM_TEMPLATE, page.context(), status=429 if status == 429 else 200)
+    return _FormPage(request, source).respond()
 
 
 # --- test, measure, delete ------------------------------------------------------------------
@@ -242,7 +211,7 @@ def source_test(request, pk: int):
         result = TestResult(False, str(exc))
     else:
         result = source_services.run_test(handler)
-    if _is_fetch(request):
+    if is_fetch(request):
         return render(request, RESULT_TEMPLATE, {"result": result})
     if result.ok:
         messages.success(request, _("%(name)s: %(message)s") % {"name": source.name, "message": _summary(result)})

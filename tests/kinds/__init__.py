@@ -5,8 +5,10 @@ here, its name to ``pytest_plugins`` and its fixture name to ``KIND_FIXTURES`` t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -43,3 +45,48 @@ class KindUnderTest:
 
     def backend(self, **overrides):
         return self.destination(**overrides).backend()
+
+
+def folder_path(base: Path, folder: str) -> Path:
+    """``<base>/<folder>`` (*base* itself for ``""``)."""
+    return base / folder if folder else base
+
+
+def file_access(base: Path, raw_write: Callable[[str, str, bytes], None] | None = None) -> dict:
+    """``raw_names`` / ``raw_read`` / ``raw_write`` of a :class:`KindUnderTest` whose server
+    keeps the destination's files in the local folder *base* (the base path). Files are
+    written plainly unless the kind passes its own *raw_write* (another owner, the
+    server's own tool)."""
+
+    def raw_names(folder: str) -> list[str]:
+        path = folder_path(base, folder)
+        return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+
+    def raw_read(folder: str, name: str) -> bytes:
+        return (folder_path(base, folder) / name).read_bytes()
+
+    def plain_write(folder: str, name: str, data: bytes) -> None:
+        folder_path(base, folder).mkdir(parents=True, exist_ok=True)
+        (folder_path(base, folder) / name).write_bytes(data)
+
+    return {"raw_names": raw_names, "raw_read": raw_read, "raw_write": raw_write or plain_write}
+
+
+def upload_in_thread(
+    backend, path: Path, folder: str, name: str, size: int, sha256: str
+) -> tuple[threading.Thread, list]:
+    """Start uploading *path* as ``<folder>/<name>`` through *backend* (a session of its
+    own) in a thread, for a test that cuts the connection meanwhile. Returns the started
+    thread and the list that collects what the upload raised."""
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            with backend.session() as session:
+                session.upload(path, folder, name, expected_size=size, expected_sha256=sha256)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors

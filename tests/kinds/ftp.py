@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kinds import KindUnderTest
+from tests.kinds import KindUnderTest, file_access
 from tests.kinds import ftp_server as server_program
 
 FULL_DISK_BYTES = 2 * 1024 * 1024
@@ -141,29 +141,11 @@ def ftp_server():
 
 def _kind(server: FtpTestServer, settings, listener: str) -> KindUnderTest:
     settings.BACKUPSITE_ALLOW_LOCAL_DESTINATIONS = True
-    base = server.home
-
-    def where(folder: str) -> Path:
-        return base / folder if folder else base
-
-    def raw_names(folder: str) -> list[str]:
-        path = where(folder)
-        return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-
-    def raw_read(folder: str, name: str) -> bytes:
-        return (where(folder) / name).read_bytes()
-
-    def raw_write(folder: str, name: str, data: bytes) -> None:
-        where(folder).mkdir(parents=True, exist_ok=True)
-        (where(folder) / name).write_bytes(data)
-
     return KindUnderTest(
         kind="ftp",
         settings=server.settings(listener),
         secrets=server.secrets(),
-        raw_names=raw_names,
-        raw_read=raw_read,
-        raw_write=raw_write,
+        **file_access(server.home),
         wrong_secrets={"password": "wrong-" + secrets.token_hex(4)},
         plain_secrets=[server.passwords["backup"]],
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REQUIRE_BINARIES
-from tests.kinds import KindUnderTest
+from tests.kinds import KindUnderTest, file_access, folder_path
 from tests.sshd import SshdUnavailable, SshServer, SshUser, UserSpec, generate_key
 
 
@@ -52,23 +52,13 @@ def sshd_server():
 def raw_access(user: SshUser, base: Path) -> dict:
     """Read and write the server's storage directly (as root), files owned by the user."""
 
-    def where(folder: str) -> Path:
-        return base / folder if folder else base
-
-    def raw_names(folder: str) -> list[str]:
-        path = where(folder)
-        return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-
-    def raw_read(folder: str, name: str) -> bytes:
-        return (where(folder) / name).read_bytes()
-
     def raw_write(folder: str, name: str, data: bytes) -> None:
-        user.makedirs(where(folder))
-        path = where(folder) / name
+        user.makedirs(folder_path(base, folder))
+        path = folder_path(base, folder) / name
         path.write_bytes(data)
         user.chown(path)
 
-    return {"raw_names": raw_names, "raw_read": raw_read, "raw_write": raw_write}
+    return file_access(base, raw_write)
 
 
 @pytest.fixture

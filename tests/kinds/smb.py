@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kinds import KindUnderTest
+from tests.kinds import KindUnderTest, file_access, folder_path
 
 SMB_USER = "bksmbtest"  # the Unix (and Samba) user the shares belong to
 SMALL_SHARE_BYTES = 8 * 1024 * 1024
@@ -314,28 +314,16 @@ def smb_kind(smb_server, settings) -> KindUnderTest:
     smb_server.make_dir("backups", base)
     share_dir = smb_server.shares["backups"] / base
 
-    def where(folder: str) -> Path:
-        return share_dir / folder if folder else share_dir
-
-    def raw_names(folder: str) -> list[str]:
-        path = where(folder)
-        return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-
-    def raw_read(folder: str, name: str) -> bytes:
-        return (where(folder) / name).read_bytes()
-
     def raw_write(folder: str, name: str, data: bytes) -> None:
         if folder:
             smb_server.make_dir("backups", f"{base}/{folder}")
-        smb_server.write_file(where(folder) / name, data)
+        smb_server.write_file(folder_path(share_dir, folder) / name, data)
 
     return KindUnderTest(
         kind="smb",
         settings=smb_server.settings(path=base),
         secrets=smb_server.secrets(),
-        raw_names=raw_names,
-        raw_read=raw_read,
-        raw_write=raw_write,
+        **file_access(share_dir, raw_write),
         wrong_secrets={"password": "wrong-" + secrets.token_hex(4)},
         plain_secrets=[smb_server.password],
     )

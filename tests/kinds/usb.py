@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kinds import KindUnderTest
+from tests.kinds import KindUnderTest, file_access
 from tests.mounts import tmpfs
 
 
@@ -39,24 +39,4 @@ def usb_disk() -> Iterator[Path]:
 def usb_kind(usb_disk, settings) -> KindUnderTest:
     settings.BACKUPSITE_LOCAL_ROOTS = [str(usb_disk.parent)]
 
-    def where(folder: str) -> Path:
-        return usb_disk / folder if folder else usb_disk
-
-    def raw_names(folder: str) -> list[str]:
-        path = where(folder)
-        return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-
-    def raw_read(folder: str, name: str) -> bytes:
-        return (where(folder) / name).read_bytes()
-
-    def raw_write(folder: str, name: str, data: bytes) -> None:
-        where(folder).mkdir(parents=True, exist_ok=True)
-        (where(folder) / name).write_bytes(data)
-
-    return KindUnderTest(
-        kind="usb",
-        settings={"path": str(usb_disk)},
-        raw_names=raw_names,
-        raw_read=raw_read,
-        raw_write=raw_write,
-    )
+    return KindUnderTest(kind="usb", settings={"path": str(usb_disk)}, **file_access(usb_disk))

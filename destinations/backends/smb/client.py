@@ -186,6 +186,11 @@ _TRANSIENT = {
 }
 
 
+def _missing(exc: SMBResponseException) -> bool:
+    """The path (or a folder on the way to it) is not there."""
+    return exc.status in _NOT_FOUND or exc.status == NtStatus.STATUS_NOT_A_DIRECTORY
+
+
 def library_timeout(seconds: float) -> int:
     """The value to give smbprotocol for a wait of *seconds*: it rounds the time left
     down to whole seconds (``int(timeout - elapsed)``), so 2 would wait 1 s."""
@@ -628,15 +633,21 @@ class SmbClient:
             with contextlib.suppress(DestinationError):
                 self.close_handle(handle)
 
+    def opened_for_attributes(self, path: str, disposition: int, options: int, what: str):
+        """:meth:`opened` with only the right to read attributes (stat, mkdir, free space)."""
+        return self.opened(
+            path,
+            access=FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
+            disposition=disposition,
+            options=options,
+            what=what,
+        )
+
     def stat(self, path: str) -> Entry | None:
         """Size and type of *path* (the CREATE answer carries both), or None."""
         try:
-            with self.opened(
-                path,
-                access=FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
-                disposition=CreateDisposition.FILE_OPEN,
-                options=CreateOptions.FILE_OPEN_REPARSE_POINT,
-                what="looking for a file",
+            with self.opened_for_attributes(
+                path, CreateDisposition.FILE_OPEN, CreateOptions.FILE_OPEN_REPARSE_POINT, "looking for a file"
             ) as handle:
                 attributes = handle.file_attributes or 0
                 return Entry(
@@ -647,18 +658,14 @@ class SmbClient:
                     is_link=bool(attributes & FileAttributes.FILE_ATTRIBUTE_REPARSE_POINT),
                 )
         except SMBResponseException as exc:
-            if exc.status in _NOT_FOUND or exc.status == NtStatus.STATUS_NOT_A_DIRECTORY:
+            if _missing(exc):
                 return None
             raise
 
     def mkdir(self, path: str) -> None:
         """Create the folder *path* unless it exists (its parent must exist)."""
-        with self.opened(
-            path,
-            access=FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
-            disposition=CreateDisposition.FILE_OPEN_IF,
-            options=CreateOptions.FILE_DIRECTORY_FILE,
-            what="creating a folder",
+        with self.opened_for_attributes(
+            path, CreateDisposition.FILE_OPEN_IF, CreateOptions.FILE_DIRECTORY_FILE, "creating a folder"
         ):
             pass
 
@@ -727,7 +734,7 @@ class SmbClient:
                 what="listing the folder",
             )
         except SMBResponseException as exc:
-            if exc.status in _NOT_FOUND or exc.status == NtStatus.STATUS_NOT_A_DIRECTORY:
+            if _missing(exc):
                 return None
             raise
         entries: list[Entry] = []
@@ -755,12 +762,8 @@ class SmbClient:
 
     def free_space(self, path: str) -> int | None:
         """Bytes this user may still write on the share's volume (FileFsFullSizeInformation)."""
-        with self.opened(
-            path,
-            access=FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
-            disposition=CreateDisposition.FILE_OPEN,
-            options=CreateOptions.FILE_DIRECTORY_FILE,
-            what="asking for the free space",
+        with self.opened_for_attributes(
+            path, CreateDisposition.FILE_OPEN, CreateOptions.FILE_DIRECTORY_FILE, "asking for the free space"
         ) as handle:
             info = self.query_info(handle, FileFsFullSizeInformation, what="asking for the free space")
         unit = info["sectors_per_unit"].get_value() * info["bytes_per_sector"].get_value()
