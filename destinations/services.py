@@ -1,7 +1,8 @@
 """What the destination pages do, so the views stay thin.
 
-* :func:`list_rows`: the list page's query: each destination with its last upload and
-  the number of jobs using it, in one query (no query per row).
+* :func:`list_rows` / :func:`with_last_uploads`: the list page's queries: each
+  destination with the number of jobs using it and its last upload (two queries for a
+  page, none per row).
 * :func:`throttle_test` / :func:`run_test`: the test-connection guard (administrators
   only is the views' permission check; here the shared rate limiter, per user and per
   client address) and a test that never raises.
@@ -31,6 +32,7 @@ from cryptography.fernet import InvalidToken
 from django.core import signing
 from django.db import transaction
 from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils.crypto import constant_time_compare, salted_hmac
 from django.utils.translation import gettext as _
 
@@ -51,22 +53,35 @@ _TESTED_SALT = "backupsite.destinations.tested"
 
 # --- the list ------------------------------------------------------------------------------
 def list_rows():
-    """Destinations with ``last_upload_state``, ``last_upload_at`` (finished, else
-    started), ``last_upload_run_id`` and ``job_count``: one query for the whole page."""
+    """Destinations with ``last_upload_pk`` (their newest upload) and ``job_count``, for
+    the list page (which hands its page of rows to :func:`with_last_uploads`)."""
     from jobs.models import Upload
 
-    last = Upload.objects.filter(destination=OuterRef("pk")).order_by("-pk")
+    newest = Upload.objects.filter(destination=OuterRef("pk")).order_by("-pk").values("pk")[:1]
+    jobs = (
+        Destination.jobs.through.objects.filter(destination=OuterRef("pk"))
+        .order_by()
+        .values("destination")
+        .annotate(count=Count("job"))
+        .values("count")
+    )
     return (
-        Destination.objects.defer("secrets")
-        .annotate(  # (a list page decrypts nothing)
-            last_upload_state=Subquery(last.values("state")[:1]),
-            last_upload_finished=Subquery(last.values("finished_at")[:1]),
-            last_upload_started=Subquery(last.values("started_at")[:1]),
-            last_upload_run_id=Subquery(last.values("run_id")[:1]),
-            job_count=Count("jobs", distinct=True),
-        )
+        Destination.objects.defer("secrets")  # (a list page decrypts nothing)
+        .annotate(last_upload_pk=Subquery(newest), job_count=Coalesce(Subquery(jobs), 0))
         .order_by("name")
     )
+
+
+def with_last_uploads(destinations) -> list[Destination]:
+    """*destinations* (rows of :func:`list_rows`), each with ``last_upload``: an Upload, or
+    None. One query for the page, however many rows it shows."""
+    from jobs.models import Upload
+
+    destinations = list(destinations)
+    found = Upload.objects.in_bulk([d.last_upload_pk for d in destinations if d.last_upload_pk is not None])
+    for destination in destinations:
+        destination.last_upload = found.get(destination.last_upload_pk)
+    return destinations
 
 
 def recent_uploads(destination: Destination, limit: int = 10):
@@ -343,4 +358,5 @@ __all__ = [
     "throttle_test",
     "trust_and_retest",
     "trust_token",
+    "with_last_uploads",
 ]

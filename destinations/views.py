@@ -47,7 +47,7 @@ def _kind_info(kind: str) -> dict:
 @permission_required("destinations.view_destination", raise_exception=True)
 def destination_list(request):
     page = Paginator(services.list_rows(), DESTINATIONS_PER_PAGE).get_page(request.GET.get("page"))
-    context = {"destinations": list(page.object_list), "page": page}
+    context = {"destinations": services.with_last_uploads(page.object_list), "page": page}
     return render(request, "destinations/destination_list.html", context)
 
 

@@ -212,6 +212,15 @@ def test_kind_names_descriptions_and_capabilities_are_translated(client, alice, 
     assert "read files back" in english and "Server hard drive" in english
 
 
+def test_the_destination_lists_last_upload_state_is_translated(client, alice, finished_run, german_catalogue):
+    """The list showed the stored value, capitalised ("Succeeded" on German pages)."""
+    client.force_login(alice)
+    page = client.get(reverse("destinations:list"), HTTP_ACCEPT_LANGUAGE="de").content.decode()
+    cell = page[page.index("state-succeeded") :].split("</td>")[0]
+    assert ">Erfolgreich</span>" in cell and reverse("jobs:run_detail", args=[finished_run.pk]) in cell
+    assert "Succeeded" not in page
+
+
 def test_the_wizards_measured_sizes_read_well_in_german_and_swedish(german_catalogue):
     """The measured age comes from naturaltime, which already says "vor 2 Stunden" /
     "2 timmar sedan": the German text said "gemessen vor vor 2 Stunden"."""
