@@ -89,6 +89,8 @@ def test_list_shows_kind_last_test_last_upload_and_state(client, bob, job, folde
     assert "free (" in page  # free space learned by the test
     assert "USB disk “BACKUP-A” last seen" in page
     assert "used by 1 job" in page and "used by 0 jobs" in page
+    # A test and an upload of a moment ago read "now" / "12 seconds ago", not "0 minutes ago".
+    assert "0 minutes" not in page and ("seconds ago" in page or "now" in page)
     assert usb.name in page
 
 
