@@ -274,6 +274,25 @@ def test_step_three_is_built_from_the_destination_pages_parts(admin_client, job,
     assert 'class="error"' not in html[html.index('id="new-destination"') : html.index('id="connection-title"')]
 
 
+def test_step_three_names_each_choices_folder_on_its_radio_button(admin_client, job, folders):
+    """One "written to" line for the chosen destination; every other choice carries its
+    folder on its radio button (static/js/wizard.js shows it when chosen) instead of a
+    hidden block of its own (a hundred saved destinations were a hundred blocks)."""
+    other = Destination.objects.create(name="Other disk", kind="local", settings={"path": str(folders["backups"])})
+    wizard = to_step(Wizard(admin_client), "destination", job)
+    html = wizard.html
+    assert html.count("Backups are written to") == 1 and html.count('id="remote-folder"') == 1
+    chosen = job.destinations.get()
+    line = html[html.index('id="remote-folder"') :].split("</code>")[0]
+    assert "backupsite/" in line
+    for destination in (chosen, other):
+        radio = re.search(rf'<input type="radio" name="destination-target" value="{destination.pk}"[^>]*>', html)
+        assert radio and f'data-folder="{folders["backups"]}' in radio.group(0)
+    new = re.search(r'<input type="radio" name="destination-target" value="new"[^>]*>', html).group(0)
+    assert "in the new destination" in new
+    assert "data-for-target" not in html  # no size warnings: no per-choice blocks at all
+
+
 def trust_token_in(html: str) -> str:
     match = re.search(r'name="trust" value="([^"]+)"', html)
     assert match, "no trust button in the page"

@@ -83,6 +83,11 @@ def test_a_newcomer_keeps_settings_executes_downloads_and_restores(stack, contex
     user.click("#wizard-next")
     assert user.step() == "destination"
     assert "backupsite/office-files" in page.inner_text("#remote-folder")
+    saved = page.get_attribute("input[name='destination-target']:checked", "value")
+    page.check("input[name='destination-target'][value='new']")  # the folder follows the choice
+    assert "in the new destination" in page.inner_text("#remote-folder")
+    page.check(f"input[name='destination-target'][value='{saved}']")
+    assert "backupsite/office-files" in page.inner_text("#remote-folder")
     user.shot("3-destination")
     user.click("#wizard-next")
     assert user.step() == "summary"

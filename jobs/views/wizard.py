@@ -478,6 +478,7 @@ class JobWizard(SessionWizardView):
             "result": result,
             "targets": targets,
             "targets_html": steps.targets_html(targets),
+            "target_choices_html": form.target_choices_html({t["value"]: t["folder"] for t in targets}),
             "estimate": estimate,
             **self._region(form, chosen),
         }

@@ -47,6 +47,11 @@
         form.querySelectorAll("[data-for-target]").forEach(function (el) {
           el.hidden = el.getAttribute("data-for-target") !== target;
         });
+        var chosen = form.querySelector("input[name$='-target']:checked");
+        var folder = form.querySelector("#remote-folder");
+        if (chosen && folder && chosen.hasAttribute("data-folder")) {
+          folder.textContent = chosen.getAttribute("data-folder");
+        }
       }
     }
     form.addEventListener("change", update);
