@@ -33,6 +33,8 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 
+from backupsite.kindpages import is_fetch
+
 SESSION_KEY = "_sudo_until"
 
 
@@ -83,7 +85,7 @@ def confirm_url(request) -> str:
 
 
 def refusal(request) -> HttpResponse:
-    if request.headers.get("X-Requested-With") == "fetch":
+    if is_fetch(request):
         response = HttpResponse(_("Confirm your password first."), status=403, content_type="text/plain")
         response["X-Sudo-Required"] = "1"
         return response

@@ -77,11 +77,7 @@ def with_last_uploads(destinations) -> list[Destination]:
     None. One query for the page, however many rows it shows."""
     from jobs.models import Upload
 
-    destinations = list(destinations)
-    found = Upload.objects.in_bulk([d.last_upload_pk for d in destinations if d.last_upload_pk is not None])
-    for destination in destinations:
-        destination.last_upload = found.get(destination.last_upload_pk)
-    return destinations
+    return Upload.attach(destinations, last_upload="last_upload_pk")
 
 
 def recent_uploads(destination: Destination, limit: int = 10):

@@ -423,13 +423,8 @@ class Job(ScheduleTracking, models.Model):
             .annotate(last_upload_pk=newest(), proven_pk=newest(verify_ok=True), failed_pk=newest(verify_ok=False))
             .order_by("name")
         )
-        found = Upload.objects.in_bulk(
-            [pk for d in destinations for pk in (d.last_upload_pk, d.proven_pk, d.failed_pk) if pk is not None]
-        )
+        Upload.attach(destinations, last_upload="last_upload_pk", proven="proven_pk", failed="failed_pk")
         for destination in destinations:
-            destination.last_upload = found.get(destination.last_upload_pk)
-            destination.proven = found.get(destination.proven_pk)
-            destination.failed = found.get(destination.failed_pk)
             # A verification sets verified_at and verify_ok together: the newest of either.
             destination.last_verified = max(
                 (u for u in (destination.proven, destination.failed) if u is not None),
@@ -983,6 +978,19 @@ class Upload(BytesProgress, models.Model):
 
     def __str__(self) -> str:
         return f"{self.run} → {self.destination_name}"
+
+    @classmethod
+    def attach(cls, rows, **names) -> list:
+        """Set on each of *rows* the Uploads its annotated primary keys name, in one query
+        for all: ``Upload.attach(rows, last_upload="last_upload_pk")`` sets
+        ``row.last_upload`` (None where the key is None)."""
+        rows = list(rows)
+        keys = [getattr(row, key) for row in rows for key in names.values()]
+        found = cls.objects.in_bulk([pk for pk in keys if pk is not None])
+        for row in rows:
+            for attr, key in names.items():
+                setattr(row, attr, found.get(getattr(row, key)))
+        return rows
 
     @property
     def can_read_back(self) -> bool:

@@ -37,6 +37,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from formtools.wizard.forms import ManagementForm
 from formtools.wizard.views import SessionWizardView
 
+from backupsite.kindpages import is_fetch
 from destinations import services as destination_services
 from destinations.backends import DestinationError
 from destinations.backends.base import FREE_SPACE
@@ -63,10 +64,6 @@ FRAGMENTS = {
     "trust": "destinations/_test_region.html",
 }
 PERMISSIONS = {steps.CREATE: "jobs.add_job", steps.DUPLICATE: "jobs.add_job", steps.EDIT: "jobs.change_job"}
-
-
-def _is_fetch(request) -> bool:
-    return request.headers.get("X-Requested-With") == "fetch"
 
 
 @method_decorator(sensitive_post_parameters(), name="dispatch")
@@ -281,7 +278,7 @@ class JobWizard(SessionWizardView):
             self._measure(form)
         elif action in ("wizard_test", "trust") and step == "destination":
             status = self._test(form, action)
-        if _is_fetch(self.request) and action in FRAGMENTS:
+        if is_fetch(self.request) and action in FRAGMENTS:
             if status == 422:
                 return TemplateResponse(self.request, "jobs/wizard/_empty.html", {}, status=422)
             context = self.get_context_data(form=form)

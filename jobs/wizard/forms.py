@@ -26,7 +26,7 @@ from functools import cached_property, lru_cache
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.forms.utils import ErrorDict, flatatt
+from django.forms.utils import flatatt
 from django.utils import timezone
 from django.utils.choices import BaseChoiceIterator
 from django.utils.html import format_html, format_html_join
@@ -34,6 +34,7 @@ from django.utils.safestring import mark_safe
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from backupsite.kindpages import unvalidated
 from backupsite.languages import choices as language_choices
 from backupsite.validators import split_addresses, validate_address_list, validate_no_control_chars
 from destinations import services as destination_services
@@ -141,8 +142,7 @@ class StepForm(forms.Form):
     def suppress_errors(self) -> None:
         """Show what was entered without validating it (a step revisited with Back,
         whose entries were kept as they were)."""
-        self._errors = ErrorDict()
-        self.cleaned_data = {}
+        unvalidated(self)
 
 
 # --- step 1 --------------------------------------------------------------------------
@@ -333,15 +333,15 @@ class SourceRow:
     def size(self) -> int | None:
         return self.source.size_bytes
 
-    def size_text(self, template: str = "") -> str:
-        """ "12.3 MB, measured 2 hours ago" (*template*: that text translated, when a page
-        formats a hundred rows), or "" when never measured."""
+    def size_text(self) -> str:
+        """The size and the age of its measurement ("12.3 MB, measured 2 hours ago"), or
+        "" when never measured."""
         from django.contrib.humanize.templatetags.humanize import naturaltime
         from django.template.defaultfilters import filesizeformat
 
         if self.source.size_bytes is None:
             return ""
-        return (template or gettext("%(size)s, measured %(ago)s")) % {
+        return gettext("%(size)s, measured %(ago)s") % {
             "size": filesizeformat(self.source.size_bytes),
             "ago": naturaltime(self.source.size_measured_at),
         }
@@ -355,7 +355,6 @@ def source_rows_html(rows: list[SourceRow], field_name: str, *, may_measure: boo
     badge = format_html('<span class="badge muted">{}</span>', _("password hashes"))
     # Translated once, not per row.
     measure_now, measure_one = gettext("Measure now"), gettext("Measure %(name)s now")
-    measured = gettext("%(size)s, measured %(ago)s")
     kind_labels: dict[str, str] = {}
     html = []
     for row in rows:
@@ -392,7 +391,7 @@ def source_rows_html(rows: list[SourceRow], field_name: str, *, may_measure: boo
                 badge=badge if source.is_sensitive else "",
                 kind=kind_labels[source.kind],
                 location=row.location,
-                size_text=not_measured if row.size is None else row.size_text(measured),
+                size_text=not_measured if row.size is None else row.size_text(),
                 button=button,
             )
         )
